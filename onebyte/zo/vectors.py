@@ -1,0 +1,67 @@
+"""Test vectors for docs/PROTOCOL.md: ``python -m onebyte.zo.vectors`` prints them as JSON.
+
+tests/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
+so the specification and the code cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from onebyte.zo.codec import ByteCodec
+from onebyte.zo.hashing import weights_sha256
+from onebyte.zo.noise import NoiseTable, contribution_seed, mix64, name_key, tensor_offset
+from onebyte.zo.update import apply_round
+
+VECTOR_TABLE_LOG2 = 12
+
+
+def vector_tensors(dtype: torch.dtype = torch.float32) -> list[tuple[str, torch.Tensor]]:
+    """The documented tiny model: w[i] = (i - 16) / 16 for i < 32 as (4, 8), and b = zeros(8)."""
+    w = ((torch.arange(32, dtype=torch.float64) - 16) / 16).reshape(4, 8).to(dtype)
+    return [("layer.bias", torch.zeros(8, dtype=dtype)), ("layer.weight", w)]
+
+
+VECTOR_ROUNDS = [
+    # (lr, weight_decay, [(peer, round, index, byte)]) applied in this order, decay on layer.weight
+    (0.01, 0.0, [("peer-a", 0, 0, 0x41), ("peer-a", 0, 1, 0xC5), ("peer-b", 0, 0, 0x7F)]),
+    (0.01, 0.1, [("peer-b", 1, 0, 0x90)]),
+]
+
+
+def compute_vectors() -> dict:
+    codec = ByteCodec()
+    table = NoiseTable(VECTOR_TABLE_LOG2, 0)
+    big = NoiseTable(25, 0)
+    seed = contribution_seed("vectors", "peer-a", 0, 0)
+    out: dict = {
+        "splitmix64_seed0_first3": [f"{mix64((i + 1) * 0x9E3779B97F4A7C15):016x}" for i in range(3)],
+        "table_key0_first64": "".join("+" if s > 0 else "-" for s in big.signs[:64].tolist()),
+        "table_key0_log2_25_sum": int(big.signs.sum().item()),
+        "seed_vectors_peer-a_0_0": f"{seed:016x}",
+        "seed_vectors_peer-b_7_3": f"{contribution_seed('vectors', 'peer-b', 7, 3):016x}",
+        "name_key_layer.weight": f"{name_key('layer.weight'):016x}",
+        "offset_seed_layer.weight_log2_25": tensor_offset(seed, "layer.weight", 25),
+        "z_seed_layer.weight_log2_25_first16": "".join("+" if s > 0 else "-" for s in big.direction(seed, "layer.weight", 16).tolist()),
+        "codec": codec.name,
+        "codec_decode_hex": {f"0x{b:02x}": float(codec.decode(b)).hex() for b in (0x00, 0x01, 0x02, 0x08, 0x41, 0x7F, 0x80, 0xC5, 0xFF)},
+        "codec_encode": {repr(g): codec.encode(g) for g in (0.0, 0.001, 0.002, 0.0039, 1.0, -1.0, 1.05, 300.0, -1e9)},
+    }
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        params = vector_tensors(dtype)
+        hashes = [weights_sha256(params)]
+        for lr, wd, contribs in VECTOR_ROUNDS:
+            round_ = [(contribution_seed("vectors", p, r, i), codec.decode(b)) for p, r, i, b in contribs]
+            apply_round(params, round_, lr, table, wd, frozenset({"layer.weight"}))
+            hashes.append(weights_sha256(params))
+        out[f"update_{name}"] = {
+            "sha256_after_each_round": hashes,
+            "weight_row0_hex": [float(x).hex() for x in params[1][1][0].tolist()],
+        }
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(compute_vectors(), indent=2))
