@@ -6,7 +6,10 @@ so the specification and the code cannot drift apart silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
+
+import numpy as np
 
 import torch
 
@@ -46,6 +49,7 @@ def compute_vectors() -> dict:
         "offset_seed_layer.weight_log2_25": tensor_offset(seed, "layer.weight", 25),
         "z_seed_layer.weight_log2_25_first16": "".join("+" if s > 0 else "-" for s in big.direction(seed, "layer.weight", 16).tolist()),
         "codec": codec.name,
+        "codec_magnitudes_float32le_sha256": hashlib.sha256(np.asarray(codec.magnitudes, dtype="<f4").tobytes()).hexdigest(),
         "codec_decode_hex": {f"0x{b:02x}": float(codec.decode(b)).hex() for b in (0x00, 0x01, 0x02, 0x08, 0x41, 0x7F, 0x80, 0xC5, 0xFF)},
         "codec_encode": {repr(g): codec.encode(g) for g in (0.0, 0.001, 0.002, 0.0039, 1.0, -1.0, 1.05, 300.0, -1e9)},
     }
