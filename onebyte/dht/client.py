@@ -1,0 +1,130 @@
+"""The record layer over hivemind.DHT: publish and read onebyte's signed records.
+
+All calls go through futures with timeouts (the DHT is a child process; a dead child must not
+hang the peer) and return parsed, validated records plus counts of what was rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from hivemind.dht import DHT
+from hivemind.utils import get_dht_time
+
+from onebyte.dht import records as R
+from onebyte.dht.identity import Identity
+from onebyte.dht.validator import Ed25519OwnerValidator, owner_subkey
+
+log = logging.getLogger("onebyte.dht")
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class DHTUnavailable(RuntimeError):
+    pass
+
+
+def start_dht(
+    identity: Identity,
+    initial_peers: Sequence[str] = (),
+    *,
+    host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    announce_maddrs: Sequence[str] | None = None,
+    identity_path: str | None = None,
+    client_mode: bool = False,
+    num_replicas: int | None = None,
+) -> DHT:
+    kwargs: dict[str, Any] = dict(host_maddrs=list(host_maddrs), client_mode=client_mode)
+    if announce_maddrs:
+        kwargs["announce_maddrs"] = list(announce_maddrs)
+    if identity_path:
+        kwargs["identity_path"] = identity_path
+    if num_replicas:
+        kwargs["num_replicas"] = num_replicas
+    return DHT(
+        initial_peers=list(initial_peers) or None,
+        start=True,
+        record_validators=[Ed25519OwnerValidator(identity)],
+        **kwargs,
+    )
+
+
+class RecordClient:
+    """One peer's view of the DHT: its identity signs what it stores; everything read is checked."""
+
+    def __init__(self, dht: DHT, identity: Identity, timeout: float = DEFAULT_TIMEOUT):
+        self.dht = dht
+        self.identity = identity
+        self.subkey = owner_subkey(identity.public_key)
+        self.timeout = timeout
+        self.rejected: Counter[str] = Counter()
+
+    # -- low level ---------------------------------------------------------------------------
+    def _store(self, key: str, value: Any, expiration: float) -> bool:
+        if not self.dht.is_alive():
+            raise DHTUnavailable("the DHT process is not running")
+        try:
+            return bool(self.dht.store(key, value, expiration, subkey=self.subkey, return_future=True).result(timeout=self.timeout))
+        except TimeoutError:
+            log.warning("store of %s timed out after %.1fs", key, self.timeout)
+            return False
+
+    def _get(self, key: str, latest: bool = True) -> Any:
+        if not self.dht.is_alive():
+            raise DHTUnavailable("the DHT process is not running")
+        try:
+            return self.dht.get(key, latest=latest, return_future=True).result(timeout=self.timeout)
+        except TimeoutError:
+            raise DHTUnavailable(f"get of {key} timed out after {self.timeout:.1f}s") from None
+
+    # -- contributions -----------------------------------------------------------------------
+    def publish_contributions(self, run_id: str, rec: R.ContributionRecord, expiration: float) -> bool:
+        return self._store(R.round_key(run_id, rec.round), rec.pack(), expiration)
+
+    def read_round(self, run_id: str, round_: int) -> dict[str, R.ContributionRecord]:
+        """All verified contribution records for a round, by peer id. Raises DHTUnavailable."""
+        return R.parse_subkeys(self._get(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected)
+
+    # -- hashes ------------------------------------------------------------------------------
+    def publish_hash(self, run_id: str, rec: R.HashRecord, expiration: float) -> bool:
+        return self._store(R.hash_key(run_id, rec.round), rec.model_dump(), expiration)
+
+    def read_hashes(self, run_id: str, round_: int) -> dict[str, R.HashRecord]:
+        return R.parse_subkeys(self._get(R.hash_key(run_id, round_)), lambda v: R.HashRecord(**v), self.rejected)
+
+    # -- membership, manifest, run list ------------------------------------------------------
+    def publish_heartbeat(self, run_id: str, hb: R.Heartbeat, ttl: float) -> bool:
+        return self._store(R.peers_key(run_id), hb.model_dump(), get_dht_time() + ttl)
+
+    def read_peers(self, run_id: str) -> dict[str, R.Heartbeat]:
+        return R.parse_subkeys(self._get(R.peers_key(run_id)), lambda v: R.Heartbeat(**v), self.rejected)
+
+    def publish_manifest(self, run_id: str, manifest: dict, expiration: float) -> bool:
+        return self._store(R.manifest_key(run_id), manifest, expiration)
+
+    def read_manifests(self, run_id: str, parse) -> dict[str, Any]:
+        return R.parse_subkeys(self._get(R.manifest_key(run_id)), parse, self.rejected)
+
+    def announce_run(self, ann: R.RunAnnouncement, ttl: float) -> bool:
+        return self._store(R.RUNS_KEY, ann.model_dump(), get_dht_time() + ttl)
+
+    def read_runs(self) -> dict[str, R.RunAnnouncement]:
+        return R.parse_subkeys(self._get(R.RUNS_KEY), lambda v: R.RunAnnouncement(**v), self.rejected)
+
+    def validator_rejections(self) -> Counter:
+        """What this peer's DHT node refused to store or accept (forged or unsigned records)."""
+
+        async def _read(_dht, node):
+            counts: Counter = Counter()
+            validator = node.protocol.record_validator
+            for v in getattr(validator, "_validators", [validator]):
+                counts.update(getattr(v, "rejected", {}))
+            return counts
+
+        try:
+            return self.dht.run_coroutine(_read, return_future=True).result(timeout=self.timeout)
+        except Exception:  # noqa: BLE001 - metrics only
+            return Counter()

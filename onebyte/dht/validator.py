@@ -1,0 +1,76 @@
+"""A hivemind record validator that lets only a key's owner write its subkey.
+
+onebyte stores every record under a subkey ``b"ob1" + public key`` (35 bytes). Such a record must
+end with an Ed25519 signature by that key over (DHT key id, subkey, value, expiration), so no one
+can write, alter or re-date another peer's record, nor move it to another key (another round).
+hivemind calls ``validate`` on every store it receives and on every value another node returns.
+Records without the marker are not ours; readers ignore them (onebyte.dht.records).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils import MSGPackSerializer
+
+from onebyte.dht.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
+
+SUBKEY_MARKER = b"ob1"
+
+
+def owner_subkey(public_key: bytes) -> bytes:
+    return SUBKEY_MARKER + public_key
+
+
+def subkey_owner(subkey: object) -> bytes | None:
+    """The public key inside an onebyte subkey, or None if it is not one."""
+    if isinstance(subkey, bytes) and len(subkey) == len(SUBKEY_MARKER) + PUBLIC_KEY_BYTES and subkey.startswith(SUBKEY_MARKER):
+        return subkey[len(SUBKEY_MARKER):]
+    return None
+
+
+def signed_message(record: DHTRecord) -> bytes:
+    return b"onebyte/record/v1" + struct.pack("<I", len(record.key)) + record.key + struct.pack("<I", len(record.subkey)) + record.subkey + struct.pack("<d", record.expiration_time) + record.value
+
+
+class Ed25519OwnerValidator(RecordValidatorBase):
+    def __init__(self, identity: Identity):
+        self.identity = identity
+        self._own_subkey_bytes = MSGPackSerializer.dumps(owner_subkey(identity.public_key))
+        self.rejected: Counter[str] = Counter()  # lives in the DHT process; read via run_coroutine
+
+    def _owner(self, record: DHTRecord) -> bytes | None:
+        try:
+            return subkey_owner(MSGPackSerializer.loads(record.subkey))
+        except Exception:
+            return None
+
+    def validate(self, record: DHTRecord) -> bool:
+        owner = self._owner(record)
+        if owner is None:
+            return True  # not an onebyte record: not this validator's business
+        if len(record.value) <= SIGNATURE_BYTES:
+            self.rejected["unsigned"] += 1
+            return False
+        stripped = DHTRecord(record.key, record.subkey, record.value[:-SIGNATURE_BYTES], record.expiration_time)
+        if not verify(owner, record.value[-SIGNATURE_BYTES:], signed_message(stripped)):
+            self.rejected["bad_signature"] += 1
+            return False
+        return True
+
+    def sign_value(self, record: DHTRecord) -> bytes:
+        if record.subkey != self._own_subkey_bytes:
+            return record.value
+        return record.value + self.identity.sign(signed_message(record))
+
+    def strip_value(self, record: DHTRecord) -> bytes:
+        return record.value[:-SIGNATURE_BYTES] if self._owner(record) is not None else record.value
+
+    @property
+    def priority(self) -> int:
+        return 10  # validate signatures before anything deserializes the value
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return isinstance(other, Ed25519OwnerValidator)

@@ -1,0 +1,324 @@
+"""The ``onebyte`` command: a thin layer over the Python API (onebyte.peer.train, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import signal
+import sys
+
+from onebyte import __version__
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {s}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
+
+
+def add_model_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="smollm2-135m", help="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name (default: %(default)s)")
+    g.add_argument("--model-kind", default="causal-lm", choices=["causal-lm", "seq-cls"], help="head to load (default: %(default)s)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: %(default)s)")
+    g.add_argument("--dataset", default="drugreview", help="built-in 'drugreview', local file/folder (csv, tsv, json, jsonl, parquet) or hub name (default: %(default)s)")
+    g.add_argument("--task", choices=["classification", "lm"], default=None, help="prompt classification on label words, or language-model loss")
+    g.add_argument("--text-column", default="text")
+    g.add_argument("--label-column", default="label")
+    g.add_argument("--label-words", default=None, help="comma-separated label words, in label order, e.g. ' negative, positive'")
+    g.add_argument("--template", default=None, help="prompt template with {text}")
+    g.add_argument("--max-length", type=_positive_int, default=64, help="tokens per example (default: %(default)s)")
+    g.add_argument("--trainable", default=None, help="regex over parameter names to train (default: all)")
+    g.add_argument("--init-seed", type=_nonneg_int, default=0, help="init seed of config-built tiny models")
+
+
+def add_optim_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=_positive_float, default=1e-5, help="learning rate (default: %(default)s)")
+    g.add_argument("--eps", type=_positive_float, default=1e-3, help="perturbation scale epsilon (default: %(default)s)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, help="decoupled weight decay on matrices (default: 0)")
+    g.add_argument("--batch-size", type=_positive_int, default=16, help="examples per contribution (default: %(default)s)")
+    g.add_argument("--contribs", type=_positive_int, default=1, help="contributions (seeds) per step/round (default: %(default)s)")
+    g.add_argument("--codec", default="log8:-8:8", help="wire code for g: 'log8:<min_exp>:<steps_per_octave>' or 'float32' (default: %(default)s)")
+    g.add_argument("--table-log2", type=_positive_int, default=25, help="log2 of the noise table size (default: %(default)s)")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="run seed: data order and splits (default: %(default)s)")
+    g.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=16)
+
+
+def _label_words(s: str | None) -> list[str] | None:
+    return None if s is None else [w for w in s.split(",")]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from onebyte.peer.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, model_kind=args.model_kind, dtype=args.dtype, device=args.device,
+        dataset=args.dataset, task=args.task, text_column=args.text_column, label_column=args.label_column,
+        label_words=_label_words(args.label_words), template=args.template, max_length=args.max_length,
+        trainable=args.trainable, init_seed=args.init_seed,
+        steps=args.steps, contribs=args.contribs, batch_size=args.batch_size, lr=args.lr, eps=args.eps,
+        weight_decay=args.weight_decay, codec=args.codec, table_log2=args.table_log2, seed=args.seed,
+        eval_size=args.eval_size, eval_batch_size=args.eval_batch_size,
+        checkpoint=args.checkpoint, report=args.report, progress=not args.no_progress,
+    )
+    report = train(cfg)
+    ev0, ev1 = report["eval_before"], report["eval_after"]
+    acc = f" accuracy {ev0.get('accuracy', float('nan')):.3f} -> {ev1.get('accuracy', float('nan')):.3f}" if "accuracy" in ev0 else ""
+    print(f"trained {report['steps']} steps: eval loss {ev0['loss']:.4f} -> {ev1['loss']:.4f}{acc}; weights sha256 {report['final_sha256']}")
+    return 0
+
+
+def _shard(s: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", s)
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {s!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _maddr(s: str) -> str:
+    if not s.startswith("/") or "/p2p/" not in s:
+        raise argparse.ArgumentTypeError(f"expected a multiaddr like /ip4/1.2.3.4/tcp/31337/p2p/Qm..., got {s!r}")
+    return s
+
+
+def add_network_args(p: argparse.ArgumentParser, initial_required: bool = False) -> None:
+    g = p.add_argument_group("network")
+    g.add_argument("--initial-peers", type=_maddr, action="append", default=[], required=initial_required,
+                   help="multiaddr of a peer or bootstrap node to join through (repeatable)")
+    g.add_argument("--host-maddrs", action="append", default=None, help="multiaddrs to listen on (default: /ip4/127.0.0.1/tcp/0)")
+    g.add_argument("--announce-maddrs", action="append", default=None, help="multiaddrs others should use to reach this node")
+
+
+def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
+    """Settings of the run: taken from its manifest unless given; a given one must match it."""
+    g = p.add_argument_group("run settings (agreed by all peers; default: the run's manifest)")
+    g.add_argument("--model", default=None, help="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name")
+    g.add_argument("--model-kind", default=None, choices=["causal-lm", "seq-cls"])
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--dataset", default=None, help="built-in 'drugreview', local file/folder or hub name")
+    g.add_argument("--task", choices=["classification", "lm"], default=None)
+    g.add_argument("--text-column", default=None)
+    g.add_argument("--label-column", default=None)
+    g.add_argument("--label-words", default=None, help="comma-separated label words in label order")
+    g.add_argument("--template", default=None)
+    g.add_argument("--max-length", type=_positive_int, default=None)
+    g.add_argument("--trainable", default=None, help="regex over parameter names to train")
+    g.add_argument("--init-seed", type=_nonneg_int, default=None)
+    g.add_argument("--lr", type=_positive_float, default=None)
+    g.add_argument("--eps", type=_positive_float, default=None)
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None)
+    g.add_argument("--codec", default=None, help="'log8:<min_exp>:<steps_per_octave>' or 'float32'")
+    g.add_argument("--table-log2", type=_positive_int, default=None)
+    g.add_argument("--contribs-per-round", type=_positive_int, default=None, help="most contributions one peer makes per round")
+    g.add_argument("--round-seconds", type=_positive_float, default=None, help="round length in seconds")
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from onebyte.dht.client import start_dht
+    from onebyte.dht.identity import Identity
+
+    dht = start_dht(Identity(), args.initial_peers, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+                    announce_maddrs=args.announce_maddrs, identity_path=args.identity_path)
+    try:
+        for a in dht.get_visible_maddrs(latest=True):
+            print(a, flush=True)
+        print("bootstrap node running; peers join with --initial-peers ADDR (Ctrl-C to stop)", flush=True)
+        stop = __import__("threading").Event()
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        while not stop.wait(30):
+            dht.get_visible_maddrs(latest=True)  # keeps routing fresh, like hivemind-dht
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dht.shutdown()
+    return 0
+
+
+def _swarm_local(args: argparse.Namespace) -> dict:
+    from onebyte.coordinator_free.manifest import AGREED_FIELDS
+
+    local = {k: getattr(args, k) for k in AGREED_FIELDS if hasattr(args, k)}
+    local["label_words"] = _label_words(args.label_words)
+    return {k: v for k, v in local.items() if v is not None}
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    from onebyte.peer.swarm import SwarmConfig, run_peer
+
+    cfg = SwarmConfig(
+        run_id=args.run_id, initial_peers=args.initial_peers, new_run=args.new_run, local=_swarm_local(args),
+        identity_path=args.identity, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"], announce_maddrs=args.announce_maddrs,
+        num_replicas=args.num_replicas, device=args.device, batch_size=args.batch_size, shard=args.shard, rounds=args.rounds,
+        evaluate=args.evaluate, eval_size=args.eval_size, report=args.report, round_log=args.round_log,
+        join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed,
+    )
+    report = run_peer(cfg)
+    print(f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, made {report['contributions_made']} contributions, "
+          f"weights sha256 {report['final_sha256']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from onebyte.peer.demo import DemoConfig, run_demo
+
+    passthrough = []
+    for k, v in _swarm_local(args).items():
+        flag = "--" + k.replace("_", "-")
+        passthrough += [flag, ",".join(v) if isinstance(v, list) else str(v)]
+    for flag, v in (("--device", args.device), ("--batch-size", args.batch_size), ("--num-replicas", args.num_replicas)):
+        if v is not None:
+            passthrough += [flag, str(v)]
+    report = run_demo(DemoConfig(peers=args.peers, rounds=args.rounds, run_id=args.run_id, workdir=args.workdir, report=args.report,
+                                 peer_args=passthrough, eval_size=args.eval_size, progress=not args.no_progress))
+    ev0, ev1 = report["eval_before"] or {}, report["eval_after"] or {}
+    print(f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions; "
+          f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; held-out accuracy {ev0.get('accuracy', float('nan')):.3f} -> "
+          f"{ev1.get('accuracy', float('nan')):.3f}, loss {ev0.get('loss', float('nan')):.4f} -> {ev1.get('loss', float('nan')):.4f}")
+    return 0 if report["all_hashes_equal"] else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from onebyte.dht.client import RecordClient, start_dht
+    from onebyte.dht.identity import Identity
+
+    ident = Identity()
+    dht = start_dht(ident, args.initial_peers, client_mode=True)
+    try:
+        runs: dict[str, dict] = {}
+        for peer, ann in RecordClient(dht, ident).read_runs().items():
+            r = runs.setdefault(ann.run_id, {"model": ann.model, "task": ann.task, "round": -1, "peers": 0})
+            r["round"] = max(r["round"], ann.round)
+            r["peers"] += 1
+        if not runs:
+            print("no runs visible")
+        else:
+            print(f"{'RUN':<28} {'MODEL':<24} {'TASK':<16} {'ROUND':>6} {'PEERS':>5}")
+            for run_id, r in sorted(runs.items()):
+                print(f"{run_id:<28} {r['model']:<24} {r['task']:<16} {r['round']:>6} {r['peers']:>5}")
+    finally:
+        dht.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onebyte", description="Decentralized zeroth-order fine-tuning, about one byte per gradient.")
+    parser.add_argument("--version", action="version", version=f"onebyte {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("ONEBYTE_LOG_LEVEL", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train on one peer, no network", description="Train on one peer with no network (the embedded default unless told otherwise).")
+    add_model_data_args(p)
+    add_optim_args(p)
+    p.add_argument("--steps", type=_positive_int, default=100, help="steps to run (default: %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="write the trained weights here (safetensors, atomic)")
+    p.add_argument("--report", default=None, help="write a JSON summary here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bootstrap", help="run a DHT node that peers join through", description="Run a DHT node; prints the multiaddrs peers pass as --initial-peers.")
+    add_network_args(p)
+    p.add_argument("--identity-path", default=None, help="libp2p identity file: keeps this node's address stable across restarts")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("peer", help="join a run and train with the swarm", description="Join (or with --new-run create) a run and train with its peers.")
+    p.add_argument("--run-id", required=True, help="name of the run (letters, digits, . _ -)")
+    p.add_argument("--new-run", action="store_true", help="create the run if it does not exist yet, with these settings")
+    add_network_args(p)
+    add_swarm_setting_args(p)
+    g = p.add_argument_group("this peer")
+    g.add_argument("--identity", default=None, help="file with this peer's signing key (created if missing); default: a new key each start")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--batch-size", type=_positive_int, default=16, help="examples per contribution (default: %(default)s)")
+    g.add_argument("--shard", type=_shard, default=(0, 1), help="train on shard I of N of the training data (default: 0/1)")
+    g.add_argument("--rounds", type=_positive_int, default=None, help="leave after applying this many rounds (default: run until Ctrl-C)")
+    g.add_argument("--evaluate", action="store_true", help="evaluate on held-out data before and after")
+    g.add_argument("--eval-size", type=_positive_int, default=None)
+    g.add_argument("--eval-batch-size", type=_positive_int, default=16)
+    g.add_argument("--report", default=None, help="write a JSON summary here when leaving")
+    g.add_argument("--round-log", default=None, help="append one JSON line per applied round here")
+    g.add_argument("--num-replicas", type=_positive_int, default=None, help="DHT replication factor (default: hivemind's)")
+    g.add_argument("--join-timeout", type=_positive_float, default=120.0, help="seconds to wait for the run's manifest")
+    g.add_argument("--start-delay", type=_nonneg_float, default=20.0, help="with --new-run: seconds until round 0")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="data order seed")
+    g.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser("demo", help="a local swarm: bootstrap node + N peers on loopback", description="Start a bootstrap node and N peer processes on loopback, train, evaluate and summarize.")
+    p.add_argument("--peers", type=_positive_int, default=4)
+    p.add_argument("--rounds", type=_positive_int, default=30)
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--workdir", default=None, help="folder for logs and per-peer reports (default: a temporary folder)")
+    p.add_argument("--report", default=None, help="write the JSON summary here")
+    add_swarm_setting_args(p)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--num-replicas", type=_positive_int, default=None)
+    p.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("runs", help="list the runs visible in a swarm", description="List runs visible in the swarm: id, model, task, round, live peers.")
+    add_network_args(p, initial_required=True)
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from onebyte.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        logging.getLogger("onebyte").debug("user error", exc_info=True)
+        print(f"onebyte {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"onebyte {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""A swarm peer: the step loop of onebyte when many peers train one model over the DHT.
+
+One loop, driven by the wall-clock rounds of the run manifest:
+  apply   every round that became final, in order: read its records, decide the set, apply it;
+          every ``hash_every`` rounds publish the weight hash, and later compare with the others';
+  make    contributions for the current round on this peer's data while there is time;
+  publish them as one signed record (at most ``contribs_per_round`` bytes) before the deadline;
+  beat    a heartbeat every round so others can see who is alive and where.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onebyte import PROTOCOL_VERSION, __version__
+from onebyte.coordinator_free.agreement import compare_hashes, decide_round, encode_codes
+from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
+from onebyte.coordinator_free.rounds import RoundClock
+from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
+from onebyte.dht.identity import Identity
+from onebyte.dht.records import ContributionRecord, HashRecord, Heartbeat, RunAnnouncement
+from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
+from onebyte.zo import contribution_seed
+
+log = logging.getLogger("onebyte.peer")
+
+LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late joiners
+
+
+@dataclass
+class SwarmConfig:
+    run_id: str
+    initial_peers: list[str] = field(default_factory=list)
+    new_run: bool = False
+    local: dict = field(default_factory=dict)  # agreed settings the user passed explicitly
+    identity_path: str | None = None
+    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    announce_maddrs: list[str] | None = None
+    num_replicas: int | None = None
+    device: str = "cpu"
+    batch_size: int = 16
+    shard: tuple[int, int] = (0, 1)
+    rounds: int | None = None  # stop after applying rounds 0..rounds-1
+    evaluate: bool = False
+    eval_size: int | None = None
+    eval_batch_size: int = 16
+    report: str | None = None
+    round_log: str | None = None
+    join_timeout: float = 60.0
+    start_delay: float = 10.0  # for a new run: seconds until round 0 opens
+    max_lag: int = 2  # contribute only when at most this many rounds behind
+    seed: int = 0
+    progress: bool = True
+
+
+def default_manifest_fields() -> dict:
+    return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset="drugreview",
+                task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
+                lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0)
+
+
+class ManifestConflict(ValueError):
+    pass
+
+
+class SwarmPeer:
+    def __init__(self, cfg: SwarmConfig):
+        self.cfg = cfg
+        self.identity = Identity.load_or_create(cfg.identity_path)
+        self.peer_id = self.identity.peer_id
+        self.tag = self.peer_id[:8]
+        self.stop = threading.Event()
+        self.dht = start_dht(self.identity, cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs, num_replicas=cfg.num_replicas)
+        self.client = RecordClient(self.dht, self.identity)
+        self.stats = Counter()
+        self.hashes: dict[int, str] = {}
+        self.agreement: dict[int, dict] = {}
+        self.applied = -1
+        self.codes: dict[int, list] = {}
+        self.published: set[int] = set()
+        self.contrib_seconds = 0.0
+
+    # -- joining ---------------------------------------------------------------------------------
+    def _read_manifest(self) -> RunManifest | None:
+        def parse(v):
+            return RunManifest(**v)
+
+        found = pick_manifest(self.client.read_manifests(self.cfg.run_id, parse), self.cfg.run_id)
+        return None if found is None else found[1]
+
+    def join(self) -> RunManifest:
+        """Find the run's manifest (or create it with --new-run) and load model and data to match."""
+        cfg = self.cfg
+        manifest = self._read_manifest()
+        if manifest is None and cfg.new_run:
+            manifest = self._create_manifest()
+        deadline = time.time() + cfg.join_timeout
+        while manifest is None:
+            if time.time() > deadline:
+                raise ManifestConflict(f"no run {cfg.run_id!r} is visible from {cfg.initial_peers or 'this DHT'} after {cfg.join_timeout:.0f}s; "
+                                       "start it with --new-run or check --initial-peers")
+            time.sleep(1.0)
+            manifest = self._read_manifest()
+        conflicts = manifest.conflicts(cfg.local)
+        if conflicts:
+            raise ManifestConflict(f"run {cfg.run_id!r} uses other settings than you passed: " + "; ".join(conflicts)
+                                   + " (omit them to take the run's settings)")
+        self.manifest = manifest
+        if not hasattr(self, "built"):
+            self.built = build(self._train_config(manifest))
+        self.loaded, self.task, self.replica = self.built
+        initial = self.replica.sha256()
+        if initial != manifest.initial_sha256:
+            raise ManifestConflict(f"your copy of {manifest.model!r} has initial weights {initial[:12]}, the run started from "
+                                   f"{manifest.initial_sha256[:12]}: a different model version or dtype")
+        self.clock = RoundClock(manifest.start_time, manifest.round_seconds, manifest.publish_margin, manifest.settle_seconds)
+        pool = [i for i in range(self.task.num_train) if i % cfg.shard[1] == cfg.shard[0]]
+        if not pool:
+            raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {self.task.num_train} training examples is empty")
+        self.pool = pool
+        log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
+                 self.tag, self.clock.round_at(time.time()), manifest.run_id, manifest.model, self.replica.num_trainable, manifest.lr,
+                 manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
+        return manifest
+
+    def _train_config(self, m) -> TrainConfig:
+        get = (lambda k: getattr(m, k)) if isinstance(m, RunManifest) else m.__getitem__
+        return TrainConfig(model=get("model"), model_kind=get("model_kind"), dtype=get("dtype"), trainable=get("trainable"),
+                           init_seed=get("init_seed"), dataset=get("dataset"), task=get("task"), text_column=get("text_column"),
+                           label_column=get("label_column"), label_words=get("label_words"), template=get("template"),
+                           max_length=get("max_length"), lr=get("lr"), eps=get("eps"), weight_decay=get("weight_decay"),
+                           codec=get("codec"), table_log2=get("table_log2"), device=self.cfg.device, seed=self.cfg.seed,
+                           progress=False)
+
+    def _create_manifest(self) -> RunManifest:
+        settings = default_manifest_fields() | {k: v for k, v in self.cfg.local.items() if v is not None}
+        self.built = build(self._train_config(settings))
+        now = time.time()
+        r = float(settings["round_seconds"])
+        manifest = RunManifest(
+            run_id=self.cfg.run_id, created_at=now, start_time=now + self.cfg.start_delay, round_seconds=r,
+            publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0), hash_every=1 if r >= 5 else 5,
+            initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(),
+            **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
+                                        "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
+                                        "codec", "table_log2", "contribs_per_round")},
+        )
+        if not self.client.publish_manifest(self.cfg.run_id, manifest.model_dump(), now + 30 * 24 * 3600):
+            raise DHTUnavailable("could not store the run manifest in the DHT")
+        log.info("[%s] round=-1 created run %s starting in %.0fs", self.tag, manifest.run_id, self.cfg.start_delay)
+        return manifest
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, m = self.cfg, self.join()
+        before = self._evaluate() if cfg.evaluate else None
+        last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
+        next_beat = 0.0
+        pending_checks: list[int] = []
+        started = time.time()
+        while not self.stop.is_set():
+            now = time.time()
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + min(m.round_seconds, 10.0)
+            if self.applied < min(self.clock.last_final(now), last_round):
+                self._apply(self.applied + 1, pending_checks)
+                continue
+            due = [q for q in pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
+            if due:
+                for q in due:
+                    pending_checks.remove(q)
+                    self._check_hashes(q)
+                continue
+            if self.applied >= last_round:
+                break
+            if self._contribute_or_publish(now, last_round):
+                continue
+            wake = min(self.clock.final_at(self.applied + 1), next_beat, self.clock.open_at(self.clock.round_at(now) + 1))
+            self.stop.wait(max(0.01, min(wake - time.time(), 1.0)))
+        for q in pending_checks:
+            if not self.stop.is_set():
+                self.stop.wait(max(0.0, self.clock.final_at(q) + m.round_seconds / 2 - time.time()))
+                self._check_hashes(q)
+        after = self._evaluate() if cfg.evaluate and not self.stop.is_set() else None
+        return self._finish(before, after, time.time() - started)
+
+    def _contribute_or_publish(self, now: float, last_round: float) -> bool:
+        """Make one contribution for the current round, or publish it; False if there is nothing to do."""
+        m = self.manifest
+        r = self.clock.round_at(now)
+        for q in sorted(self.codes):
+            if q not in self.published and (q < r or len(self.codes[q]) >= m.contribs_per_round or now >= self.clock.publish_by(q)):
+                self._publish(q)
+                return True
+        if r < 0 or r > last_round or self.applied < r - self.cfg.max_lag:
+            return False
+        codes = self.codes.setdefault(r, [])
+        if r in self.published or len(codes) >= m.contribs_per_round:
+            return False
+        if now + self.contrib_seconds > self.clock.publish_by(r):
+            return False  # this contribution would miss the deadline
+        t0 = time.perf_counter()
+        index = len(codes)
+        seed = contribution_seed(m.run_id, self.peer_id, r, index)
+        attempt = self.stats["attempts"]  # a retry after a non-finite loss draws another batch
+        self.stats["attempts"] += 1
+        idx = batch_indices(self.cfg.seed, self.peer_id, r, attempt, len(self.pool), self.cfg.batch_size)
+        batch = self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx]))
+        g, lp, lm = self.replica.estimate(seed, lambda: self.task.loss(self.replica.model, batch))
+        wire = self.replica.encode(g)
+        self.contrib_seconds = 0.7 * self.contrib_seconds + 0.3 * (time.perf_counter() - t0) if self.contrib_seconds else time.perf_counter() - t0
+        if time.time() > self.clock.publish_by(r) or r in self.published:
+            self.stats["missed_deadline"] += 1
+            return True
+        if wire is None:
+            self.stats["skipped_nonfinite"] += 1
+            log.warning("[%s] round=%d contribution skipped: non-finite loss (L+=%s, L-=%s)", self.tag, r, lp, lm)
+            return True
+        codes.append(wire)
+        self.stats["made"] += 1
+        self.stats["loss_sum"] += (lp + lm) / 2
+        self.last_loss = (lp + lm) / 2
+        return True
+
+    def _publish(self, r: int) -> None:
+        self.published.add(r)
+        codes = self.codes.get(r) or []
+        if not codes:
+            return
+        if time.time() > self.clock.publish_by(r) + self.manifest.publish_margin / 2:
+            self.stats["missed_deadline"] += len(codes)
+            log.warning("[%s] round=%d %d contribution(s) not published: past the deadline", self.tag, r, len(codes))
+            return
+        rec = ContributionRecord(round=r, published_at=time.time(), codes=encode_codes(codes, self.replica.codec))
+        try:
+            ok = self.client.publish_contributions(self.manifest.run_id, rec, self.clock.close(r) + LOG_TTL)
+        except DHTUnavailable as e:
+            ok = False
+            log.warning("[%s] round=%d publish failed: %s", self.tag, r, e)
+        self.stats["published" if ok else "publish_failed"] += len(codes)
+
+    def _apply(self, q: int, pending_checks: list[int]) -> None:
+        m = self.manifest
+        for attempt in range(5):
+            try:
+                records = self.client.read_round(m.run_id, q)
+                break
+            except DHTUnavailable as e:
+                if not self.dht.is_alive():
+                    raise
+                log.warning("[%s] round=%d read failed (%s), retrying", self.tag, q, e)
+                self.stop.wait(1.0 + attempt)
+        else:
+            raise DHTUnavailable(f"could not read round {q} from the DHT")
+        rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
+        t0 = time.perf_counter()
+        self.replica.apply(rs.contributions)
+        self.applied = q
+        mine = rs.counts.get(self.peer_id, 0)
+        self.stats["applied_local"] += mine
+        self.stats["applied_remote"] += len(rs.contributions) - mine
+        self.stats["rounds_applied"] += 1
+        for reason, n in rs.rejected.items():
+            self.stats[f"rejected_{reason}"] += n
+        sha = None
+        if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
+            sha = self.hashes[q] = self.replica.sha256()
+            try:
+                self.client.publish_hash(m.run_id, HashRecord(round=q, sha256=sha, set_digest=rs.digest, contributions=len(rs.contributions)),
+                                         self.clock.close(q) + LOG_TTL)
+            except DHTUnavailable as e:
+                log.warning("[%s] round=%d hash publish failed: %s", self.tag, q, e)
+            pending_checks.append(q)
+        apply_s = time.perf_counter() - t0
+        log.info("[%s] round=%d applied %d contributions from %d peers in %.2fs%s", self.tag, q, len(rs.contributions), len(rs.counts),
+                 apply_s, f" hash={sha[:12]}" if sha else "")
+        self._round_log({"event": "applied", "round": q, "time": time.time(), "contributions": len(rs.contributions),
+                         "peers": len(rs.counts), "local": mine, "sha256": sha, "loss": getattr(self, "last_loss", None),
+                         "apply_seconds": apply_s, "latency_seconds": time.time() - self.clock.close(q)})
+
+    def _check_hashes(self, q: int) -> None:
+        try:
+            reported = {p: h.sha256 for p, h in self.client.read_hashes(self.manifest.run_id, q).items() if p != self.peer_id and h.round == q}
+        except DHTUnavailable as e:
+            log.warning("[%s] round=%d hash check skipped: %s", self.tag, q, e)
+            return
+        rep = compare_hashes(q, self.hashes[q], reported)
+        self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
+        if rep.disagree:
+            self.stats["hash_mismatches"] += 1
+            log.error("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)", self.tag, q, rep.disagree,
+                      len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12])
+        else:
+            self.stats["hash_agreements"] += 1
+
+    def _heartbeat(self) -> None:
+        m = self.manifest
+        last = max(self.hashes) if self.hashes else None
+        hb = Heartbeat(version=__version__, round=self.applied, sha256=self.hashes.get(last, "") if last is not None else "",
+                       made=self.stats["made"], rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
+        ttl = 3 * m.round_seconds + 10
+        try:
+            self.client.publish_heartbeat(m.run_id, hb, ttl)
+            self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
+                                                     protocol_version=PROTOCOL_VERSION), ttl)
+        except DHTUnavailable as e:
+            log.warning("[%s] round=%d heartbeat failed: %s", self.tag, self.applied, e)
+
+    def _evaluate(self) -> dict:
+        import torch
+
+        with torch.no_grad():
+            ev = self.task.evaluate(self.replica.model, batch_size=self.cfg.eval_batch_size, limit=self.cfg.eval_size)
+        log.info("[%s] round=%d eval %s", self.tag, self.applied, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+        return ev
+
+    def _round_log(self, event: dict) -> None:
+        if self.cfg.round_log:
+            with open(self.cfg.round_log, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def _finish(self, before, after, seconds: float) -> dict:
+        interrupted = self.stop.is_set()
+        final = self.replica.sha256()
+        if interrupted:
+            log.info("[%s] round=%d left the run on request after applying %d rounds", self.tag, self.applied, self.stats["rounds_applied"])
+        report = {
+            "peer_id": self.peer_id, "run_id": self.manifest.run_id, "onebyte_version": __version__, "protocol_version": PROTOCOL_VERSION,
+            "interrupted": interrupted, "rounds_applied": self.stats["rounds_applied"], "last_round": self.applied,
+            "contributions_made": self.stats["made"], "contributions_published": self.stats["published"],
+            "contributions_applied_local": self.stats["applied_local"], "contributions_applied_remote": self.stats["applied_remote"],
+            "missed_deadline": self.stats["missed_deadline"], "skipped_nonfinite": self.stats["skipped_nonfinite"],
+            "hash_agreements": self.stats["hash_agreements"], "hash_mismatches": self.stats["hash_mismatches"],
+            "rejected": {k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")} | dict(self.client.rejected),
+            "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
+            "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
+            "mean_train_loss": self.stats["loss_sum"] / self.stats["made"] if self.stats["made"] else None,
+        }
+        if self.cfg.report:
+            write_json_atomic(self.cfg.report, report)
+        return report
+
+    def close(self) -> None:
+        try:
+            if self.dht.is_alive():
+                self.dht.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
+def run_peer(cfg: SwarmConfig) -> dict:
+    peer = SwarmPeer(cfg)
+
+    def on_signal(signum, frame):
+        if peer.stop.is_set():
+            raise KeyboardInterrupt
+        log.info("[%s] round=%d stopping: finishing the current step (Ctrl-C again to abort)", peer.tag, peer.applied)
+        peer.stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return peer.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        peer.close()
+
