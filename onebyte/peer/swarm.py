@@ -56,7 +56,7 @@ class SwarmConfig:
     round_log: str | None = None
     join_timeout: float = 60.0
     start_delay: float = 10.0  # for a new run: seconds until round 0 opens
-    max_lag: int = 2  # contribute only when at most this many rounds behind
+    max_lag: int = 1  # contribute only when at most this many rounds behind the newest final round
     seed: int = 0
     progress: bool = True
 
@@ -86,7 +86,8 @@ class SwarmPeer:
         self.applied = -1
         self.codes: dict[int, list] = {}
         self.published: set[int] = set()
-        self.contrib_seconds = 0.0
+        self.contrib_seconds = 0.0  # running estimate of one contribution's duration
+        self.too_slow: set[int] = set()
 
     # -- joining ---------------------------------------------------------------------------------
     def _read_manifest(self) -> RunManifest | None:
@@ -126,6 +127,8 @@ class SwarmPeer:
         if not pool:
             raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {self.task.num_train} training examples is empty")
         self.pool = pool
+        # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
+        self.lag_allowed = cfg.max_lag + math.ceil(manifest.settle_seconds / manifest.round_seconds)
         log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
                  self.tag, self.clock.round_at(time.time()), manifest.run_id, manifest.model, self.replica.num_trainable, manifest.lr,
                  manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
@@ -162,6 +165,7 @@ class SwarmPeer:
     def run(self) -> dict:
         cfg, m = self.cfg, self.join()
         before = self._evaluate() if cfg.evaluate else None
+        self._warm_up()
         last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
         next_beat = 0.0
         pending_checks: list[int] = []
@@ -193,6 +197,13 @@ class SwarmPeer:
         after = self._evaluate() if cfg.evaluate and not self.stop.is_set() else None
         return self._finish(before, after, time.time() - started)
 
+    def _warm_up(self) -> None:
+        """One unpublished estimate: pays one-time costs and measures how long a contribution takes."""
+        batch = self.replica.to_device(self.task.train_batch(self.pool[: self.cfg.batch_size]))
+        t0 = time.perf_counter()
+        self.replica.estimate(0, lambda: self.task.loss(self.replica.model, batch))
+        self.contrib_seconds = time.perf_counter() - t0
+
     def _contribute_or_publish(self, now: float, last_round: float) -> bool:
         """Make one contribution for the current round, or publish it; False if there is nothing to do."""
         m = self.manifest
@@ -201,12 +212,15 @@ class SwarmPeer:
             if q not in self.published and (q < r or len(self.codes[q]) >= m.contribs_per_round or now >= self.clock.publish_by(q)):
                 self._publish(q)
                 return True
-        if r < 0 or r > last_round or self.applied < r - self.cfg.max_lag:
+        if r < 0 or r > last_round or self.applied < r - self.lag_allowed:
             return False
         codes = self.codes.setdefault(r, [])
         if r in self.published or len(codes) >= m.contribs_per_round:
             return False
         if now + self.contrib_seconds > self.clock.publish_by(r):
+            if not codes and r not in self.too_slow:  # re-probe: estimates taken under load go stale
+                self.too_slow.add(r)
+                self.contrib_seconds *= 0.7
             return False  # this contribution would miss the deadline
         t0 = time.perf_counter()
         index = len(codes)

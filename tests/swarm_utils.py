@@ -1,0 +1,77 @@
+"""Real processes for swarm tests: a bootstrap node and `onebyte peer` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from onebyte.peer.demo import start_bootstrap
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "tiny-llama", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
+
+
+class Swarm:
+    """Owns every process it starts and kills them all on exit: nothing outlives a test."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.boot, self.maddrs = start_bootstrap(workdir)
+
+    def peer(self, name: str, *args: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "onebyte.peer.cli", "peer", "--no-progress", "--report", str(self.report_path(name)),
+               "--round-log", str(self.workdir / f"{name}.rounds.jsonl")]
+        for a in self.maddrs:
+            cmd += ["--initial-peers", a]
+        log = open(self.workdir / f"{name}.log", "w")
+        p = subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        self.procs[name] = p
+        return p
+
+    def report_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.json"
+
+    def report(self, name: str) -> dict:
+        return json.loads(self.report_path(name).read_text())
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
+    def wait(self, name: str, timeout: float) -> int:
+        try:
+            return self.procs[name].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} did not finish in {timeout}s; log tail:\n" + self.log(name)[-3000:]) from None
+
+    def wait_for_round(self, name: str, round_: int, timeout: float) -> None:
+        f = self.workdir / f"{name}.rounds.jsonl"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if f.exists() and any(json.loads(line).get("round", -1) >= round_ for line in f.read_text().splitlines() if line.strip()):
+                return
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited early ({self.procs[name].returncode}):\n" + self.log(name)[-3000:])
+            time.sleep(0.5)
+        raise AssertionError(f"{name} did not reach round {round_} in {timeout}s:\n" + self.log(name)[-3000:])
+
+    def close(self) -> None:
+        for p in [*self.procs.values(), self.boot]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.procs.values(), self.boot]:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self) -> "Swarm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
