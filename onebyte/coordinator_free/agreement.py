@@ -1,6 +1,6 @@
 """Which contributions form a round, in what order, and whether replicas agree.
 
-The rule every peer applies to the records it read for round r (docs/PROTOCOL.md §9):
+The rule every peer applies to the records it read for round r (docs/PROTOCOL.md §12):
 a record counts if it parsed and verified, names round r, was published (by its own signed
 clock) no later than close(r), and carries at most ``contribs_per_round`` codes of the run's
 codec; its codes are contributions index 0..k-1. The set is ordered by (peer id, index).
