@@ -16,9 +16,10 @@ import torch
 from onebyte.zo.noise import NoiseTable
 
 
-def perturbed_copy(theta: torch.Tensor, name: str, seed: int, scale: float, noise: NoiseTable) -> torch.Tensor:
+def perturbed_copy(theta: torch.Tensor, name: str, seed: int, scale: float, noise: NoiseTable, out: torch.Tensor | None = None) -> torch.Tensor:
     """theta + scale * z(seed, name), streamed over the noise table; theta is only read."""
-    out = torch.empty_like(theta, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(theta, memory_format=torch.contiguous_format)
     src = theta.detach().reshape(-1) if theta.is_contiguous() else theta.detach().contiguous().reshape(-1)
     dst = out.view(-1)
     offset = noise.offset(seed, name)
@@ -37,6 +38,10 @@ class Perturbation:
     ``params`` are the trainable (name, tensor) pairs; names are the canonical names that key z.
     A trainable tensor must be used inside the forward of a module that owns it (true for
     Hugging Face models, tied embeddings included); one that is never exercised is reported.
+
+    Perturbed copies go into buffers reused across forwards (fresh allocations of this size cost
+    page faults on every step). A tensor owned by several modules (a tied embedding) is perturbed
+    once per context and kept until the context exits, instead of once per owner.
     """
 
     def __init__(self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable):
@@ -44,10 +49,15 @@ class Perturbation:
         self.noise = noise
         self.names = {id(p): name for name, p in params}
         self.owners: list[tuple[torch.nn.Module, list[torch.nn.Parameter]]] = []
-        for module in model.modules():
+        owner_count: dict[int, int] = {}
+        for module in model.modules(remove_duplicate=False):
             owned = [p for p in module._parameters.values() if p is not None and id(p) in self.names]
-            if owned:
+            if owned and all(module is not m for m, _ in self.owners):
                 self.owners.append((module, owned))
+                for p in owned:
+                    owner_count[id(p)] = owner_count.get(id(p), 0) + 1
+        self.shared = {pid for pid, n in owner_count.items() if n > 1}
+        self._pool: dict[tuple, list[torch.Tensor]] = {}
         self.seed = 0
         self.scale = 0.0
         # id -> [param, original tensor, nesting depth]; only the outermost hook restores.
@@ -67,8 +77,9 @@ class Perturbation:
                     entry[2] += 1
                     continue
                 original = p.data
-                self._swapped[id(p)] = [p, original, 1]
-                p.data = perturbed_copy(original, self.names[id(p)], self.seed, self.scale, self.noise)
+                # a shared tensor stays perturbed until __exit__ (depth never returns to 0)
+                self._swapped[id(p)] = [p, original, 2 if id(p) in self.shared else 1]
+                p.data = perturbed_copy(original, self.names[id(p)], self.seed, self.scale, self.noise, out=self._take(original))
                 self._exercised.add(id(p))
 
         return hook
@@ -81,7 +92,7 @@ class Perturbation:
                     continue
                 entry[2] -= 1
                 if entry[2] == 0:
-                    p.data = entry[1]
+                    self._restore(p, entry[1])
                     del self._swapped[id(p)]
 
         return hook
@@ -97,9 +108,18 @@ class Perturbation:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for p, original, _ in self._swapped.values():  # a forward that raised midway
-            p.data = original
+        for p, original, _ in self._swapped.values():  # shared tensors, or a forward that raised midway
+            self._restore(p, original)
         self._swapped.clear()
+
+    def _take(self, like: torch.Tensor) -> torch.Tensor:
+        free = self._pool.get((like.shape, like.dtype, like.device))
+        return free.pop() if free else torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+    def _restore(self, p: torch.nn.Parameter, original: torch.Tensor) -> None:
+        buf = p.data
+        p.data = original
+        self._pool.setdefault((buf.shape, buf.dtype, buf.device), []).append(buf)
 
     def unexercised(self) -> list[str]:
         """Trainable tensors that the last forward inside the context never used."""
