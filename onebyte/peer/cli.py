@@ -189,8 +189,8 @@ def cmd_peer(args: argparse.Namespace) -> int:
         run_id=args.run_id, initial_peers=args.initial_peers, new_run=args.new_run, local=_swarm_local(args),
         identity_path=args.identity, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"], announce_maddrs=args.announce_maddrs,
         num_replicas=args.num_replicas, device=args.device, batch_size=args.batch_size, shard=args.shard, rounds=args.rounds,
-        evaluate=args.evaluate, eval_size=args.eval_size, report=args.report, round_log=args.round_log,
-        join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed,
+        evaluate=args.evaluate, eval_size=args.eval_size, eval_batch_size=args.eval_batch_size, report=args.report, round_log=args.round_log,
+        join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
     )
     report = run_peer(cfg)
     print(f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, made {report['contributions_made']} contributions, "
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--join-timeout", type=_positive_float, default=120.0, help="seconds to wait for the run's manifest")
     g.add_argument("--start-delay", type=_nonneg_float, default=20.0, help="with --new-run: seconds until round 0")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="data order seed")
+    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_peer)
 

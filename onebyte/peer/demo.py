@@ -70,11 +70,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     run_id = cfg.run_id or f"demo-{int(time.time())}"
     procs: list[subprocess.Popen] = []
+    threads = max(1, (os.cpu_count() or 1) // cfg.peers)  # peers share this machine's cores
     boot, maddrs = start_bootstrap(workdir)
     log.info("bootstrap node at %s; logs in %s", maddrs[0], workdir)
     try:
         for i in range(cfg.peers):
-            args = [*_cli(), "peer", "--run-id", run_id, "--shard", f"{i}/{cfg.peers}", "--rounds", str(cfg.rounds),
+            args = [*_cli(), "peer", "--run-id", run_id, "--shard", f"{i}/{cfg.peers}", "--rounds", str(cfg.rounds), "--threads", str(threads),
                     "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress"]
             for a in maddrs:
                 args += ["--initial-peers", a]

@@ -58,6 +58,7 @@ class SwarmConfig:
     start_delay: float = 10.0  # for a new run: seconds until round 0 opens
     max_lag: int = 1  # contribute only when at most this many rounds behind the newest final round
     seed: int = 0
+    threads: int | None = None  # torch CPU threads (several peers on one machine should split the cores)
     progress: bool = True
 
 
@@ -74,6 +75,10 @@ class ManifestConflict(ValueError):
 class SwarmPeer:
     def __init__(self, cfg: SwarmConfig):
         self.cfg = cfg
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         self.identity = Identity.load_or_create(cfg.identity_path)
         self.peer_id = self.identity.peer_id
         self.tag = self.peer_id[:8]
@@ -146,6 +151,8 @@ class SwarmPeer:
     def _create_manifest(self) -> RunManifest:
         settings = default_manifest_fields() | {k: v for k, v in self.cfg.local.items() if v is not None}
         self.built = build(self._train_config(settings))
+        if self.cfg.evaluate:  # before the clock starts, so the creator does not begin the run behind
+            self.before = self._evaluate(self.built[1], self.built[2])
         now = time.time()
         r = float(settings["round_seconds"])
         manifest = RunManifest(
@@ -164,7 +171,7 @@ class SwarmPeer:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, m = self.cfg, self.join()
-        before = self._evaluate() if cfg.evaluate else None
+        before = getattr(self, "before", None) or (self._evaluate() if cfg.evaluate else None)
         self._warm_up()
         last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
         next_beat = 0.0
@@ -329,11 +336,12 @@ class SwarmPeer:
         except DHTUnavailable as e:
             log.warning("[%s] round=%d heartbeat failed: %s", self.tag, self.applied, e)
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, task=None, replica=None) -> dict:
         import torch
 
+        task, replica = task or self.task, replica or self.replica
         with torch.no_grad():
-            ev = self.task.evaluate(self.replica.model, batch_size=self.cfg.eval_batch_size, limit=self.cfg.eval_size)
+            ev = task.evaluate(replica.model, batch_size=self.cfg.eval_batch_size, limit=self.cfg.eval_size)
         log.info("[%s] round=%d eval %s", self.tag, self.applied, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
         return ev
 
