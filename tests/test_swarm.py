@@ -60,6 +60,11 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
         assert listing.returncode == 0, listing.stderr
         row = next(line for line in listing.stdout.splitlines() if line.startswith("cfg "))
         assert "tiny-llama" in row and "drugreview" in row and row.split()[-1] == "1"
+        # an operator sees the live peer of the run, its round and its hash
+        status = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "status", "--run-id", "cfg",
+                                 *sum((["--initial-peers", a] for a in swarm.maddrs), [])], capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        assert "1 live peer(s)" in status.stdout and "0.1.0" in status.stdout
 
 
 def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_path):

@@ -221,6 +221,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from onebyte.dht.client import RecordClient, start_dht
+    from onebyte.dht.identity import Identity
+
+    ident = Identity()
+    dht = start_dht(ident, args.initial_peers, client_mode=True)
+    try:
+        peers = RecordClient(dht, ident).read_peers(args.run_id)
+    finally:
+        dht.shutdown()
+    if not peers:
+        print(f"no live peers in run {args.run_id!r}")
+        return 1
+    print(f"{'PEER':<18} {'ROUND':>6} {'HASH':<14} {'MADE':>7} {'RATE/s':>7} {'VERSION':<10}")
+    for peer_id, hb in sorted(peers.items(), key=lambda kv: (-kv[1].round, kv[0])):
+        print(f"{peer_id[:16]:<18} {hb.round:>6} {hb.sha256[:12] or '-':<14} {hb.made:>7} {hb.rate:>7.3f} {hb.version:<10}")
+    rounds = {hb.round for hb in peers.values()}
+    print(f"{len(peers)} live peer(s), rounds {min(rounds)}..{max(rounds)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onebyte", description="Decentralized zeroth-order fine-tuning, about one byte per gradient.")
     parser.add_argument("--version", action="version", version=f"onebyte {__version__}")
@@ -282,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the runs visible in a swarm", description="List runs visible in the swarm: id, model, task, round, live peers.")
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("status", help="list the live peers of a run", description="Live peers of a run: round, last weight hash, contributions made and rate, version.")
+    p.add_argument("--run-id", required=True)
+    add_network_args(p, initial_required=True)
+    p.set_defaults(func=cmd_status)
     return parser
 
 
