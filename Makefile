@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PEERS ?= 4
 ROUNDS ?= 30
+# the embedded default (SmolLM2-135M, Drugs.com reviews); 30 s rounds suit 4 peers sharing 2 CPU cores
+DEMO_ARGS ?= --lr 1e-4 --round-seconds 30 --contribs-per-round 8 --batch-size 8
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -21,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/onebyte demo --peers $(PEERS) --rounds $(ROUNDS) --report runs/demo/report.json
+	$(VENV)/bin/onebyte demo --peers $(PEERS) --rounds $(ROUNDS) $(DEMO_ARGS) --workdir runs/demo --report runs/demo/report.json
 
 test: setup
 	$(PY) -m pytest -q -ra

@@ -68,6 +68,8 @@ def start_bootstrap(workdir: Path, extra: list[str] = ()) -> tuple[subprocess.Po
 def run_demo(cfg: DemoConfig) -> dict:
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="onebyte-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in [*workdir.glob("peer*.json"), *workdir.glob("peer*.jsonl"), *workdir.glob("peer*.log")]:
+        stale.unlink()  # a previous demo's logs would be read as this one's progress
     run_id = cfg.run_id or f"demo-{int(time.time())}"
     procs: list[subprocess.Popen] = []
     threads = max(1, (os.cpu_count() or 1) // cfg.peers)  # peers share this machine's cores
