@@ -74,7 +74,20 @@ def machine_info(threads: int) -> dict:
         "torch_threads": threads,
         "cpu": _cpu_name(),
         "loadavg_at_end": os.getloadavg(),
+        "git_head": _git_head(),
     }
+
+
+def _git_head() -> str | None:
+    """The commit the measured code is at (plus '+dirty' if onebyte/ has local edits); read-only."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onebyte"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_name() -> str:

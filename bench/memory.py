@@ -67,7 +67,7 @@ def child(args) -> dict:
     with torch.no_grad():  # fault in every weight page (they may be mmapped from the cache file)
         for t in model.parameters():
             float(t.sum())
-    out["rss_after_load_kib"] = _status_kib("VmRSS") = _status_kib("VmRSS")
+    out["rss_after_load_kib"] = _status_kib("VmRSS")
     out["maxrss_during_load_kib"] = _maxrss_kib()
     out["peak_reset"] = _reset_peak()
 

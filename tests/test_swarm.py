@@ -22,7 +22,7 @@ def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tm
     rounds = 30
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "t3", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "15", *TINY, "--round-seconds", "2", "--contribs-per-round", "2", "--shard", "0/3")
+        swarm.peer("a", *common, "--new-run", "--start-delay", "15", *TINY, "--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3")
         time.sleep(2)
         swarm.peer("b", *common, "--shard", "1/3")
         swarm.peer("c", *common, "--shard", "2/3")

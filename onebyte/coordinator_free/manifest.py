@@ -17,7 +17,7 @@ from onebyte import PROTOCOL_VERSION
 AGREED_FIELDS = (
     "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
     "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
-    "contribs_per_round", "round_seconds",
+    "contribs_per_round", "round_seconds", "hash_every",
 )
 
 

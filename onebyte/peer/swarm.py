@@ -33,6 +33,11 @@ from onebyte.zo import contribution_seed
 log = logging.getLogger("onebyte.peer")
 
 LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late joiners
+# Every DHT operation costs kilobytes on the wire (several RPCs, each a new libp2p stream), so what
+# is not per-round data goes out on a slower clock: liveness every BEAT_SECONDS, hashes about
+# every HASH_SECONDS (see BENCHMARKS.md, bytes on the wire).
+BEAT_SECONDS = 30.0
+HASH_SECONDS = 30.0
 
 
 @dataclass
@@ -65,7 +70,8 @@ class SwarmConfig:
 def default_manifest_fields() -> dict:
     return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset="drugreview",
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
-                lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0)
+                lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0,
+                hash_every=None)
 
 
 class ManifestConflict(ValueError):
@@ -157,7 +163,8 @@ class SwarmPeer:
         r = float(settings["round_seconds"])
         manifest = RunManifest(
             run_id=self.cfg.run_id, created_at=now, start_time=now + self.cfg.start_delay, round_seconds=r,
-            publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0), hash_every=1 if r >= 5 else 5,
+            publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0),
+            hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
             initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
@@ -181,7 +188,7 @@ class SwarmPeer:
             now = time.time()
             if now >= next_beat:
                 self._heartbeat()
-                next_beat = now + min(m.round_seconds, 10.0)
+                next_beat = now + BEAT_SECONDS
             if self.applied < min(self.clock.last_final(now), last_round):
                 self._apply(self.applied + 1, pending_checks)
                 continue
@@ -195,7 +202,10 @@ class SwarmPeer:
                 break
             if self._contribute_or_publish(now, last_round):
                 continue
-            wake = min(self.clock.final_at(self.applied + 1), next_beat, self.clock.open_at(self.clock.round_at(now) + 1))
+            r_now = self.clock.round_at(now)
+            wake = min(self.clock.final_at(self.applied + 1), next_beat, self.clock.open_at(r_now + 1))
+            if self.codes.get(r_now) and r_now not in self.published:
+                wake = min(wake, self.clock.publish_by(r_now))  # a partly filled round goes out on time
             self.stop.wait(max(0.01, min(wake - time.time(), 1.0)))
         for q in pending_checks:
             if not self.stop.is_set():
@@ -328,7 +338,7 @@ class SwarmPeer:
         last = max(self.hashes) if self.hashes else None
         hb = Heartbeat(version=__version__, round=self.applied, sha256=self.hashes.get(last, "") if last is not None else "",
                        made=self.stats["made"], rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
-        ttl = 3 * m.round_seconds + 10
+        ttl = 2.5 * BEAT_SECONDS
         try:
             self.client.publish_heartbeat(m.run_id, hb, ttl)
             self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
