@@ -43,6 +43,7 @@ def apply_round(
     seeds = [s for s, _ in contributions]
     coeffs = round_coefficients([g for _, g in contributions], lr)
     shrink = float(np.float32(1.0 - lr * weight_decay))
+    buffers: dict = {}  # per device: one cache-sized delta (and widening) buffer for the whole round
     with torch.no_grad():
         for name, p in params:
             if not p.is_contiguous():
@@ -55,14 +56,16 @@ def apply_round(
                 for i, t, m in noise.segments(offsets[0], flat.numel()):
                     flat[i : i + m].add_(noise.signs[t : t + m], alpha=coeffs[0])
             else:
-                _apply_fused(flat, offsets, coeffs, d, noise)
+                if flat.device not in buffers:
+                    buffers[flat.device] = torch.empty(2 * noise.chunk, dtype=torch.float32, device=flat.device)
+                _apply_fused(flat, offsets, coeffs, d, noise, buffers[flat.device])
 
 
-def _apply_fused(flat: torch.Tensor, offsets: list[int], coeffs: list[float], d: float | None, noise: NoiseTable) -> None:
+def _apply_fused(flat: torch.Tensor, offsets: list[int], coeffs: list[float], d: float | None, noise: NoiseTable, buf: torch.Tensor) -> None:
     """Per cache-sized chunk: accumulate D over all windows, then write theta once."""
     chunk = min(noise.chunk, flat.numel())
-    delta_buf = torch.empty(chunk, dtype=torch.float32, device=flat.device)
-    wide_buf = None if flat.dtype == torch.float32 else torch.empty(chunk, dtype=torch.float32, device=flat.device)
+    delta_buf = buf[:chunk]
+    wide_buf = None if flat.dtype == torch.float32 else buf[noise.chunk : noise.chunk + chunk]
     mask = noise.size - 1
     for a in range(0, flat.numel(), chunk):
         b = min(a + chunk, flat.numel())
