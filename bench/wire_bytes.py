@@ -208,7 +208,8 @@ def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Pa
             if i == 0:
                 argv += ["--new-run", "--start-delay", str(start_delay), "--model", args.model, "--trainable", args.trainable,
                          "--max-length", str(args.max_length), "--lr", str(args.lr), "--table-log2", str(args.table_log2),
-                         "--round-seconds", str(args.round_seconds), "--contribs-per-round", str(k)]
+                         "--round-seconds", str(args.round_seconds), "--contribs-per-round", str(k),
+                         "--lean-replicas", str(args.lean_replicas)]
             procs.append(ns.popen(argv, stdout=open(workdir / f"peer{i}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env()))
         joined = _follow(procs, workdir, timeout=start_delay + (rounds + 4) * args.round_seconds + 180)
         time.sleep(2 * args.sample_interval)
@@ -346,7 +347,7 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
 
     made = sum(r["contributions_made"] for r in reports)
     res = {
-        "n": n, "k": k, "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS, "replicas_option": replicas, "rounds": rounds,
+        "n": n, "k": k, "lean_replicas": args.lean_replicas, "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS, "replicas_option": replicas, "rounds": rounds,
         "round_seconds": R, "settle_seconds": m["settle_seconds"], "publish_margin": m["publish_margin"],
         "window_rounds": [a, b], "window_seconds": t1 - t0,
         "bytes": win_bytes, "packets": win_packets, "contributions": win_contribs, "contributions_read_in_window": read_contribs,
@@ -661,6 +662,7 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--table-log2", type=int, default=20)
+    p.add_argument("--lean-replicas", type=int, default=0, help="run manifest's lean_replicas: round records to/from the r nearest nodes, no crawl (0 = crawl)")
     p.add_argument("--idle-seconds", type=float, default=16.0, help="target length of the idle window before round 0")
     p.add_argument("--start-delay", type=float, default=None, help="override: seconds from run creation to round 0")
     p.add_argument("--startup-allowance", type=float, default=10.0, help="start delay = this + per-peer * N + idle seconds")

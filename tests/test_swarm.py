@@ -41,6 +41,27 @@ def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tm
         assert len(r["hashes"]) >= 6 and r["final_sha256"] != r["manifest"]["initial_sha256"]
 
 
+def test_lean_round_records_still_reach_every_peer(tmp_path):
+    """--lean-replicas: round records go to and come from the 2 nearest nodes, with no DHT crawl."""
+    rounds = 12
+    with Swarm(tmp_path) as swarm:
+        common = ["--run-id", "lean", "--rounds", str(rounds), "--batch-size", "4"]
+        swarm.peer("a", *common, "--new-run", "--start-delay", "12", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+                   "--hash-every", "3", "--lean-replicas", "2")
+        swarm.peer("b", *common, "--shard", "1/3")
+        swarm.peer("c", *common, "--shard", "2/3")
+        for name in "abc":
+            assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
+        reports = {n: swarm.report(n) for n in "abc"}
+    assert {r["manifest"]["lean_replicas"] for r in reports.values()} == {2}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1
+    total = sum(r["contributions_published"] for r in reports.values())
+    assert total > 0
+    for r in reports.values():
+        assert r["contributions_applied_local"] + r["contributions_applied_remote"] == total
+        assert r["hash_mismatches"] == 0
+
+
 def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
     with Swarm(tmp_path) as swarm:
         swarm.peer("owner", "--run-id", "cfg", "--new-run", *TINY, "--round-seconds", "2", "--rounds", "40", "--start-delay", "2")

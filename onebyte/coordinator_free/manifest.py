@@ -17,7 +17,7 @@ from onebyte import PROTOCOL_VERSION
 AGREED_FIELDS = (
     "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
     "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
-    "contribs_per_round", "round_seconds", "hash_every",
+    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas",
 )
 
 
@@ -56,6 +56,8 @@ class RunManifest(BaseModel):
     table_log2: int = Field(ge=12, le=31)
     table_key: int = 0
     contribs_per_round: int = Field(ge=1, le=4096)
+    # round records: 0 = hivemind's crawling store/get; r > 0 = the r nearest known nodes, no crawl
+    lean_replicas: int = Field(default=0, ge=0, le=20)
 
     def conflicts(self, local: dict) -> list[str]:
         """Human-readable differences between this manifest and settings a user passed explicitly."""

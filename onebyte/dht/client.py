@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from hivemind.dht import DHT
@@ -16,6 +17,7 @@ from hivemind.utils import get_dht_time
 
 from onebyte.dht import records as R
 from onebyte.dht.identity import Identity
+from onebyte.dht.lean import lean_read, lean_store
 from onebyte.dht.validator import Ed25519OwnerValidator, owner_subkey
 
 log = logging.getLogger("onebyte.dht")
@@ -55,12 +57,21 @@ def start_dht(
 class RecordClient:
     """One peer's view of the DHT: its identity signs what it stores; everything read is checked."""
 
-    def __init__(self, dht: DHT, identity: Identity, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, dht: DHT, identity: Identity, timeout: float = DEFAULT_TIMEOUT, lean_replicas: int = 0):
         self.dht = dht
         self.identity = identity
         self.subkey = owner_subkey(identity.public_key)
         self.timeout = timeout
+        self.lean_replicas = lean_replicas  # > 0: round records go to/from that many nearest nodes, no crawl
         self.rejected: Counter[str] = Counter()
+
+    def _run(self, coro):
+        if not self.dht.is_alive():
+            raise DHTUnavailable("the DHT process is not running")
+        try:
+            return self.dht.run_coroutine(coro, return_future=True).result(timeout=self.timeout)
+        except (TimeoutError, ConnectionError) as e:
+            raise DHTUnavailable(f"lean DHT call failed: {e or 'timeout'}") from None
 
     # -- low level ---------------------------------------------------------------------------
     def _store(self, key: str, value: Any, expiration: float) -> bool:
@@ -82,11 +93,20 @@ class RecordClient:
 
     # -- contributions -----------------------------------------------------------------------
     def publish_contributions(self, run_id: str, rec: R.ContributionRecord, expiration: float) -> bool:
-        return self._store(R.round_key(run_id, rec.round), rec.pack(), expiration)
+        key = R.round_key(run_id, rec.round)
+        if self.lean_replicas:
+            try:
+                return self._run(partial(lean_store, key, self.subkey, rec.pack(), expiration, self.lean_replicas)) > 0
+            except DHTUnavailable as e:
+                log.warning("lean store of %s failed (%s)", key, e)
+                return False
+        return self._store(key, rec.pack(), expiration)
 
     def read_round(self, run_id: str, round_: int) -> dict[str, R.ContributionRecord]:
         """All verified contribution records for a round, by peer id. Raises DHTUnavailable."""
-        return R.parse_subkeys(self._get(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected)
+        key = R.round_key(run_id, round_)
+        value = self._run(partial(lean_read, key, self.lean_replicas)) if self.lean_replicas else self._get(key)
+        return R.parse_subkeys(value, R.ContributionRecord.unpack, self.rejected)
 
     # -- hashes ------------------------------------------------------------------------------
     def publish_hash(self, run_id: str, rec: R.HashRecord, expiration: float) -> bool:

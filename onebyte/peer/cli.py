@@ -132,6 +132,8 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--table-log2", type=_positive_int, default=None)
     g.add_argument("--contribs-per-round", type=_positive_int, default=None, help="most contributions one peer makes per round")
     g.add_argument("--round-seconds", type=_positive_float, default=None, help="round length in seconds")
+    g.add_argument("--lean-replicas", type=_nonneg_int, default=None,
+                   help="store/read round records on this many nearest DHT nodes without crawling (0 = hivemind's crawl; default 0)")
     g.add_argument("--hash-every", type=_positive_int, default=None, help="publish and compare weight hashes every this many rounds (default: about every 30 s)")
 
 

@@ -71,7 +71,7 @@ def default_manifest_fields() -> dict:
     return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset="drugreview",
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
                 lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0,
-                hash_every=None)
+                hash_every=None, lean_replicas=0)
 
 
 class ManifestConflict(ValueError):
@@ -126,6 +126,7 @@ class SwarmPeer:
             raise ManifestConflict(f"run {cfg.run_id!r} uses other settings than you passed: " + "; ".join(conflicts)
                                    + " (omit them to take the run's settings)")
         self.manifest = manifest
+        self.client.lean_replicas = manifest.lean_replicas
         if not hasattr(self, "built"):
             self.built = build(self._train_config(manifest))
         self.loaded, self.task, self.replica = self.built
@@ -168,7 +169,7 @@ class SwarmPeer:
             initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
-                                        "codec", "table_log2", "contribs_per_round")},
+                                        "codec", "table_log2", "contribs_per_round", "lean_replicas")},
         )
         if not self.client.publish_manifest(self.cfg.run_id, manifest.model_dump(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")
