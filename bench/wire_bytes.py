@@ -423,45 +423,17 @@ def hivemind_computed(ns: list[int], params: int = SMOLLM2_135M_PARAMS) -> dict:
 # subtracting the background rate measured on the same swarm at rest. It also measures two leaner
 # ways to move the same records over the same DHT (see _lean_store/_lean_read).
 async def _lean_store(key, subkey, value, expiration, k_rep, dht, node):
-    """Store one signed subkey on the k_rep nodes nearest to the key that this node's routing table
-    knows (itself included), with no crawl first: hivemind's store() crawls the DHT with FIND
-    requests, and every node visited answers with the whole dictionary stored under the key."""
-    from hivemind.dht.routing import DHTID
-    from hivemind.dht.validation import DHTRecord
+    """onebyte.dht.lean.lean_store: one signed subkey to the k_rep nearest known nodes, no crawl."""
+    from onebyte.dht.lean import lean_store
 
-    key_id = DHTID.generate(source=key)
-    ser = node.protocol.serializer
-    record = DHTRecord(key_id.to_bytes(), ser.dumps(subkey), ser.dumps(value), expiration)
-    signed = node.protocol.record_validator.sign_value(record)
-    cands = node.protocol.routing_table.get_nearest_neighbors(key_id, k_rep, exclude=node.node_id) + [(node.node_id, None)]
-    cands = sorted(cands, key=lambda c: key_id.xor_distance(c[0]))[:k_rep]
-    ok = 0
-    for _nid, pid in cands:
-        if pid is None:
-            ok += bool(node.protocol.storage.store_subkey(key_id, subkey, signed, expiration))
-        else:
-            res = await node.protocol.call_store(pid, [key_id], [signed], [expiration], subkeys=[subkey])
-            ok += bool(res and res[0])
-    return ok
+    return await lean_store(key, subkey, value, expiration, k_rep, dht, node)
 
 
 async def _lean_read(key, k_rep, dht, node):
-    """Read a dictionary from the k_rep nearest known nodes only (FIND to each; no crawl, no caching)."""
-    from hivemind.dht.routing import DHTID
+    """onebyte.dht.lean.lean_read from the k_rep nearest known nodes; returns how many subkeys it merged."""
+    from onebyte.dht.lean import lean_read
 
-    key_id = DHTID.generate(source=key)
-    cands = node.protocol.routing_table.get_nearest_neighbors(key_id, k_rep, exclude=node.node_id) + [(node.node_id, None)]
-    cands = sorted(cands, key=lambda c: key_id.xor_distance(c[0]))[:k_rep]
-    merged = set()
-    for _nid, pid in cands:
-        if pid is None:
-            found = node.protocol.storage.get(key_id)
-        else:
-            res = await node.protocol.call_find(pid, [key_id])
-            found = res[key_id][0] if res else None
-        if found is not None and hasattr(found.value, "items"):
-            merged.update(sk for sk, _ in found.value.items())
-    return len(merged)
+    return len(await lean_read(key, k_rep, dht, node))
 
 
 def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: list[int]) -> None:
