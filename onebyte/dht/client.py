@@ -92,28 +92,32 @@ class RecordClient:
             raise DHTUnavailable(f"get of {key} timed out after {self.timeout:.1f}s") from None
 
     # -- contributions -----------------------------------------------------------------------
+    def _store_round_data(self, key: str, value: Any, expiration: float) -> bool:
+        """Per-round records (contributions, hashes): lean when the run says so, else crawling."""
+        if not self.lean_replicas:
+            return self._store(key, value, expiration)
+        try:
+            return self._run(partial(lean_store, key, self.subkey, value, expiration, self.lean_replicas)) > 0
+        except DHTUnavailable as e:
+            log.warning("lean store of %s failed (%s)", key, e)
+            return False
+
+    def _read_round_data(self, key: str) -> Any:
+        return self._run(partial(lean_read, key, self.lean_replicas)) if self.lean_replicas else self._get(key)
+
     def publish_contributions(self, run_id: str, rec: R.ContributionRecord, expiration: float) -> bool:
-        key = R.round_key(run_id, rec.round)
-        if self.lean_replicas:
-            try:
-                return self._run(partial(lean_store, key, self.subkey, rec.pack(), expiration, self.lean_replicas)) > 0
-            except DHTUnavailable as e:
-                log.warning("lean store of %s failed (%s)", key, e)
-                return False
-        return self._store(key, rec.pack(), expiration)
+        return self._store_round_data(R.round_key(run_id, rec.round), rec.pack(), expiration)
 
     def read_round(self, run_id: str, round_: int) -> dict[str, R.ContributionRecord]:
         """All verified contribution records for a round, by peer id. Raises DHTUnavailable."""
-        key = R.round_key(run_id, round_)
-        value = self._run(partial(lean_read, key, self.lean_replicas)) if self.lean_replicas else self._get(key)
-        return R.parse_subkeys(value, R.ContributionRecord.unpack, self.rejected)
+        return R.parse_subkeys(self._read_round_data(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected)
 
     # -- hashes ------------------------------------------------------------------------------
     def publish_hash(self, run_id: str, rec: R.HashRecord, expiration: float) -> bool:
-        return self._store(R.hash_key(run_id, rec.round), rec.model_dump(), expiration)
+        return self._store_round_data(R.hash_key(run_id, rec.round), rec.model_dump(), expiration)
 
     def read_hashes(self, run_id: str, round_: int) -> dict[str, R.HashRecord]:
-        return R.parse_subkeys(self._get(R.hash_key(run_id, round_)), lambda v: R.HashRecord(**v), self.rejected)
+        return R.parse_subkeys(self._read_round_data(R.hash_key(run_id, round_)), lambda v: R.HashRecord(**v), self.rejected)
 
     # -- membership, manifest, run list ------------------------------------------------------
     def publish_heartbeat(self, run_id: str, hb: R.Heartbeat, ttl: float) -> bool:

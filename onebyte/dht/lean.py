@@ -4,7 +4,7 @@ hivemind's ``store`` first crawls the DHT (every FIND reply carries the whole ro
 and ``get(latest=True)`` crawls again: ~22-24 KB per peer per round at N = 8 (BENCHMARKS.md).
 These coroutines run inside the DHT process (``dht.run_coroutine``) and talk only to the r nodes
 nearest to the key in this node's routing table, itself included. They rely on routing tables
-that agree about who is nearest, which the regular (crawling) heartbeat and hash stores keep
+that agree about who is nearest, which the regular (crawling) heartbeat stores keep
 fresh; a run opts in through its manifest (``lean_replicas``), and hash records catch a miss.
 """
 

@@ -36,7 +36,7 @@ LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late jo
 # Every DHT operation costs kilobytes on the wire (several RPCs, each a new libp2p stream), so what
 # is not per-round data goes out on a slower clock: liveness every BEAT_SECONDS, hashes about
 # every HASH_SECONDS (see BENCHMARKS.md, bytes on the wire).
-BEAT_SECONDS = 30.0
+BEAT_SECONDS = 60.0
 HASH_SECONDS = 30.0
 
 
