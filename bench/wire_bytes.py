@@ -122,6 +122,16 @@ class NetNS:
         r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
         return [int(x) for x in r.stdout.split() if x.strip().isdigit()]
 
+    def __enter__(self) -> "NetNS":
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except KeyboardInterrupt:  # a signal during clean-up: finish it (further signals are ignored), then unwind
+            self.close()
+            raise
+
     def close(self) -> None:
         """Terminate our processes (gracefully first), then anything left in the namespace, then delete it."""
         for p in self.procs:
@@ -189,8 +199,7 @@ def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Pa
     log(f"{label}: namespace {ns.name}, {rounds} rounds of {args.round_seconds:g}s, start delay {start_delay:.0f}s, logs in {workdir}")
     load_before = uptime()
     t_begin = time.time()
-    try:
-        ns.create()
+    with ns:
         sampler = ns.popen([sys.executable, "-u", "-c", SAMPLER.replace("%INTERVAL%", str(args.sample_interval))],
                            stdout=open(workdir / "counters.txt", "w"), stderr=subprocess.DEVNULL)
         boot_out = workdir / "bootstrap.out"
@@ -217,12 +226,6 @@ def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Pa
         sampler.terminate()
         sampler.wait(timeout=5)
         return analyse(workdir, n, k, replicas, rounds, joined, end_counters, args, load_before, time.time() - t_begin)
-    finally:
-        try:
-            ns.close()
-        except KeyboardInterrupt:  # a signal during clean-up: finish it (further signals are ignored), then unwind
-            ns.close()
-            raise
 
 
 def _wait_maddrs(boot: subprocess.Popen, out: Path) -> list[str]:
@@ -520,8 +523,7 @@ def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds:
     ns = NetNS(f"onebyte-bench-{os.getpid()}-b{idx}")
     out = workdir / f"breakdown-n{n}.json"
     log(f"breakdown N={n} K={k}: per-operation bytes in namespace {ns.name}")
-    try:
-        ns.create()
+    with ns:
         p = ns.popen([sys.executable, str(Path(__file__).resolve()), "--_breakdown-worker", json.dumps([n, k, replicas, str(out), lean_reps])],
                      stdout=open(workdir / f"breakdown-n{n}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env())
         try:
@@ -531,12 +533,6 @@ def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds:
         if p.returncode != 0 or not out.exists():
             tail = (workdir / f"breakdown-n{n}.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"breakdown worker failed ({p.returncode}): " + " | ".join(tail))
-    finally:
-        try:
-            ns.close()
-        except KeyboardInterrupt:  # a signal during clean-up: finish it (further signals are ignored), then unwind
-            ns.close()
-            raise
     res = json.loads(out.read_text())
     op = res["per_op"]
     # what one round costs, op by op, as the peer loop does it (swarm.py): per peer and round one heartbeat
