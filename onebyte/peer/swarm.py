@@ -98,7 +98,7 @@ class SwarmPeer:
         self.codes: dict[int, list] = {}
         self.published: set[int] = set()
         self.contrib_seconds = 0.0  # running estimate of one contribution's duration
-        self.too_slow: set[int] = set()
+        self.reprobed = -1  # last round in which a too-slow estimate was relaxed
 
     # -- joining ---------------------------------------------------------------------------------
     def _read_manifest(self) -> RunManifest | None:
@@ -128,7 +128,7 @@ class SwarmPeer:
         self.manifest = manifest
         self.client.lean_replicas = manifest.lean_replicas
         if not hasattr(self, "built"):
-            self.built = build(self._train_config(manifest))
+            self.built = build(self._train_config(manifest.model_dump()))
         self.loaded, self.task, self.replica = self.built
         initial = self.replica.sha256()
         if initial != manifest.initial_sha256:
@@ -146,14 +146,11 @@ class SwarmPeer:
                  manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
         return manifest
 
-    def _train_config(self, m) -> TrainConfig:
-        get = (lambda k: getattr(m, k)) if isinstance(m, RunManifest) else m.__getitem__
-        return TrainConfig(model=get("model"), model_kind=get("model_kind"), dtype=get("dtype"), trainable=get("trainable"),
-                           init_seed=get("init_seed"), dataset=get("dataset"), task=get("task"), text_column=get("text_column"),
-                           label_column=get("label_column"), label_words=get("label_words"), template=get("template"),
-                           max_length=get("max_length"), lr=get("lr"), eps=get("eps"), weight_decay=get("weight_decay"),
-                           codec=get("codec"), table_log2=get("table_log2"), device=self.cfg.device, seed=self.cfg.seed,
-                           progress=False)
+    def _train_config(self, settings: dict) -> TrainConfig:
+        """The model/data/update settings of a run (a manifest's or a creator's) plus this peer's own."""
+        keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
+                "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+        return TrainConfig(**{k: settings[k] for k in keys}, device=self.cfg.device, seed=self.cfg.seed, progress=False)
 
     def _create_manifest(self) -> RunManifest:
         settings = default_manifest_fields() | {k: v for k, v in self.cfg.local.items() if v is not None}
@@ -238,8 +235,8 @@ class SwarmPeer:
                 self.codes.pop(r, None)
             return False
         if now + self.contrib_seconds > self.clock.publish_by(r):
-            if not codes and r not in self.too_slow:  # re-probe: estimates taken under load go stale
-                self.too_slow.add(r)
+            if not codes and self.reprobed != r:  # re-probe once a round: estimates taken under load go stale
+                self.reprobed = r
                 self.contrib_seconds *= 0.7
             return False  # this contribution would miss the deadline
         t0 = time.perf_counter()
