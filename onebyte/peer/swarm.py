@@ -27,6 +27,7 @@ from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, HashRecord, Heartbeat, RunAnnouncement
+from onebyte.metrics.peer import PeerMetrics
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
 from onebyte.zo import contribution_seed
 
@@ -65,6 +66,7 @@ class SwarmConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (several peers on one machine should split the cores)
     progress: bool = True
+    metrics_port: int | None = None  # serve Prometheus metrics on this port
 
 
 def default_manifest_fields() -> dict:
@@ -99,6 +101,9 @@ class SwarmPeer:
         self.published: set[int] = set()
         self.contrib_seconds = 0.0  # running estimate of one contribution's duration
         self.reprobed = -1  # last round in which a too-slow estimate was relaxed
+        self.metrics = PeerMetrics()
+        if cfg.metrics_port is not None:
+            self.metrics.serve(cfg.metrics_port)
 
     # -- joining ---------------------------------------------------------------------------------
     def _read_manifest(self) -> RunManifest | None:
@@ -139,6 +144,8 @@ class SwarmPeer:
         if not pool:
             raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {self.task.num_train} training examples is empty")
         self.pool = pool
+        self.metrics.on_start(version=__version__, protocol_version=PROTOCOL_VERSION, model=manifest.model, run_id=manifest.run_id,
+                              peer_id=self.peer_id, dataset=manifest.dataset)
         # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
         self.lag_allowed = cfg.max_lag + math.ceil(manifest.settle_seconds / manifest.round_seconds)
         log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
@@ -260,6 +267,7 @@ class SwarmPeer:
         self.stats["made"] += 1
         self.stats["loss_sum"] += (lp + lm) / 2
         self.last_loss = (lp + lm) / 2
+        self.metrics.on_contribution(time.perf_counter() - t0, self.last_loss)
         return True
 
     def _publish(self, r: int) -> None:
@@ -279,6 +287,8 @@ class SwarmPeer:
             ok = False
             log.warning("[%s] round=%d publish failed: %s", self.tag, r, e)
         self.stats["published" if ok else "publish_failed"] += len(codes)
+        if ok:
+            self.metrics.on_published(len(codes), len(rec.codes))
 
     def _apply(self, q: int, pending_checks: list[int]) -> None:
         m = self.manifest
@@ -303,6 +313,8 @@ class SwarmPeer:
         self.stats["rounds_applied"] += 1
         for reason, n in rs.rejected.items():
             self.stats[f"rejected_{reason}"] += n
+            self.metrics.on_rejected(reason, n)
+        self.metrics.on_received(sum(len(rec.codes) for p, rec in records.items() if p != self.peer_id))
         sha = None
         if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
             sha = self.hashes[q] = self.replica.sha256()
@@ -316,6 +328,7 @@ class SwarmPeer:
                 log.warning("[%s] round=%d hash publish failed: %s", self.tag, q, e)
             pending_checks.append(q)
         apply_s = time.perf_counter() - t0
+        self.metrics.on_applied(q, mine, len(rs.contributions) - mine, apply_s, time.time() - self.clock.close(q))
         log.info("[%s] round=%d applied %d contributions from %d peers in %.2fs%s", self.tag, q, len(rs.contributions), len(rs.counts),
                  apply_s, f" hash={sha[:12]}" if sha else "")
         self._round_log({"event": "applied", "round": q, "time": time.time(), "contributions": len(rs.contributions),
@@ -330,6 +343,7 @@ class SwarmPeer:
             return
         rep = compare_hashes(q, self.hashes[q], reported)
         self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
+        self.metrics.on_hash_check(not rep.disagree)
         if rep.disagree:
             self.stats["hash_mismatches"] += 1
             log.error("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)", self.tag, q, rep.disagree,
@@ -347,6 +361,7 @@ class SwarmPeer:
             self.client.publish_heartbeat(m.run_id, hb, ttl)
             self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
                                                      protocol_version=PROTOCOL_VERSION), ttl)
+            self.metrics.on_live_peers(len(self.client.read_peers(m.run_id)))
         except DHTUnavailable as e:
             log.warning("[%s] round=%d heartbeat failed: %s", self.tag, self.applied, e)
 
@@ -356,6 +371,7 @@ class SwarmPeer:
         task, replica = task or self.task, replica or self.replica
         with torch.no_grad():
             ev = task.evaluate(replica.model, batch_size=self.cfg.eval_batch_size, limit=self.cfg.eval_size)
+        self.metrics.on_eval(ev.get("accuracy"), ev.get("loss"))
         log.info("[%s] round=%d eval %s", self.tag, self.applied, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
         return ev
 

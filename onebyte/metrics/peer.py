@@ -1,0 +1,102 @@
+"""Prometheus metrics of one peer: what an operator watches (see deploy/ for the dashboard).
+
+Each peer owns a registry of its own (several peers may share a process in tests), served over
+HTTP only when the user asks for it (``--metrics-port``). The step loop calls the ``on_*``
+methods at the events they name; nothing here blocks or raises into the loop.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
+
+
+class PeerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        self.info = Info("onebyte_peer", "Peer identity and versions", registry=r)
+        self.round = Gauge("onebyte_round", "Last round applied by this peer", registry=r)
+        self.train_loss = Gauge("onebyte_train_loss", "Mean of L+ and L- of the last contribution", registry=r)
+        self.eval_accuracy = Gauge("onebyte_eval_accuracy", "Held-out accuracy at the last evaluation", registry=r)
+        self.eval_loss = Gauge("onebyte_eval_loss", "Held-out loss at the last evaluation", registry=r)
+        self.made = Counter("onebyte_contributions_made", "Contributions computed by this peer", registry=r)
+        self.published = Counter("onebyte_contributions_published", "Contributions published in a signed record", registry=r)
+        self.applied = Counter("onebyte_contributions_applied", "Contributions applied to the weights", ["origin"], registry=r)
+        self.rejected = Counter("onebyte_records_rejected", "Records or contributions rejected, by reason", ["reason"], registry=r)
+        self.live_peers = Gauge("onebyte_live_peers", "Peers of the run seen alive (heartbeats)", registry=r)
+        self.wire_bytes = Counter("onebyte_wire_bytes", "Record payload bytes this peer stored or read", ["direction"], registry=r)
+        self.step_seconds = Histogram("onebyte_step_seconds", "Time to compute one contribution (two forward passes)", buckets=STEP_BUCKETS, registry=r)
+        self.round_latency = Histogram("onebyte_round_latency_seconds", "From a round's close to this peer applying it", buckets=LATENCY_BUCKETS, registry=r)
+        self.apply_seconds = Histogram("onebyte_apply_seconds", "Time to apply one round", buckets=STEP_BUCKETS, registry=r)
+        self.catchups = Counter("onebyte_catchups", "Catch-ups completed, by method", ["method"], registry=r)
+        self.catchup_seconds = Histogram("onebyte_catchup_seconds", "Duration of a catch-up", buckets=LATENCY_BUCKETS, registry=r)
+        self.repairs = Counter("onebyte_repairs", "Repairs after a weight-hash disagreement", registry=r)
+        self.hash_checks = Counter("onebyte_hash_checks", "Weight-hash comparisons with other peers, by result", ["result"], registry=r)
+        self.hash_mismatches = Counter("onebyte_hash_mismatches", "Weight-hash comparisons this peer lost", registry=r)
+        self.checkpoints = Counter("onebyte_checkpoints_saved", "Checkpoints written", registry=r)
+        for origin in ("local", "remote"):
+            self.applied.labels(origin=origin)
+        for result in ("agree", "disagree"):
+            self.hash_checks.labels(result=result)
+        for d in ("sent", "received"):
+            self.wire_bytes.labels(direction=d)
+        for method in ("log", "checkpoint"):
+            self.catchups.labels(method=method)
+
+    def serve(self, port: int, addr: str = "0.0.0.0"):
+        """Start the /metrics HTTP endpoint in a daemon thread."""
+        return start_http_server(port, addr=addr, registry=self.registry)
+
+    # -- events from the step loop --------------------------------------------------------------
+    def on_start(self, **info: str) -> None:
+        self.info.info({k: str(v) for k, v in info.items()})
+
+    def on_contribution(self, seconds: float, loss: float) -> None:
+        self.made.inc()
+        self.step_seconds.observe(seconds)
+        self.train_loss.set(loss)
+
+    def on_published(self, n: int, payload_bytes: int) -> None:
+        self.published.inc(n)
+        self.wire_bytes.labels(direction="sent").inc(payload_bytes)
+
+    def on_applied(self, round_: int, local: int, remote: int, apply_seconds: float, latency_seconds: float | None) -> None:
+        self.round.set(round_)
+        self.applied.labels(origin="local").inc(local)
+        self.applied.labels(origin="remote").inc(remote)
+        self.apply_seconds.observe(apply_seconds)
+        if latency_seconds is not None:
+            self.round_latency.observe(latency_seconds)
+
+    def on_received(self, payload_bytes: int) -> None:
+        self.wire_bytes.labels(direction="received").inc(payload_bytes)
+
+    def on_rejected(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.rejected.labels(reason=reason).inc(n)
+
+    def on_eval(self, accuracy: float | None, loss: float | None) -> None:
+        if accuracy is not None:
+            self.eval_accuracy.set(accuracy)
+        if loss is not None:
+            self.eval_loss.set(loss)
+
+    def on_live_peers(self, n: int) -> None:
+        self.live_peers.set(n)
+
+    def on_hash_check(self, agree: bool) -> None:
+        self.hash_checks.labels(result="agree" if agree else "disagree").inc()
+        if not agree:
+            self.hash_mismatches.inc()
+
+    def on_catchup(self, method: str, seconds: float) -> None:
+        self.catchups.labels(method=method).inc()
+        self.catchup_seconds.observe(seconds)
+
+    def on_repair(self) -> None:
+        self.repairs.inc()
+
+    def on_checkpoint(self) -> None:
+        self.checkpoints.inc()
