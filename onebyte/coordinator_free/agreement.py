@@ -26,6 +26,7 @@ class RoundSet:
     counts: dict[str, int]  # contributions per contributing peer
     digest: str  # SHA-256 of the canonical list of (peer, codes)
     rejected: Counter = field(default_factory=Counter)
+    records: list[tuple[str, bytes]] = field(default_factory=list)  # accepted (peer, codes), canonical order: the seed-log entry
 
 
 def decode_codes(codes: bytes, codec: ByteCodec | Float32Codec) -> list[float]:
@@ -55,6 +56,7 @@ def decide_round(
     width = 4 if isinstance(codec, Float32Codec) else 1
     contributions: list[tuple[int, float]] = []
     counts: dict[str, int] = {}
+    accepted: list[tuple[str, bytes]] = []
     h = hashlib.sha256(b"onebyte/set/v1" + struct.pack("<Q", round_))
     for peer_id in sorted(records, key=lambda p: p.encode("utf-8")):
         rec = records[peer_id]
@@ -73,10 +75,11 @@ def decide_round(
             rejected["malformed"] += 1
             continue
         counts[peer_id] = len(values)
+        accepted.append((peer_id, rec.codes))
         h.update(bytes.fromhex(peer_id) + struct.pack("<I", len(rec.codes)) + rec.codes)
         for i, v in enumerate(values):
             contributions.append((contribution_seed(run_id, peer_id, round_, i), v))
-    return RoundSet(round_, contributions, counts, h.hexdigest(), rejected)
+    return RoundSet(round_, contributions, counts, h.hexdigest(), rejected, accepted)
 
 
 @dataclass

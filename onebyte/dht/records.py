@@ -81,6 +81,7 @@ class Heartbeat(_Strict):
     made: int = Field(ge=0)
     rate: float = Field(ge=0)  # contributions per second, recent
     name: str = Field(default="", max_length=64)
+    p2p_id: str = Field(default="", max_length=64)  # libp2p id serving this peer's log and checkpoint (transfer.py)
 
 
 class RunAnnouncement(_Strict):

@@ -59,9 +59,10 @@ def save_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]]
     return CheckpointInfo(path, round_, digest, meta or {})
 
 
-def load_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]]) -> CheckpointInfo:
-    """Verify ``path`` against its own hash and against ``params``' names, shapes and dtypes,
-    then copy it into ``params``. Raises CheckpointError (and changes nothing) otherwise."""
+def load_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]], expect: dict | None = None) -> CheckpointInfo:
+    """Verify ``path`` against its own hash, ``expect`` (meta entries that must match, e.g. the run
+    id) and ``params``' names, shapes and dtypes, then copy it into ``params``. Raises
+    CheckpointError (and changes nothing) otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -73,22 +74,32 @@ def load_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]]
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {e}") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a onebyte checkpoint (format {header.get('format')!r})")
-    digest = weights_sha256(tensors.items())
-    if digest != header.get("sha256"):
-        raise CheckpointError(f"checkpoint {path} is corrupted: its weights hash {digest[:12]} but it claims {str(header.get('sha256'))[:12]}")
-    expected = {name: t for name, t in params}
-    if set(tensors) != set(expected):
-        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise CheckpointError(f"checkpoint {path} belongs to another model or trainable set (missing {missing[:3]}, unexpected {extra[:3]})")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape or t.dtype != expected[name].dtype:
-            raise CheckpointError(f"checkpoint {path}: tensor {name} is {t.dtype}{list(t.shape)}, model has {expected[name].dtype}{list(expected[name].shape)}")
     try:
         meta = json.loads(header.get("meta", "{}"))
         round_ = int(header["round"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} has a malformed header: {e}") from None
+    for key, want in (expect or {}).items():
+        if meta.get(key) != want:
+            raise CheckpointError(f"checkpoint {path} is for {key} {meta.get(key)!r}, not {want!r}")
+    digest = install_state(tensors, params, header.get("sha256"), str(path))
+    return CheckpointInfo(path, round_, digest, meta)
+
+
+def install_state(tensors: dict[str, torch.Tensor], params: Sequence[tuple[str, torch.Tensor]], claimed_sha256: str | None, where: str) -> str:
+    """Check a full set of trainable tensors (from a file or a peer) against its claimed hash and
+    against ``params``, then copy it in; returns the hash. Nothing is changed if a check fails."""
+    digest = weights_sha256(sorted(tensors.items()))
+    if digest != claimed_sha256:
+        raise CheckpointError(f"checkpoint {where} is corrupted: its weights hash {digest[:12]} but it claims {str(claimed_sha256)[:12]}")
+    expected = {name: t for name, t in params}
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise CheckpointError(f"checkpoint {where} belongs to another model or trainable set (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape or t.dtype != expected[name].dtype:
+            raise CheckpointError(f"checkpoint {where}: tensor {name} is {t.dtype}{list(t.shape)}, model has {expected[name].dtype}{list(expected[name].shape)}")
     with torch.no_grad():
         for name, t in tensors.items():
             expected[name].copy_(t)
-    return CheckpointInfo(path, round_, digest, meta)
+    return digest

@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onebyte import PROTOCOL_VERSION, __version__
-from onebyte.coordinator_free.agreement import compare_hashes, decide_round, encode_codes
+from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
 from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.coordinator_free.rounds import RoundClock
+from onebyte.coordinator_free.seedlog import SeedLog, SeedLogError, replay_set
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, HashRecord, Heartbeat, RunAnnouncement
+from onebyte.dht.transfer import ServedState, Transfer, TransferError
 from onebyte.metrics.peer import PeerMetrics
+from onebyte.peer import catchup
+from onebyte.peer.checkpoint import CheckpointError, install_state, load_checkpoint, save_checkpoint
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
 from onebyte.zo import contribution_seed
 
@@ -39,6 +43,9 @@ LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late jo
 # every HASH_SECONDS (see BENCHMARKS.md, bytes on the wire).
 BEAT_SECONDS = 60.0
 HASH_SECONDS = 30.0
+CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
+LOG_FETCH_ROUNDS = 500  # rounds per seed-log request
+KEEP_CHECKPOINTS = 2
 
 
 @dataclass
@@ -67,6 +74,9 @@ class SwarmConfig:
     threads: int | None = None  # torch CPU threads (several peers on one machine should split the cores)
     progress: bool = True
     metrics_port: int | None = None  # serve Prometheus metrics on this port
+    dht_options: dict = field(default_factory=dict)  # NAT options for start_dht: client_mode, use_relay, use_auto_relay
+    checkpoint_dir: str | None = None  # checkpoints and the seed log of this peer: resume from here, serve from here
+    checkpoint_seconds: float = 120.0  # at most one checkpoint per this many seconds (taken at hash rounds)
 
 
 def default_manifest_fields() -> dict:
@@ -91,7 +101,7 @@ class SwarmPeer:
         self.peer_id = self.identity.peer_id
         self.tag = self.peer_id[:8]
         self.stop = threading.Event()
-        self.dht = start_dht(self.identity, cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs, num_replicas=cfg.num_replicas)
+        self.dht = start_dht(self.identity, cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs, num_replicas=cfg.num_replicas, **cfg.dht_options)
         self.client = RecordClient(self.dht, self.identity)
         self.stats = Counter()
         self.hashes: dict[int, str] = {}
@@ -101,6 +111,13 @@ class SwarmPeer:
         self.published: set[int] = set()
         self.contrib_seconds = 0.0  # running estimate of one contribution's duration
         self.reprobed = -1  # last round in which a too-slow estimate was relaxed
+        self.pending_checks: list[int] = []
+        self.repair_round: int | None = None  # a hash round where this peer lost the vote
+        self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
+        self.last_checkpoint_at = 0.0
+        self.next_catchup_at = 0.0
+        self.bandwidth = catchup.DEFAULT_BANDWIDTH
+        self.transfer: Transfer | None = None
         self.metrics = PeerMetrics()
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
@@ -146,6 +163,13 @@ class SwarmPeer:
         self.pool = pool
         self.metrics.on_start(version=__version__, protocol_version=PROTOCOL_VERSION, model=manifest.model, run_id=manifest.run_id,
                               peer_id=self.peer_id, dataset=manifest.dataset)
+        self.ckdir = Path(cfg.checkpoint_dir) / manifest.run_id if cfg.checkpoint_dir else None
+        self.seedlog = SeedLog(self.ckdir / "seedlog.jsonl" if self.ckdir else None)
+        self._apply_s_per_contribution = self._estimate_apply_cost()
+        if self.ckdir:
+            self._resume()
+        self.transfer = Transfer(self.dht, manifest.run_id)
+        self.transfer.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
         # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
         self.lag_allowed = cfg.max_lag + math.ceil(manifest.settle_seconds / manifest.round_seconds)
         log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
@@ -187,20 +211,27 @@ class SwarmPeer:
         self._warm_up()
         last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
         next_beat = 0.0
-        pending_checks: list[int] = []
         started = time.time()
         while not self.stop.is_set():
             now = time.time()
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + BEAT_SECONDS
-            if self.applied < min(self.clock.last_final(now), last_round):
-                self._apply(self.applied + 1, pending_checks)
+            if self.repair_round is not None:
+                self._repair()
                 continue
-            due = [q for q in pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
+            newest = min(self.clock.last_final(now), last_round)
+            if newest - self.applied > CATCHUP_LAG and now >= self.next_catchup_at:
+                self.next_catchup_at = now + m.round_seconds * CATCHUP_LAG  # if no peer can help, read the DHT meanwhile
+                self._catch_up(newest)
+                continue
+            if self.applied < newest:
+                self._apply(self.applied + 1)
+                continue
+            due = [q for q in self.pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
             if due:
                 for q in due:
-                    pending_checks.remove(q)
+                    self.pending_checks.remove(q)
                     self._check_hashes(q)
                 continue
             if self.applied >= last_round:
@@ -212,7 +243,7 @@ class SwarmPeer:
             if self.codes.get(r_now) and r_now not in self.published:
                 wake = min(wake, self.clock.publish_by(r_now))  # a partly filled round goes out on time
             self.stop.wait(max(0.01, min(wake - time.time(), 1.0)))
-        for q in pending_checks:
+        for q in list(self.pending_checks):
             if not self.stop.is_set():
                 self.stop.wait(max(0.0, self.clock.final_at(q) + m.round_seconds / 2 - time.time()))
                 self._check_hashes(q)
@@ -290,7 +321,8 @@ class SwarmPeer:
         if ok:
             self.metrics.on_published(len(codes), len(rec.codes))
 
-    def _apply(self, q: int, pending_checks: list[int]) -> None:
+    def _apply(self, q: int) -> None:
+        """Read round q's records from the DHT, decide its set and apply it."""
         m = self.manifest
         for attempt in range(5):
             try:
@@ -304,17 +336,31 @@ class SwarmPeer:
         else:
             raise DHTUnavailable(f"could not read round {q} from the DHT")
         rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
-        t0 = time.perf_counter()
-        self.replica.apply(rs.contributions)
-        self.applied = q
-        mine = rs.counts.get(self.peer_id, 0)
-        self.stats["applied_local"] += mine
-        self.stats["applied_remote"] += len(rs.contributions) - mine
-        self.stats["rounds_applied"] += 1
         for reason, n in rs.rejected.items():
             self.stats[f"rejected_{reason}"] += n
             self.metrics.on_rejected(reason, n)
         self.metrics.on_received(sum(len(rec.codes) for p, rec in records.items() if p != self.peer_id))
+        self.metrics.sync_rejections(self.client)
+        self._apply_set(rs)
+
+    def _apply_set(self, rs: RoundSet, *, replayed: bool = False) -> None:
+        """Apply a decided round, log it, and at hash rounds publish the hash (live rounds only)."""
+        m, q = self.manifest, rs.round
+        assert q == self.applied + 1, (q, self.applied)
+        t0 = time.perf_counter()
+        self.replica.apply(rs.contributions)
+        apply_s = time.perf_counter() - t0
+        if rs.contributions:
+            self._apply_s_per_contribution = 0.8 * self._apply_s_per_contribution + 0.2 * apply_s / len(rs.contributions)
+        self.applied = q
+        self.seedlog.put(q, rs.digest, rs.records)
+        mine = rs.counts.get(self.peer_id, 0)
+        self.stats["applied_local"] += mine
+        self.stats["applied_remote"] += len(rs.contributions) - mine
+        self.stats["rounds_applied"] += 1
+        self.metrics.on_applied(q, mine, len(rs.contributions) - mine, apply_s, None if replayed else time.time() - self.clock.close(q))
+        if replayed:
+            return
         sha = None
         if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
             sha = self.hashes[q] = self.replica.sha256()
@@ -326,14 +372,171 @@ class SwarmPeer:
                                          self.clock.close(q) + LOG_TTL)
             except DHTUnavailable as e:
                 log.warning("[%s] round=%d hash publish failed: %s", self.tag, q, e)
-            pending_checks.append(q)
-        apply_s = time.perf_counter() - t0
-        self.metrics.on_applied(q, mine, len(rs.contributions) - mine, apply_s, time.time() - self.clock.close(q))
+            self.pending_checks.append(q)
+            self._maybe_checkpoint(q, sha)
         log.info("[%s] round=%d applied %d contributions from %d peers in %.2fs%s", self.tag, q, len(rs.contributions), len(rs.counts),
                  apply_s, f" hash={sha[:12]}" if sha else "")
         self._round_log({"event": "applied", "round": q, "time": time.time(), "contributions": len(rs.contributions),
                          "peers": len(rs.counts), "local": mine, "sha256": sha, "loss": getattr(self, "last_loss", None),
                          "apply_seconds": apply_s, "latency_seconds": time.time() - self.clock.close(q)})
+
+    # -- checkpoints, catch-up, repair ---------------------------------------------------------------
+    def _estimate_apply_cost(self) -> float:
+        """Seconds to apply one contribution, before any was applied: ~1.5 copies of the trainable
+        weights (BENCHMARKS.md (b)), timed on the largest tensor."""
+        import torch
+
+        name, big = max(self.replica.params, key=lambda kv: kv[1].numel())
+        scratch = torch.empty_like(big)
+        t0 = time.perf_counter()
+        scratch.copy_(big)
+        return 1.5 * (time.perf_counter() - t0) * self.replica.num_trainable / big.numel()
+
+    def _maybe_checkpoint(self, q: int, sha: str) -> None:
+        if not self.ckdir or time.time() - self.last_checkpoint_at < self.cfg.checkpoint_seconds:
+            return
+        t0 = time.perf_counter()
+        path = self.ckdir / f"ckpt-{q:09d}.safetensors"
+        try:
+            info = save_checkpoint(path, self.replica.params, q, {"run_id": self.manifest.run_id, "initial_sha256": self.manifest.initial_sha256})
+        except OSError as e:
+            log.error("[%s] round=%d checkpoint not written: %s", self.tag, q, e)
+            return
+        assert info.sha256 == sha
+        self.checkpoint, self.last_checkpoint_at = (path, q, sha), time.time()
+        for old in sorted(self.ckdir.glob("ckpt-*.safetensors"))[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+        self.metrics.on_checkpoint()
+        log.info("[%s] round=%d checkpoint %s written in %.2fs", self.tag, q, path.name, time.perf_counter() - t0)
+
+    def _resume(self) -> None:
+        """Restart: load the newest intact checkpoint of this run, then replay this peer's own log."""
+        expect = {"run_id": self.manifest.run_id, "initial_sha256": self.manifest.initial_sha256}
+        for path in sorted(self.ckdir.glob("ckpt-*.safetensors"), reverse=True):
+            try:
+                info = load_checkpoint(path, self.replica.params, expect)
+            except CheckpointError as e:
+                self.stats["checkpoints_rejected"] += 1
+                log.warning("[%s] round=%d not resuming from %s: %s", self.tag, self.applied, path.name, e)
+                continue
+            self.applied, self.hashes[info.round] = info.round, info.sha256
+            self.checkpoint, self.last_checkpoint_at = (path, info.round, info.sha256), time.time()
+            break
+        first = self.applied + 1
+        while (line := self.seedlog.get(self.applied + 1)) is not None and self.applied + 1 <= self.clock.last_final(time.time()):
+            try:
+                self._apply_set(replay_set(self.manifest.run_id, line, contribs_per_round=self.manifest.contribs_per_round, codec=self.replica.codec), replayed=True)
+            except SeedLogError as e:
+                log.warning("[%s] round=%d own seed log unusable from here: %s", self.tag, self.applied + 1, e)
+                break
+        if self.applied >= 0:
+            log.info("[%s] round=%d resumed from %s and replayed own log rounds %d..%d", self.tag, self.applied,
+                     self.checkpoint[0].name if self.checkpoint else "the initial weights", first, self.applied)
+
+    def _sources(self, trusted: set[str] | None = None) -> list[catchup.Source]:
+        try:
+            beats = self.client.read_peers(self.manifest.run_id)
+        except DHTUnavailable as e:
+            log.warning("[%s] round=%d no peer list: %s", self.tag, self.applied, e)
+            return []
+        out = []
+        for pid, hb in beats.items():
+            if pid == self.peer_id or not hb.p2p_id or (trusted is not None and pid not in trusted):
+                continue
+            try:
+                info = self.transfer.info(hb.p2p_id)
+                span = tuple(info["log"]) if info.get("log") else None
+                out.append(catchup.Source(pid, hb.p2p_id, span, int(info.get("contributions", 0)), info.get("checkpoint")))
+            except (TransferError, TypeError, ValueError, KeyError) as e:
+                log.info("[%s] round=%d peer %s cannot serve catch-up: %s", self.tag, self.applied, pid[:8], e)
+        return out
+
+    def _swarm_hash(self, q: int) -> str | None:
+        """The hash most peers reported for round q (None if none or tied)."""
+        reported = Counter(h.sha256 for h in self.client.read_hashes(self.manifest.run_id, q).values() if h.round == q)
+        top = reported.most_common(2)
+        return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
+
+    def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> bool:
+        """Reach ``target`` through the cheapest plan other peers offer; False if none worked."""
+        t0 = time.time()
+        start = self.applied
+        options = catchup.plans(self.applied, target, self._sources(trusted), apply_seconds_per_contribution=self._apply_s_per_contribution,
+                                bandwidth=self.bandwidth, state_valid=state_valid)
+        for plan in options:
+            try:
+                if plan.method == "checkpoint":
+                    self._install_checkpoint(plan.source)
+                self._replay_log(plan.source, target)
+            except (TransferError, CheckpointError, SeedLogError, DHTUnavailable) as e:
+                log.warning("[%s] round=%d catch-up by %s from %s failed: %s", self.tag, self.applied, plan.method, plan.source.peer_id[:8], e)
+                if plan.method == "checkpoint" and self.applied != start:
+                    break  # the checkpoint is in: the normal loop reads the rest from the DHT
+                continue
+            break
+        else:
+            if options or self.applied < target:
+                log.info("[%s] round=%d no peer could serve a catch-up to round %d; reading rounds from the DHT", self.tag, self.applied, target)
+            return False
+        seconds = time.time() - t0
+        self.stats[f"catchups_{plan.method}"] += 1
+        self.metrics.on_catchup(plan.method, seconds)
+        log.info("[%s] round=%d caught up from round %d by %s from %s in %.2fs (estimated %.2fs)", self.tag, self.applied, start, plan.method,
+                 plan.source.peer_id[:8], seconds, plan.seconds)
+        self._round_log({"event": "catchup", "time": time.time(), "method": plan.method, "from_round": start, "round": self.applied, "seconds": seconds})
+        return True
+
+    def _install_checkpoint(self, src: catchup.Source) -> None:
+        t0 = time.time()
+        size = src.checkpoint["bytes"]
+        meta, tensors = self.transfer.fetch_state(src.p2p_id, timeout=max(60.0, 4 * size / self.bandwidth))
+        self.bandwidth = max(1e5, size / max(1e-3, time.time() - t0))
+        q, sha = int(meta["round"]), str(meta["sha256"])
+        agreed = self._swarm_hash(q)
+        if agreed != sha:
+            raise CheckpointError(f"checkpoint of round {q} from {src.peer_id[:8]} hashes {sha[:12]}, the swarm reported {(agreed or 'nothing')[:12]}")
+        install_state(tensors, self.replica.params, sha, f"round {q} from peer {src.peer_id[:8]}")
+        self.applied, self.hashes[q] = q, sha
+        self.hashes = {k: v for k, v in self.hashes.items() if k <= q}
+        self.pending_checks = [k for k in self.pending_checks if k <= q]
+        log.info("[%s] round=%d installed checkpoint from %s (%.1f MB in %.2fs, hash %s agreed)", self.tag, q, src.peer_id[:8],
+                 size / 1e6, time.time() - t0, sha[:12])
+
+    def _replay_log(self, src: catchup.Source, target: int) -> None:
+        from tqdm import tqdm
+
+        m = self.manifest
+        last = min(target, src.log[1]) if src.log else self.applied
+        with tqdm(total=max(0, last - self.applied), desc=f"catch-up {self.tag}", unit="round", disable=not self.cfg.progress, leave=False) as bar:
+            while self.applied < last and not self.stop.is_set():
+                lines = self.transfer.fetch_log(src.p2p_id, self.applied + 1, min(last, self.applied + LOG_FETCH_ROUNDS))
+                if not lines:
+                    raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {self.applied + 1}")
+                for line in lines:
+                    rs = replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
+                    if rs.round != self.applied + 1:
+                        raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {self.applied} to {rs.round}")
+                    self._apply_set(rs, replayed=True)
+                    bar.update(1)
+
+    def _repair(self) -> None:
+        """This peer lost a hash vote: reinstall the majority's state from a peer that has it."""
+        q, self.repair_round = self.repair_round, None
+        majority = self._swarm_hash(q)
+        trusted = {p for p, h in self.client.read_hashes(self.manifest.run_id, q).items() if h.round == q and h.sha256 == majority}
+        trusted.discard(self.peer_id)
+        target = self.clock.last_final(time.time())
+        if self.cfg.rounds:
+            target = min(target, self.cfg.rounds - 1)
+        log.warning("[%s] round=%d repairing: round %d disagreed with the majority %s; %d peer(s) can help", self.tag, self.applied, q,
+                    (majority or "?")[:12], len(trusted))
+        if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False):
+            self.stats["repairs"] += 1
+            self.metrics.on_repair()
+            log.warning("[%s] round=%d repaired", self.tag, self.applied)
+        else:
+            self.stats["repair_failed"] += 1
+            log.error("[%s] round=%d repair failed; will try again at the next disagreement", self.tag, self.applied)
 
     def _check_hashes(self, q: int) -> None:
         try:
@@ -346,8 +549,12 @@ class SwarmPeer:
         self.metrics.on_hash_check(not rep.disagree)
         if rep.disagree:
             self.stats["hash_mismatches"] += 1
-            log.error("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)", self.tag, q, rep.disagree,
-                      len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12])
+            lost = not rep.mine_in_majority
+            log.log(logging.ERROR if lost else logging.WARNING, "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)%s",
+                    self.tag, q, rep.disagree, len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12],
+                    ": repairing" if lost and rep.majority_sha256 else "")
+            if lost and rep.majority_sha256:
+                self.repair_round = q
         else:
             self.stats["hash_agreements"] += 1
 
@@ -355,7 +562,7 @@ class SwarmPeer:
         m = self.manifest
         last = max(self.hashes) if self.hashes else None
         hb = Heartbeat(version=__version__, round=self.applied, sha256=self.hashes.get(last, "") if last is not None else "",
-                       made=self.stats["made"], rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
+                       made=self.stats["made"], p2p_id=self.transfer.p2p_id if self.transfer else "", rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
         ttl = 2.5 * BEAT_SECONDS
         try:
             self.client.publish_heartbeat(m.run_id, hb, ttl)
@@ -392,6 +599,9 @@ class SwarmPeer:
             "contributions_applied_local": self.stats["applied_local"], "contributions_applied_remote": self.stats["applied_remote"],
             "missed_deadline": self.stats["missed_deadline"], "skipped_nonfinite": self.stats["skipped_nonfinite"],
             "hash_agreements": self.stats["hash_agreements"], "hash_mismatches": self.stats["hash_mismatches"],
+            "repairs": self.stats["repairs"], "repairs_failed": self.stats["repair_failed"],
+            "catchups": {"log": self.stats["catchups_log"], "checkpoint": self.stats["catchups_checkpoint"]},
+            "checkpoints_rejected": self.stats["checkpoints_rejected"],
             "rejected": {k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")} | dict(self.client.rejected),
             "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
             "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
@@ -402,6 +612,8 @@ class SwarmPeer:
         return report
 
     def close(self) -> None:
+        if self.transfer is not None:
+            self.transfer.close()
         try:
             if self.dht.is_alive():
                 self.dht.shutdown()
