@@ -38,8 +38,20 @@ def start_dht(
     identity_path: str | None = None,
     client_mode: bool = False,
     num_replicas: int | None = None,
+    use_relay: bool = True,
+    use_auto_relay: bool = False,
 ) -> DHT:
+    """Start a hivemind DHT node with onebyte's record validator.
+
+    ``client_mode``: reach others but accept no incoming connections (a peer behind NAT);
+    ``use_relay`` (hivemind's default): libp2p circuit relays may carry traffic to NATed peers;
+    ``use_auto_relay``: behind NAT, look for relays among the peers to become reachable.
+    """
     kwargs: dict[str, Any] = dict(host_maddrs=list(host_maddrs), client_mode=client_mode)
+    if not use_relay:
+        kwargs["use_relay"] = False
+    if use_auto_relay:
+        kwargs["use_auto_relay"] = True
     if announce_maddrs:
         kwargs["announce_maddrs"] = list(announce_maddrs)
     if identity_path:
@@ -140,15 +152,17 @@ class RecordClient:
 
     def validator_rejections(self) -> Counter:
         """What this peer's DHT node refused to store or accept (forged or unsigned records)."""
-
-        async def _read(_dht, node):
-            counts: Counter = Counter()
-            validator = node.protocol.record_validator
-            for v in getattr(validator, "_validators", [validator]):
-                counts.update(getattr(v, "rejected", {}))
-            return counts
-
         try:
-            return self.dht.run_coroutine(_read, return_future=True).result(timeout=self.timeout)
+            return self.dht.run_coroutine(_validator_counts, return_future=True).result(timeout=self.timeout)
         except Exception:  # noqa: BLE001 - metrics only
+            log.debug("could not read the validator's counts", exc_info=True)
             return Counter()
+
+
+async def _validator_counts(_dht, node) -> Counter:
+    """Runs inside the DHT process (module level: it is pickled through the DHT's pipe)."""
+    counts: Counter = Counter()
+    validator = node.protocol.record_validator
+    for v in getattr(validator, "_validators", [validator]):
+        counts.update(getattr(v, "rejected", {}))
+    return counts

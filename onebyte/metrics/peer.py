@@ -3,30 +3,57 @@
 Each peer owns a registry of its own (several peers may share a process in tests), served over
 HTTP only when the user asks for it (``--metrics-port``). The step loop calls the ``on_*``
 methods at the events they name; nothing here blocks or raises into the loop.
+
+Names follow Prometheus' conventions: an ``onebyte_`` prefix, base units in the name (``_seconds``,
+``_bytes``, ``_ratio``), ``_total`` on counters (prometheus-client appends it), ``_info`` on the
+identity metric. tests/test_metrics.py checks every exported name against them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import logging
+import time
+from collections import Counter as _Counts
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, disable_created_metrics, start_http_server
+
+log = logging.getLogger("onebyte.metrics")
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
+VALIDATOR_POLL_SECONDS = 15.0  # the DHT validator's counts live in the DHT process: read them at most this often
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
+    """Start a /metrics HTTP endpoint for ``registry`` in a daemon thread.
+
+    The ``*_created`` series of counters and histograms are turned off (process-wide): in the
+    Prometheus text format each is one more gauge per series that no dashboard uses.
+    """
+    disable_created_metrics()
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    log.info("Prometheus metrics on http://%s:%d/metrics", addr, port)
+    return server, thread
 
 
 class PeerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True):
         self.registry = r = registry or CollectorRegistry()
+        if process:  # process_cpu_seconds_total, process_resident_memory_bytes, ... (the standard ones)
+            ProcessCollector(registry=r)
         self.info = Info("onebyte_peer", "Peer identity and versions", registry=r)
         self.round = Gauge("onebyte_round", "Last round applied by this peer", registry=r)
         self.train_loss = Gauge("onebyte_train_loss", "Mean of L+ and L- of the last contribution", registry=r)
-        self.eval_accuracy = Gauge("onebyte_eval_accuracy", "Held-out accuracy at the last evaluation", registry=r)
+        self.eval_accuracy = Gauge("onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", registry=r)
         self.eval_loss = Gauge("onebyte_eval_loss", "Held-out loss at the last evaluation", registry=r)
         self.made = Counter("onebyte_contributions_made", "Contributions computed by this peer", registry=r)
         self.published = Counter("onebyte_contributions_published", "Contributions published in a signed record", registry=r)
-        self.applied = Counter("onebyte_contributions_applied", "Contributions applied to the weights", ["origin"], registry=r)
-        self.rejected = Counter("onebyte_records_rejected", "Records or contributions rejected, by reason", ["reason"], registry=r)
+        self.applied = Counter("onebyte_contributions_applied", "Contributions applied to the weights, by origin (local/remote)", ["origin"], registry=r)
+        self.rejected = Counter("onebyte_records_rejected", "Records or contributions rejected, by reason and by the stage that "
+                                "refused them (round: deciding a round, parse: reading a record, validator: this peer's DHT node)",
+                                ["reason", "stage"], registry=r)
         self.live_peers = Gauge("onebyte_live_peers", "Peers of the run seen alive (heartbeats)", registry=r)
-        self.wire_bytes = Counter("onebyte_wire_bytes", "Record payload bytes this peer stored or read", ["direction"], registry=r)
+        self.wire_bytes = Counter("onebyte_wire_bytes", "Record payload bytes this peer stored or read, by direction", ["direction"], registry=r)
         self.step_seconds = Histogram("onebyte_step_seconds", "Time to compute one contribution (two forward passes)", buckets=STEP_BUCKETS, registry=r)
         self.round_latency = Histogram("onebyte_round_latency_seconds", "From a round's close to this peer applying it", buckets=LATENCY_BUCKETS, registry=r)
         self.apply_seconds = Histogram("onebyte_apply_seconds", "Time to apply one round", buckets=STEP_BUCKETS, registry=r)
@@ -44,10 +71,12 @@ class PeerMetrics:
             self.wire_bytes.labels(direction=d)
         for method in ("log", "checkpoint"):
             self.catchups.labels(method=method)
+        self._synced: dict[tuple[str, str], int] = {}  # cumulative counts already added, per (reason, stage)
+        self._validator_polled = 0.0
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         """Start the /metrics HTTP endpoint in a daemon thread."""
-        return start_http_server(port, addr=addr, registry=self.registry)
+        return serve(self.registry, port, addr)
 
     # -- events from the step loop --------------------------------------------------------------
     def on_start(self, **info: str) -> None:
@@ -68,14 +97,38 @@ class PeerMetrics:
         self.applied.labels(origin="remote").inc(remote)
         self.apply_seconds.observe(apply_seconds)
         if latency_seconds is not None:
-            self.round_latency.observe(latency_seconds)
+            self.round_latency.observe(max(0.0, latency_seconds))
 
     def on_received(self, payload_bytes: int) -> None:
         self.wire_bytes.labels(direction="received").inc(payload_bytes)
 
-    def on_rejected(self, reason: str, n: int = 1) -> None:
+    def on_rejected(self, reason: str, n: int = 1, stage: str = "round") -> None:
         if n:
-            self.rejected.labels(reason=reason).inc(n)
+            self.rejected.labels(reason=reason, stage=stage).inc(n)
+
+    def sync_rejections(self, client) -> None:
+        """Fold in what a RecordClient counted: its parse rejections and its DHT node's validator's.
+
+        Both are cumulative counts kept elsewhere (``client.rejected``, and the validator inside the
+        DHT process, read through ``client.validator_rejections()`` at most every
+        VALIDATOR_POLL_SECONDS); only what is new since the last call is added. Call it from the
+        step loop's thread, never from the metrics server's (the DHT pipe is not thread-safe).
+        """
+        try:
+            self._sync("parse", _Counts(client.rejected))
+            now = time.monotonic()
+            if now - self._validator_polled >= VALIDATOR_POLL_SECONDS:
+                self._validator_polled = now
+                self._sync("validator", client.validator_rejections())
+        except Exception:  # noqa: BLE001 - metrics never break the loop
+            log.debug("could not read rejection counts", exc_info=True)
+
+    def _sync(self, stage: str, counts) -> None:
+        for reason, total in counts.items():
+            seen = self._synced.get((reason, stage), 0)
+            if total > seen:
+                self.rejected.labels(reason=reason, stage=stage).inc(total - seen)
+                self._synced[(reason, stage)] = total
 
     def on_eval(self, accuracy: float | None, loss: float | None) -> None:
         if accuracy is not None:

@@ -11,6 +11,7 @@ import signal
 import sys
 
 from onebyte import __version__
+from onebyte.peer.config import add_config_option
 
 
 def _number(cast, minimum: float, inclusive: bool, what: str):
@@ -104,10 +105,46 @@ def _maddr(s: str) -> str:
 
 def add_network_args(p: argparse.ArgumentParser, initial_required: bool = False) -> None:
     g = p.add_argument_group("network")
-    g.add_argument("--initial-peers", type=_maddr, action="append", default=[], required=initial_required,
-                   help="multiaddr of a peer or bootstrap node to join through (repeatable)")
+    g.add_argument("--initial-peers", type=_maddr, action="append", default=[],
+                   help="multiaddr of a peer or bootstrap node to join through (repeatable)" + ("; required, here or in --initial-peers-file" if initial_required else ""))
+    g.add_argument("--initial-peers-file", default=None, help="file with more such multiaddrs, one a line (what `onebyte bootstrap --maddrs-file` writes)")
     g.add_argument("--host-maddrs", action="append", default=None, help="multiaddrs to listen on (default: /ip4/127.0.0.1/tcp/0)")
     g.add_argument("--announce-maddrs", action="append", default=None, help="multiaddrs others should use to reach this node")
+    p.set_defaults(needs_initial_peers=initial_required)
+
+
+def add_nat_args(p: argparse.ArgumentParser, client_mode: bool = True) -> None:
+    """How this node deals with NAT (hivemind's options, see deploy/VOLUNTEER.md)."""
+    g = p.add_argument_group("NAT and relays")
+    if client_mode:
+        g.add_argument("--client-mode", action="store_true",
+                       help="a DHT client: reaches others, is reached by none (behind NAT with no open port); needs reachable peers or a bootstrap node")
+    g.add_argument("--use-auto-relay", action="store_true", help="behind NAT: find libp2p relays among the peers and become reachable through them")
+    g.add_argument("--no-relay", action="store_true", help="do not use libp2p circuit relays at all (hivemind uses them by default)")
+
+
+def _dht_options(args: argparse.Namespace) -> dict:
+    """The NAT options as keyword arguments of start_dht."""
+    out = {}
+    if getattr(args, "client_mode", False):
+        out["client_mode"] = True
+    if getattr(args, "use_auto_relay", False):
+        out["use_auto_relay"] = True
+    if getattr(args, "no_relay", False):
+        out["use_relay"] = False
+    return out
+
+
+def _read_initial_peers_file(path: str) -> list[str]:
+    out = []
+    for line in open(path).read().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            try:
+                out.append(_maddr(line))
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"{path}: {e}") from None
+    return out
 
 
 def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
@@ -138,19 +175,45 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from onebyte import PROTOCOL_VERSION
     from onebyte.dht.client import start_dht
     from onebyte.dht.identity import Identity
 
+    metrics = None
+    if args.metrics_port is not None:
+        from onebyte.metrics.bootstrap import BootstrapMetrics
+
+        metrics = BootstrapMetrics()
+        metrics.serve(args.metrics_port)
     dht = start_dht(Identity(), args.initial_peers, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
-                    announce_maddrs=args.announce_maddrs, identity_path=args.identity_path)
+                    announce_maddrs=args.announce_maddrs, identity_path=args.identity_path, **_dht_options(args))
     try:
-        for a in dht.get_visible_maddrs(latest=True):
+        maddrs = [str(a) for a in dht.get_visible_maddrs(latest=True)]
+        for a in maddrs:
             print(a, flush=True)
+        if args.maddrs_file:
+            from pathlib import Path
+
+            tmp = Path(args.maddrs_file).with_name(f".{Path(args.maddrs_file).name}.tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text("".join(a + "\n" for a in maddrs))
+            tmp.replace(args.maddrs_file)  # atomic: a reader never sees half a file
         print("bootstrap node running; peers join with --initial-peers ADDR (Ctrl-C to stop)", flush=True)
-        stop = __import__("threading").Event()
+        if metrics is not None:
+            metrics.on_start(version=__version__, protocol_version=PROTOCOL_VERSION, peer_id=str(dht.peer_id))
+            metrics.update(dht, maddrs)
+        stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
-        while not stop.wait(30):
-            dht.get_visible_maddrs(latest=True)  # keeps routing fresh, like hivemind-dht
+        next_refresh = time.monotonic() + 30
+        while not stop.wait(5 if metrics is not None else 30):
+            if time.monotonic() >= next_refresh:
+                maddrs = dht.get_visible_maddrs(latest=True)  # keeps routing fresh, like hivemind-dht
+                next_refresh = time.monotonic() + 30
+            if metrics is not None:
+                metrics.update(dht, maddrs)
     except KeyboardInterrupt:
         pass
     finally:
@@ -175,6 +238,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         num_replicas=args.num_replicas, device=args.device, batch_size=args.batch_size, shard=args.shard, rounds=args.rounds,
         evaluate=args.evaluate, eval_size=args.eval_size, eval_batch_size=args.eval_batch_size, report=args.report, round_log=args.round_log,
         join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
+        metrics_port=args.metrics_port, dht_options=_dht_options(args),
     )
     report = run_peer(cfg)
     print(f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, made {report['contributions_made']} contributions, "
@@ -193,7 +257,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if v is not None:
             passthrough += [flag, str(v)]
     report = run_demo(DemoConfig(peers=args.peers, rounds=args.rounds, run_id=args.run_id, workdir=args.workdir, report=args.report,
-                                 peer_args=passthrough, eval_size=args.eval_size, progress=not args.no_progress))
+                                 peer_args=passthrough, eval_size=args.eval_size, progress=not args.no_progress,
+                                 metrics_port=args.metrics_port))
     ev0, ev1 = report["eval_before"] or {}, report["eval_after"] or {}
     print(f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions; "
           f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; held-out accuracy {ev0.get('accuracy', float('nan')):.3f} -> "
@@ -263,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="run a DHT node that peers join through", description="Run a DHT node; prints the multiaddrs peers pass as --initial-peers.")
     add_network_args(p)
     p.add_argument("--identity-path", default=None, help="libp2p identity file: keeps this node's address stable across restarts")
+    p.add_argument("--maddrs-file", default=None, help="also write the multiaddrs here, one a line (peers read it with --initial-peers-file)")
+    p.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics on this port (default: off)")
+    add_nat_args(p, client_mode=False)
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("peer", help="join a run and train with the swarm", description="Join (or with --new-run create) a run and train with its peers.")
@@ -287,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_nonneg_int, default=0, help="data order seed")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics on this port (default: off)")
+    add_nat_args(p)
     p.set_defaults(func=cmd_peer)
 
     p = sub.add_parser("demo", help="a local swarm: bootstrap node + N peers on loopback", description="Start a bootstrap node and N peer processes on loopback, train, evaluate and summarize.")
@@ -301,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-replicas", type=_positive_int, default=None)
     p.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics: peer i on this port + i (default: off)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("runs", help="list the runs visible in a swarm", description="List runs visible in the swarm: id, model, task, round, live peers.")
@@ -311,12 +382,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("plot", help="PNG charts of a run from its report and round logs",
+                       description="Charts (loss, accuracy, contributions, latency, bytes per contribution) from `onebyte demo --report` "
+                                   "reports, `onebyte peer --round-log` files, demo workdirs or bench/wire_bytes results.")
+    p.add_argument("inputs", nargs="+", help="report JSON, round log (JSON lines), a demo's workdir, or a wire_bytes benchmark JSON")
+    p.add_argument("--out", default="plots", help="folder for the PNG files (default: %(default)s)")
+    p.add_argument("--title", default=None, help="title over the overview chart")
+    p.add_argument("--smooth", type=_positive_int, default=5, help="rounds in the moving average of the train loss (default: %(default)s)")
+    p.set_defaults(func=cmd_plot)
+    add_config_option(parser)
     return parser
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from onebyte.peer.plot import plot
+
+    written = plot(args.inputs, args.out, title=args.title, smooth=args.smooth)
+    for path in written:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from onebyte.peer.config import ConfigError, apply_config
+
     parser = build_parser()
+    try:  # precedence: command line > ONEBYTE_<OPTION> variables > --config file > defaults
+        apply_config(parser, sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as e:
+        print(f"onebyte: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if getattr(args, "initial_peers_file", None):
+        try:
+            args.initial_peers = [*args.initial_peers, *_read_initial_peers_file(args.initial_peers_file)]
+        except (OSError, ValueError) as e:
+            print(f"onebyte {args.command}: error: --initial-peers-file: {e}", file=sys.stderr)
+            return 2
+    if getattr(args, "needs_initial_peers", False) and not args.initial_peers:
+        parser.error(f"{args.command}: --initial-peers (or --initial-peers-file) is required")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     from onebyte.errors import USER_ERRORS
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from onebyte.peer.config import child_environment
 from onebyte.peer.train import write_json_atomic
 
 log = logging.getLogger("onebyte.demo")
@@ -36,6 +37,7 @@ class DemoConfig:
     eval_size: int | None = None
     timeout: float = 3600.0
     progress: bool = True
+    metrics_port: int | None = None  # peer i serves Prometheus metrics on metrics_port + i
 
 
 def _cli() -> list[str]:
@@ -45,7 +47,7 @@ def _cli() -> list[str]:
 def start_bootstrap(workdir: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, list[str]]:
     """Start ``onebyte bootstrap`` and return it with the multiaddrs it printed."""
     out = open(workdir / "bootstrap.log", "w")
-    proc = subprocess.Popen([*_cli(), "bootstrap", *extra], stdout=subprocess.PIPE, stderr=out, text=True)
+    proc = subprocess.Popen([*_cli(), "bootstrap", *extra], stdout=subprocess.PIPE, stderr=out, text=True, env=child_environment())
     maddrs: list[str] = []
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -81,6 +83,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress"]
             for a in maddrs:
                 args += ["--initial-peers", a]
+            if cfg.metrics_port is not None:
+                args += ["--metrics-port", str(cfg.metrics_port + i)]
             if i == 0:
                 args += ["--new-run", "--evaluate", *cfg.peer_args, *cfg.first_peer_args]
                 if cfg.eval_size:
@@ -88,7 +92,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             else:
                 args += [a for a in _peer_local_args(cfg.peer_args)]
             log_f = open(workdir / f"peer{i}.log", "w")
-            procs.append(subprocess.Popen(args, stdout=log_f, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"}))
+            procs.append(subprocess.Popen(args, stdout=log_f, stderr=subprocess.STDOUT, env=child_environment() | {"PYTHONUNBUFFERED": "1"}))
             if i == 0:
                 time.sleep(1.0)
         _follow(procs, workdir, cfg)
