@@ -258,7 +258,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             passthrough += [flag, str(v)]
     report = run_demo(DemoConfig(peers=args.peers, rounds=args.rounds, run_id=args.run_id, workdir=args.workdir, report=args.report,
                                  peer_args=passthrough, eval_size=args.eval_size, progress=not args.no_progress,
-                                 metrics_port=args.metrics_port))
+                                 metrics_port=args.metrics_port,
+                                 first_peer_args=[] if args.start_delay is None else ["--start-delay", str(args.start_delay)]))
     ev0, ev1 = report["eval_before"] or {}, report["eval_after"] or {}
     print(f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions; "
           f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; held-out accuracy {ev0.get('accuracy', float('nan')):.3f} -> "
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics: peer i on this port + i (default: off)")
+    p.add_argument("--start-delay", type=_nonneg_float, default=None, help="seconds from creating the run to its round 0 (default: the peer's, 20)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("runs", help="list the runs visible in a swarm", description="List runs visible in the swarm: id, model, task, round, live peers.")
