@@ -105,7 +105,7 @@ class RecordClient:
 
     # -- contributions -----------------------------------------------------------------------
     def _store_round_data(self, key: str, value: Any, expiration: float) -> bool:
-        """Per-round records (contributions, hashes): lean when the run says so, else crawling."""
+        """Per-round records (contributions, hashes) and heartbeats: lean when the run says so, else crawling."""
         if not self.lean_replicas:
             return self._store(key, value, expiration)
         try:
@@ -133,10 +133,10 @@ class RecordClient:
 
     # -- membership, manifest, run list ------------------------------------------------------
     def publish_heartbeat(self, run_id: str, hb: R.Heartbeat, ttl: float) -> bool:
-        return self._store(R.peers_key(run_id), hb.model_dump(), get_dht_time() + ttl)
+        return self._store_round_data(R.peers_key(run_id), hb.model_dump(), get_dht_time() + ttl)
 
     def read_peers(self, run_id: str) -> dict[str, R.Heartbeat]:
-        return R.parse_subkeys(self._get(R.peers_key(run_id)), lambda v: R.Heartbeat(**v), self.rejected)
+        return R.parse_subkeys(self._read_round_data(R.peers_key(run_id)), lambda v: R.Heartbeat(**v), self.rejected)
 
     def publish_manifest(self, run_id: str, manifest: dict, expiration: float) -> bool:
         return self._store(R.manifest_key(run_id), manifest, expiration)

@@ -82,6 +82,14 @@ class Heartbeat(_Strict):
     rate: float = Field(ge=0)  # contributions per second, recent
     name: str = Field(default="", max_length=64)
     p2p_id: str = Field(default="", max_length=64)  # libp2p id serving this peer's log and checkpoint (transfer.py)
+    p2p_addrs: list[str] = Field(default_factory=list, max_length=4)  # where to dial it (multiaddrs without /p2p/)
+
+    @field_validator("p2p_addrs")
+    @classmethod
+    def _short_addrs(cls, v: list[str]) -> list[str]:
+        if any(len(a) > 128 for a in v):
+            raise ValueError("multiaddr longer than 128 characters")
+        return v
 
 
 class RunAnnouncement(_Strict):

@@ -33,6 +33,7 @@ from hivemind.compression import deserialize_torch_tensor, serialize_torch_tenso
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
+from hivemind.utils.multiaddr import Multiaddr
 from safetensors import safe_open
 
 log = logging.getLogger("onebyte.transfer")
@@ -69,6 +70,9 @@ class Transfer:
         self._thread.start()
         self.p2p = self._call(dht.replicate_p2p(), timeout=30.0)
         self.p2p_id = self.p2p.peer_id.to_base58()
+        # where others can dial us: what the DHT announces, minus the /p2p/<id> suffix
+        self.addrs = [str(a).split("/p2p/")[0] for a in dht.get_visible_maddrs()][:4]
+        self._connected: set[str] = set()
 
     def _call(self, coro, timeout: float | None = None):
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -122,6 +126,17 @@ class Transfer:
         self._call(register())
 
     # -- fetching ----------------------------------------------------------------------------
+    def connect(self, p2p_id: str, addrs: list[str]) -> None:
+        """Tell our p2p daemon where a peer is (its heartbeat says): a joiner may not have met it yet."""
+        if p2p_id in self._connected or not addrs:
+            return
+
+        async def go():
+            await self.p2p._client.connect(PeerID.from_base58(p2p_id), [Multiaddr(a) for a in addrs])
+
+        self._guarded(go(), 10.0, f"connect to {p2p_id[:12]}")
+        self._connected.add(p2p_id)
+
     def info(self, p2p_id: str, timeout: float = 5.0) -> dict:
         async def go():
             resp = await self.p2p.call_protobuf_handler(PeerID.from_base58(p2p_id), f"{self.prefix}.info",

@@ -39,11 +39,14 @@ log = logging.getLogger("onebyte.peer")
 
 LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late joiners
 # Every DHT operation costs kilobytes on the wire (several RPCs, each a new libp2p stream), so what
-# is not per-round data goes out on a slower clock: liveness every BEAT_SECONDS, hashes about
-# every HASH_SECONDS (see BENCHMARKS.md, bytes on the wire).
+# is not per-round data goes out on a slower clock: liveness every BEAT_SECONDS, the run's entry
+# in the public run list every ANNOUNCE_SECONDS, hashes about every HASH_SECONDS (see BENCHMARKS.md,
+# bytes on the wire).
 BEAT_SECONDS = 60.0
-HASH_SECONDS = 30.0
+ANNOUNCE_SECONDS = 300.0
+HASH_SECONDS = 60.0
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
+CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
 LOG_FETCH_ROUNDS = 500  # rounds per seed-log request
 KEEP_CHECKPOINTS = 2
 
@@ -77,6 +80,7 @@ class SwarmConfig:
     dht_options: dict = field(default_factory=dict)  # NAT options for start_dht: client_mode, use_relay, use_auto_relay
     checkpoint_dir: str | None = None  # checkpoints and the seed log of this peer: resume from here, serve from here
     checkpoint_seconds: float = 120.0  # at most one checkpoint per this many seconds (taken at hash rounds)
+    catch_up: str = "auto"  # "auto" (cheapest), "log" (never download checkpoints) or "checkpoint"
 
 
 def default_manifest_fields() -> dict:
@@ -116,6 +120,7 @@ class SwarmPeer:
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
+        self.catchup_failures = 0
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
         self.transfer: Transfer | None = None
         self.metrics = PeerMetrics()
@@ -168,14 +173,26 @@ class SwarmPeer:
         self._apply_s_per_contribution = self._estimate_apply_cost()
         if self.ckdir:
             self._resume()
-        self.transfer = Transfer(self.dht, manifest.run_id)
-        self.transfer.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
+        self.transfer = self._start_transfer(manifest.run_id)
         # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
         self.lag_allowed = cfg.max_lag + math.ceil(manifest.settle_seconds / manifest.round_seconds)
         log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
                  self.tag, self.clock.round_at(time.time()), manifest.run_id, manifest.model, self.replica.num_trainable, manifest.lr,
                  manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
         return manifest
+
+    def _start_transfer(self, run_id: str) -> Transfer | None:
+        """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
+        for attempt in range(3):
+            try:
+                t = Transfer(self.dht, run_id)
+                t.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
+                return t
+            except (OSError, TransferError, RuntimeError) as e:
+                log.warning("[%s] round=%d p2p catch-up service not started (attempt %d): %s: %s", self.tag, self.applied, attempt + 1, type(e).__name__, e)
+                self.stop.wait(1.0 + attempt)
+        self.stats["transfer_unavailable"] += 1
+        return None
 
     def _train_config(self, settings: dict) -> TrainConfig:
         """The model/data/update settings of a run (a manifest's or a creator's) plus this peer's own."""
@@ -222,8 +239,14 @@ class SwarmPeer:
                 continue
             newest = min(self.clock.last_final(now), last_round)
             if newest - self.applied > CATCHUP_LAG and now >= self.next_catchup_at:
-                self.next_catchup_at = now + m.round_seconds * CATCHUP_LAG  # if no peer can help, read the DHT meanwhile
-                self._catch_up(newest)
+                outcome = self._catch_up(newest)
+                if outcome == "failed" and self.catchup_failures < CATCHUP_RETRIES:
+                    self.catchup_failures += 1  # peers exist but did not answer: retry before replaying the DHT
+                    self.next_catchup_at = now + 2.0
+                    self.stop.wait(2.0)
+                    continue
+                self.catchup_failures = 0
+                self.next_catchup_at = now + m.round_seconds * CATCHUP_LAG  # meanwhile read rounds from the DHT
                 continue
             if self.applied < newest:
                 self._apply(self.applied + 1)
@@ -433,23 +456,28 @@ class SwarmPeer:
             log.info("[%s] round=%d resumed from %s and replayed own log rounds %d..%d", self.tag, self.applied,
                      self.checkpoint[0].name if self.checkpoint else "the initial weights", first, self.applied)
 
-    def _sources(self, trusted: set[str] | None = None) -> list[catchup.Source]:
+    def _sources(self, trusted: set[str] | None = None) -> tuple[list[catchup.Source], int]:
+        """Peers that can serve a catch-up, and how many others we could not reach."""
+        if self.transfer is None:
+            return [], 0
         try:
             beats = self.client.read_peers(self.manifest.run_id)
         except DHTUnavailable as e:
             log.warning("[%s] round=%d no peer list: %s", self.tag, self.applied, e)
-            return []
-        out = []
+            return [], 1
+        out, unreachable = [], 0
         for pid, hb in beats.items():
             if pid == self.peer_id or not hb.p2p_id or (trusted is not None and pid not in trusted):
                 continue
             try:
+                self.transfer.connect(hb.p2p_id, hb.p2p_addrs)
                 info = self.transfer.info(hb.p2p_id)
                 span = tuple(info["log"]) if info.get("log") else None
                 out.append(catchup.Source(pid, hb.p2p_id, span, int(info.get("contributions", 0)), info.get("checkpoint")))
             except (TransferError, TypeError, ValueError, KeyError) as e:
+                unreachable += 1
                 log.info("[%s] round=%d peer %s cannot serve catch-up: %s", self.tag, self.applied, pid[:8], e)
-        return out
+        return out, unreachable
 
     def _swarm_hash(self, q: int) -> str | None:
         """The hash most peers reported for round q (None if none or tied)."""
@@ -457,12 +485,16 @@ class SwarmPeer:
         top = reported.most_common(2)
         return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
 
-    def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> bool:
-        """Reach ``target`` through the cheapest plan other peers offer; False if none worked."""
+    def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> str:
+        """Reach ``target`` through the cheapest plan other peers offer: "done", "nobody" (no peer
+        can help) or "failed" (some could, or could not be reached, and none succeeded)."""
         t0 = time.time()
         start = self.applied
-        options = catchup.plans(self.applied, target, self._sources(trusted), apply_seconds_per_contribution=self._apply_s_per_contribution,
+        sources, unreachable = self._sources(trusted)
+        options = catchup.plans(self.applied, target, sources, apply_seconds_per_contribution=self._apply_s_per_contribution,
                                 bandwidth=self.bandwidth, state_valid=state_valid)
+        if self.cfg.catch_up != "auto":
+            options = [p for p in options if p.method == self.cfg.catch_up]
         for plan in options:
             try:
                 if plan.method == "checkpoint":
@@ -475,16 +507,17 @@ class SwarmPeer:
                 continue
             break
         else:
-            if options or self.applied < target:
-                log.info("[%s] round=%d no peer could serve a catch-up to round %d; reading rounds from the DHT", self.tag, self.applied, target)
-            return False
+            outcome = "failed" if options or unreachable else "nobody"
+            log.info("[%s] round=%d no catch-up to round %d: %s", self.tag, self.applied, target,
+                     "no peer offers one" if outcome == "nobody" else f"{len(options)} plan(s) failed, {unreachable} peer(s) unreachable")
+            return outcome
         seconds = time.time() - t0
         self.stats[f"catchups_{plan.method}"] += 1
         self.metrics.on_catchup(plan.method, seconds)
         log.info("[%s] round=%d caught up from round %d by %s from %s in %.2fs (estimated %.2fs)", self.tag, self.applied, start, plan.method,
                  plan.source.peer_id[:8], seconds, plan.seconds)
         self._round_log({"event": "catchup", "time": time.time(), "method": plan.method, "from_round": start, "round": self.applied, "seconds": seconds})
-        return True
+        return "done"
 
     def _install_checkpoint(self, src: catchup.Source) -> None:
         t0 = time.time()
@@ -530,7 +563,7 @@ class SwarmPeer:
             target = min(target, self.cfg.rounds - 1)
         log.warning("[%s] round=%d repairing: round %d disagreed with the majority %s; %d peer(s) can help", self.tag, self.applied, q,
                     (majority or "?")[:12], len(trusted))
-        if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False):
+        if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False) == "done":
             self.stats["repairs"] += 1
             self.metrics.on_repair()
             log.warning("[%s] round=%d repaired", self.tag, self.applied)
@@ -562,13 +595,16 @@ class SwarmPeer:
         m = self.manifest
         last = max(self.hashes) if self.hashes else None
         hb = Heartbeat(version=__version__, round=self.applied, sha256=self.hashes.get(last, "") if last is not None else "",
-                       made=self.stats["made"], p2p_id=self.transfer.p2p_id if self.transfer else "", rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
-        ttl = 2.5 * BEAT_SECONDS
+                       made=self.stats["made"], p2p_id=self.transfer.p2p_id if self.transfer else "",
+                       p2p_addrs=self.transfer.addrs if self.transfer else [], rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
         try:
-            self.client.publish_heartbeat(m.run_id, hb, ttl)
-            self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
-                                                     protocol_version=PROTOCOL_VERSION), ttl)
-            self.metrics.on_live_peers(len(self.client.read_peers(m.run_id)))
+            self.client.publish_heartbeat(m.run_id, hb, 2.5 * BEAT_SECONDS)
+            if time.time() >= getattr(self, "next_announce", 0.0):
+                self.next_announce = time.time() + ANNOUNCE_SECONDS
+                self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
+                                                         protocol_version=PROTOCOL_VERSION), 2.5 * ANNOUNCE_SECONDS)
+            if self.cfg.metrics_port is not None:  # a DHT read costs bytes: only when someone watches
+                self.metrics.on_live_peers(len(self.client.read_peers(m.run_id)))
         except DHTUnavailable as e:
             log.warning("[%s] round=%d heartbeat failed: %s", self.tag, self.applied, e)
 
