@@ -80,7 +80,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     try:
         for i in range(cfg.peers):
             args = [*_cli(), "peer", "--run-id", run_id, "--shard", f"{i}/{cfg.peers}", "--rounds", str(cfg.rounds), "--threads", str(threads),
-                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress"]
+                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress",
+                    "--checkpoint-dir", str(workdir / f"peer{i}.checkpoints")]  # a late joiner catches up from these
             for a in maddrs:
                 args += ["--initial-peers", a]
             if cfg.metrics_port is not None:
