@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in [*workdir.glob("peer*.json"), *workdir.glob("peer*.jsonl"), *workdir.glob("peer*.log")]:
         stale.unlink()  # a previous demo's logs would be read as this one's progress
+    for stale in workdir.glob("peer*.checkpoints"):
+        shutil.rmtree(stale)  # a previous demo's checkpoints (another run id): only disk space
     run_id = cfg.run_id or f"demo-{int(time.time())}"
     procs: list[subprocess.Popen] = []
     threads = max(1, (os.cpu_count() or 1) // cfg.peers)  # peers share this machine's cores
