@@ -75,3 +75,4 @@ def test_repair_never_replays_its_own_state_and_may_use_an_older_checkpoint():
     options = plans(100, 100, [source((0, 100), 90)], apply_seconds_per_contribution=0.005, bandwidth=20e6, state_valid=False)
     assert [p.method for p in options] == ["checkpoint"] and options[0].first_replayed == 91
     assert isinstance(options[0], Plan)
+

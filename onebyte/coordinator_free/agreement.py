@@ -1,17 +1,18 @@
 """Which contributions form a round, in what order, and whether replicas agree.
 
 The rule every peer applies to the records it read for round r (docs/PROTOCOL.md §12):
-a record counts if it parsed and verified, names round r, was published (by its own signed
-clock) no later than close(r), and carries at most ``contribs_per_round`` codes of the run's
-codec; its codes are contributions index 0..k-1. The set is ordered by (peer id, index).
+a record counts if it parsed and verified, comes from an allowed key (private runs), names
+round r, was published (by its own signed clock) no later than close(r), and carries at most
+``contribs_per_round`` finite codes of the run's codec; its codes are contributions index 0..k-1. The set is ordered by (peer id, index).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from onebyte.dht.records import ContributionRecord
@@ -33,7 +34,10 @@ def decode_codes(codes: bytes, codec: ByteCodec | Float32Codec) -> list[float]:
     if isinstance(codec, Float32Codec):
         if len(codes) % 4:
             raise ValueError("float32 codes must be a multiple of 4 bytes")
-        return [codec.decode(v) for v in struct.unpack(f"<{len(codes) // 4}f", codes)]
+        values = [codec.decode(v) for v in struct.unpack(f"<{len(codes) // 4}f", codes)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("non-finite float32 code")
+        return values
     return [codec.decode(b) for b in codes]
 
 
@@ -51,6 +55,7 @@ def decide_round(
     close_time: float,
     contribs_per_round: int,
     codec: ByteCodec | Float32Codec,
+    allowed: Collection[str] | None = None,
 ) -> RoundSet:
     rejected: Counter = Counter()
     width = 4 if isinstance(codec, Float32Codec) else 1
@@ -60,6 +65,9 @@ def decide_round(
     h = hashlib.sha256(b"onebyte/set/v1" + struct.pack("<Q", round_))
     for peer_id in sorted(records, key=lambda p: p.encode("utf-8")):
         rec = records[peer_id]
+        if allowed is not None and peer_id not in allowed:
+            rejected["not_allowed"] += 1
+            continue
         if rec.round != round_:
             rejected["wrong_round"] += 1
             continue

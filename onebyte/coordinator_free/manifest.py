@@ -9,6 +9,8 @@ are deliberately not part of it.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from onebyte import PROTOCOL_VERSION
@@ -17,7 +19,7 @@ from onebyte import PROTOCOL_VERSION
 AGREED_FIELDS = (
     "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
     "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
-    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas",
+    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas", "allowed_peers",
 )
 
 
@@ -58,6 +60,8 @@ class RunManifest(BaseModel):
     contribs_per_round: int = Field(ge=1, le=4096)
     # round records: 0 = hivemind's crawling store/get; r > 0 = the r nearest known nodes, no crawl
     lean_replicas: int = Field(default=0, ge=0, le=20)
+    # private runs: only these public keys (hex) may contribute; None = anyone (a public run)
+    allowed_peers: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(default=None, max_length=64)  # the manifest is one DHT value (<= 8 KB)
 
     def conflicts(self, local: dict) -> list[str]:
         """Human-readable differences between this manifest and settings a user passed explicitly."""

@@ -63,6 +63,7 @@ class PeerMetrics:
         self.hash_checks = Counter("onebyte_hash_checks", "Weight-hash comparisons with other peers, by result", ["result"], registry=r)
         self.hash_mismatches = Counter("onebyte_hash_mismatches", "Weight-hash comparisons this peer lost", registry=r)
         self.checkpoints = Counter("onebyte_checkpoints_saved", "Checkpoints written", registry=r)
+        self.suspect_peers = Gauge("onebyte_suspect_peers", "Peers whose codes push far harder than the swarm's (influence monitor)", registry=r)
         for origin in ("local", "remote"):
             self.applied.labels(origin=origin)
         for result in ("agree", "disagree"):
@@ -153,3 +154,6 @@ class PeerMetrics:
 
     def on_checkpoint(self) -> None:
         self.checkpoints.inc()
+
+    def on_suspects(self, n: int) -> None:
+        self.suspect_peers.set(n)

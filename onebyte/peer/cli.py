@@ -147,6 +147,19 @@ def _read_initial_peers_file(path: str) -> list[str]:
     return out
 
 
+def _allowlist(path: str) -> list[str]:
+    """An argparse type: a file of peer public keys (64 hex characters per line)."""
+    try:
+        lines = open(path).read().splitlines()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
+    keys = sorted({line.split("#")[0].strip().lower() for line in lines} - {""})
+    bad = [k for k in keys if not re.fullmatch(r"[0-9a-f]{64}", k)]
+    if bad or not keys or len(keys) > 64:
+        raise argparse.ArgumentTypeError(f"{path}: expected 1..64 public keys of 64 hex characters, one per line" + (f"; bad: {bad[0][:20]!r}" if bad else ""))
+    return keys
+
+
 def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     """Settings of the run: taken from its manifest unless given; a given one must match it."""
     g = p.add_argument_group("run settings (agreed by all peers; default: the run's manifest)")
@@ -171,7 +184,9 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--round-seconds", type=_positive_float, default=None, help="round length in seconds")
     g.add_argument("--lean-replicas", type=_nonneg_int, default=None,
                    help="store/read round records on this many nearest DHT nodes without crawling (0 = hivemind's crawl; default 0)")
-    g.add_argument("--hash-every", type=_positive_int, default=None, help="publish and compare weight hashes every this many rounds (default: about every 30 s)")
+    g.add_argument("--hash-every", type=_positive_int, default=None, help="publish and compare weight hashes every this many rounds (default: about every 60 s)")
+    g.add_argument("--allowed-peers", type=_allowlist, default=None, metavar="FILE",
+                   help="private run: only the public keys in FILE (hex, one per line, # comments) may contribute (at most 64)")
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -239,6 +254,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         evaluate=args.evaluate, eval_size=args.eval_size, eval_batch_size=args.eval_batch_size, report=args.report, round_log=args.round_log,
         join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
         metrics_port=args.metrics_port, dht_options=_dht_options(args),
+        checkpoint_dir=args.checkpoint_dir, checkpoint_seconds=args.checkpoint_interval, progress=not args.no_progress, catch_up=args.catch_up,
     )
     report = run_peer(cfg)
     print(f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, made {report['contributions_made']} contributions, "
@@ -287,6 +303,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(f"{run_id:<28} {r['model']:<24} {r['task']:<16} {r['round']:>6} {r['peers']:>5}")
     finally:
         dht.shutdown()
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from onebyte.dht.identity import Identity
+
+    print(Identity.load_or_create(args.identity).peer_id)
     return 0
 
 
@@ -350,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-batch-size", type=_positive_int, default=16)
     g.add_argument("--report", default=None, help="write a JSON summary here when leaving")
     g.add_argument("--round-log", default=None, help="append one JSON line per applied round here")
+    g.add_argument("--checkpoint-dir", default=None, help="keep checkpoints and the seed log here; a restart resumes from them, and other peers catch up from them")
+    g.add_argument("--checkpoint-interval", type=_nonneg_float, default=120.0, help="seconds between checkpoints, taken at hash rounds (default: %(default)s)")
+    g.add_argument("--catch-up", choices=["auto", "log", "checkpoint"], default="auto",
+                   help="how to catch up when behind: the cheaper by estimate, only peers' seed logs, or only checkpoints (default: %(default)s)")
     g.add_argument("--num-replicas", type=_positive_int, default=None, help="DHT replication factor (default: hivemind's)")
     g.add_argument("--join-timeout", type=_positive_float, default=120.0, help="seconds to wait for the run's manifest")
     g.add_argument("--start-delay", type=_nonneg_float, default=20.0, help="with --new-run: seconds until round 0")
@@ -384,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("identity", help="print (creating if needed) a peer's public key",
+                       description="Print the public key of the signing key in FILE, creating the key if FILE does not exist. "
+                                   "This is the peer id others see, and what a private run's --allowed-peers file lists.")
+    p.add_argument("--identity", required=True, metavar="FILE", help="the key file `onebyte peer --identity` uses")
+    p.set_defaults(func=cmd_identity)
 
     p = sub.add_parser("plot", help="PNG charts of a run from its report and round logs",
                        description="Charts (loss, accuracy, contributions, latency, bytes per contribution) from `onebyte demo --report` "

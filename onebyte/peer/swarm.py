@@ -23,6 +23,7 @@ from pathlib import Path
 from onebyte import PROTOCOL_VERSION, __version__
 from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
 from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
+from onebyte.coordinator_free.influence import InfluenceMonitor
 from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.coordinator_free.seedlog import SeedLog, SeedLogError, replay_set
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
@@ -87,7 +88,7 @@ def default_manifest_fields() -> dict:
     return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset="drugreview",
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
                 lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0,
-                hash_every=None, lean_replicas=0)
+                hash_every=None, lean_replicas=0, allowed_peers=None)
 
 
 class ManifestConflict(ValueError):
@@ -123,6 +124,7 @@ class SwarmPeer:
         self.catchup_failures = 0
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
         self.transfer: Transfer | None = None
+        self.suspects: dict[str, dict] = {}
         self.metrics = PeerMetrics()
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
@@ -154,6 +156,10 @@ class SwarmPeer:
                                    + " (omit them to take the run's settings)")
         self.manifest = manifest
         self.client.lean_replicas = manifest.lean_replicas
+        self.allowed = frozenset(manifest.allowed_peers) if manifest.allowed_peers is not None else None
+        if self.allowed is not None and self.peer_id not in self.allowed:
+            log.warning("[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the run but its contributions will not count",
+                        self.tag, manifest.run_id)
         if not hasattr(self, "built"):
             self.built = build(self._train_config(manifest.model_dump()))
         self.loaded, self.task, self.replica = self.built
@@ -170,6 +176,7 @@ class SwarmPeer:
                               peer_id=self.peer_id, dataset=manifest.dataset)
         self.ckdir = Path(cfg.checkpoint_dir) / manifest.run_id if cfg.checkpoint_dir else None
         self.seedlog = SeedLog(self.ckdir / "seedlog.jsonl" if self.ckdir else None)
+        self.influence = InfluenceMonitor(self.replica.codec)
         self._apply_s_per_contribution = self._estimate_apply_cost()
         if self.ckdir:
             self._resume()
@@ -214,7 +221,7 @@ class SwarmPeer:
             initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
-                                        "codec", "table_log2", "contribs_per_round", "lean_replicas")},
+                                        "codec", "table_log2", "contribs_per_round", "lean_replicas", "allowed_peers")},
         )
         if not self.client.publish_manifest(self.cfg.run_id, manifest.model_dump(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")
@@ -358,7 +365,8 @@ class SwarmPeer:
                 self.stop.wait(1.0 + attempt)
         else:
             raise DHTUnavailable(f"could not read round {q} from the DHT")
-        rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
+        rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec,
+                          allowed=self.allowed)
         for reason, n in rs.rejected.items():
             self.stats[f"rejected_{reason}"] += n
             self.metrics.on_rejected(reason, n)
@@ -377,6 +385,7 @@ class SwarmPeer:
             self._apply_s_per_contribution = 0.8 * self._apply_s_per_contribution + 0.2 * apply_s / len(rs.contributions)
         self.applied = q
         self.seedlog.put(q, rs.digest, rs.records)
+        self.influence.observe(rs)
         mine = rs.counts.get(self.peer_id, 0)
         self.stats["applied_local"] += mine
         self.stats["applied_remote"] += len(rs.contributions) - mine
@@ -397,11 +406,23 @@ class SwarmPeer:
                 log.warning("[%s] round=%d hash publish failed: %s", self.tag, q, e)
             self.pending_checks.append(q)
             self._maybe_checkpoint(q, sha)
+            self._watch_influence(q)
         log.info("[%s] round=%d applied %d contributions from %d peers in %.2fs%s", self.tag, q, len(rs.contributions), len(rs.counts),
                  apply_s, f" hash={sha[:12]}" if sha else "")
         self._round_log({"event": "applied", "round": q, "time": time.time(), "contributions": len(rs.contributions),
                          "peers": len(rs.counts), "local": mine, "sha256": sha, "loss": getattr(self, "last_loss", None),
                          "apply_seconds": apply_s, "latency_seconds": time.time() - self.clock.close(q)})
+
+    def _watch_influence(self, q: int) -> None:
+        suspects = self.influence.suspects()
+        self.metrics.on_suspects(len(suspects))
+        for s in suspects:
+            if s.peer_id not in self.suspects:
+                log.warning("[%s] round=%d peer %s pushes far harder than the swarm (%s: %.0f%% saturated codes, median |g| %.3g vs %.3g); "
+                            "its influence stays within the codec's bound", self.tag, q, s.peer_id[:8], s.reason, 100 * s.saturated_share,
+                            s.median_magnitude, s.swarm_median_magnitude)
+            self.suspects[s.peer_id] = {"reason": s.reason, "saturated_share": s.saturated_share, "median_magnitude": s.median_magnitude,
+                                        "swarm_median_magnitude": s.swarm_median_magnitude, "round": q}
 
     # -- checkpoints, catch-up, repair ---------------------------------------------------------------
     def _estimate_apply_cost(self) -> float:
@@ -637,7 +658,7 @@ class SwarmPeer:
             "hash_agreements": self.stats["hash_agreements"], "hash_mismatches": self.stats["hash_mismatches"],
             "repairs": self.stats["repairs"], "repairs_failed": self.stats["repair_failed"],
             "catchups": {"log": self.stats["catchups_log"], "checkpoint": self.stats["catchups_checkpoint"]},
-            "checkpoints_rejected": self.stats["checkpoints_rejected"],
+            "checkpoints_rejected": self.stats["checkpoints_rejected"], "suspects": self.suspects,
             "rejected": {k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")} | dict(self.client.rejected),
             "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
             "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
