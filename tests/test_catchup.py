@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-from tests.swarm_utils import ROOT, TINY, Swarm
+from tests.swarm_utils import TINY, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-every", "5"]

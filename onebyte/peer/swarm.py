@@ -5,7 +5,9 @@ One loop, driven by the wall-clock rounds of the run manifest:
           every ``hash_every`` rounds publish the weight hash, and later compare with the others';
   make    contributions for the current round on this peer's data while there is time;
   publish them as one signed record (at most ``contribs_per_round`` bytes) before the deadline;
-  beat    a heartbeat every round so others can see who is alive and where.
+  beat    a heartbeat every minute so others can see who is alive, where, and how to reach it;
+and, around it (onebyte/peer/recovery.py): resume from the checkpoint directory, catch up from
+other peers' logs or checkpoints when far behind, repair after losing a hash vote.
 """
 
 from __future__ import annotations
@@ -22,17 +24,17 @@ from pathlib import Path
 
 from onebyte import PROTOCOL_VERSION, __version__
 from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
-from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.coordinator_free.influence import InfluenceMonitor
+from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.coordinator_free.rounds import RoundClock
-from onebyte.coordinator_free.seedlog import SeedLog, SeedLogError, replay_set
+from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, HashRecord, Heartbeat, RunAnnouncement
-from onebyte.dht.transfer import ServedState, Transfer, TransferError
+from onebyte.dht.transfer import Transfer
 from onebyte.metrics.peer import PeerMetrics
 from onebyte.peer import catchup
-from onebyte.peer.checkpoint import CheckpointError, install_state, load_checkpoint, save_checkpoint
+from onebyte.peer.recovery import RecoveryMixin
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
 from onebyte.zo import contribution_seed
 
@@ -48,8 +50,6 @@ ANNOUNCE_SECONDS = 300.0
 HASH_SECONDS = 60.0
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
 CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
-LOG_FETCH_ROUNDS = 500  # rounds per seed-log request
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ManifestConflict(ValueError):
     pass
 
 
-class SwarmPeer:
+class SwarmPeer(RecoveryMixin):
     def __init__(self, cfg: SwarmConfig):
         self.cfg = cfg
         if cfg.threads:
@@ -187,19 +187,6 @@ class SwarmPeer:
                  self.tag, self.clock.round_at(time.time()), manifest.run_id, manifest.model, self.replica.num_trainable, manifest.lr,
                  manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
         return manifest
-
-    def _start_transfer(self, run_id: str) -> Transfer | None:
-        """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
-        for attempt in range(3):
-            try:
-                t = Transfer(self.dht, run_id)
-                t.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
-                return t
-            except (OSError, TransferError, RuntimeError) as e:
-                log.warning("[%s] round=%d p2p catch-up service not started (attempt %d): %s: %s", self.tag, self.applied, attempt + 1, type(e).__name__, e)
-                self.stop.wait(1.0 + attempt)
-        self.stats["transfer_unavailable"] += 1
-        return None
 
     def _train_config(self, settings: dict) -> TrainConfig:
         """The model/data/update settings of a run (a manifest's or a creator's) plus this peer's own."""
@@ -423,174 +410,6 @@ class SwarmPeer:
                             s.median_magnitude, s.swarm_median_magnitude)
             self.suspects[s.peer_id] = {"reason": s.reason, "saturated_share": s.saturated_share, "median_magnitude": s.median_magnitude,
                                         "swarm_median_magnitude": s.swarm_median_magnitude, "round": q}
-
-    # -- checkpoints, catch-up, repair ---------------------------------------------------------------
-    def _estimate_apply_cost(self) -> float:
-        """Seconds to apply one contribution, before any was applied: ~1.5 copies of the trainable
-        weights (BENCHMARKS.md (b)), timed on the largest tensor."""
-        import torch
-
-        name, big = max(self.replica.params, key=lambda kv: kv[1].numel())
-        scratch = torch.empty_like(big)
-        t0 = time.perf_counter()
-        scratch.copy_(big)
-        return 1.5 * (time.perf_counter() - t0) * self.replica.num_trainable / big.numel()
-
-    def _maybe_checkpoint(self, q: int, sha: str) -> None:
-        if not self.ckdir or time.time() - self.last_checkpoint_at < self.cfg.checkpoint_seconds:
-            return
-        t0 = time.perf_counter()
-        path = self.ckdir / f"ckpt-{q:09d}.safetensors"
-        try:
-            info = save_checkpoint(path, self.replica.params, q, {"run_id": self.manifest.run_id, "initial_sha256": self.manifest.initial_sha256})
-        except OSError as e:
-            log.error("[%s] round=%d checkpoint not written: %s", self.tag, q, e)
-            return
-        assert info.sha256 == sha
-        self.checkpoint, self.last_checkpoint_at = (path, q, sha), time.time()
-        for old in sorted(self.ckdir.glob("ckpt-*.safetensors"))[:-KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
-        self.metrics.on_checkpoint()
-        log.info("[%s] round=%d checkpoint %s written in %.2fs", self.tag, q, path.name, time.perf_counter() - t0)
-
-    def _resume(self) -> None:
-        """Restart: load the newest intact checkpoint of this run, then replay this peer's own log."""
-        expect = {"run_id": self.manifest.run_id, "initial_sha256": self.manifest.initial_sha256}
-        for path in sorted(self.ckdir.glob("ckpt-*.safetensors"), reverse=True):
-            try:
-                info = load_checkpoint(path, self.replica.params, expect)
-            except CheckpointError as e:
-                self.stats["checkpoints_rejected"] += 1
-                log.warning("[%s] round=%d not resuming from %s: %s", self.tag, self.applied, path.name, e)
-                continue
-            self.applied, self.hashes[info.round] = info.round, info.sha256
-            self.checkpoint, self.last_checkpoint_at = (path, info.round, info.sha256), time.time()
-            break
-        first = self.applied + 1
-        while (line := self.seedlog.get(self.applied + 1)) is not None and self.applied + 1 <= self.clock.last_final(time.time()):
-            try:
-                self._apply_set(replay_set(self.manifest.run_id, line, contribs_per_round=self.manifest.contribs_per_round, codec=self.replica.codec), replayed=True)
-            except SeedLogError as e:
-                log.warning("[%s] round=%d own seed log unusable from here: %s", self.tag, self.applied + 1, e)
-                break
-        if self.applied >= 0:
-            log.info("[%s] round=%d resumed from %s and replayed own log rounds %d..%d", self.tag, self.applied,
-                     self.checkpoint[0].name if self.checkpoint else "the initial weights", first, self.applied)
-
-    def _sources(self, trusted: set[str] | None = None) -> tuple[list[catchup.Source], int]:
-        """Peers that can serve a catch-up, and how many others we could not reach."""
-        if self.transfer is None:
-            return [], 0
-        try:
-            beats = self.client.read_peers(self.manifest.run_id)
-        except DHTUnavailable as e:
-            log.warning("[%s] round=%d no peer list: %s", self.tag, self.applied, e)
-            return [], 1
-        out, unreachable = [], 0
-        for pid, hb in beats.items():
-            if pid == self.peer_id or not hb.p2p_id or (trusted is not None and pid not in trusted):
-                continue
-            try:
-                self.transfer.connect(hb.p2p_id, hb.p2p_addrs)
-                info = self.transfer.info(hb.p2p_id)
-                span = tuple(info["log"]) if info.get("log") else None
-                out.append(catchup.Source(pid, hb.p2p_id, span, int(info.get("contributions", 0)), info.get("checkpoint")))
-            except (TransferError, TypeError, ValueError, KeyError) as e:
-                unreachable += 1
-                log.info("[%s] round=%d peer %s cannot serve catch-up: %s", self.tag, self.applied, pid[:8], e)
-        return out, unreachable
-
-    def _swarm_hash(self, q: int) -> str | None:
-        """The hash most peers reported for round q (None if none or tied)."""
-        reported = Counter(h.sha256 for h in self.client.read_hashes(self.manifest.run_id, q).values() if h.round == q)
-        top = reported.most_common(2)
-        return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
-
-    def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> str:
-        """Reach ``target`` through the cheapest plan other peers offer: "done", "nobody" (no peer
-        can help) or "failed" (some could, or could not be reached, and none succeeded)."""
-        t0 = time.time()
-        start = self.applied
-        sources, unreachable = self._sources(trusted)
-        options = catchup.plans(self.applied, target, sources, apply_seconds_per_contribution=self._apply_s_per_contribution,
-                                bandwidth=self.bandwidth, state_valid=state_valid)
-        if self.cfg.catch_up != "auto":
-            options = [p for p in options if p.method == self.cfg.catch_up]
-        for plan in options:
-            try:
-                if plan.method == "checkpoint":
-                    self._install_checkpoint(plan.source)
-                self._replay_log(plan.source, target)
-            except (TransferError, CheckpointError, SeedLogError, DHTUnavailable) as e:
-                log.warning("[%s] round=%d catch-up by %s from %s failed: %s", self.tag, self.applied, plan.method, plan.source.peer_id[:8], e)
-                if plan.method == "checkpoint" and self.applied != start:
-                    break  # the checkpoint is in: the normal loop reads the rest from the DHT
-                continue
-            break
-        else:
-            outcome = "failed" if options or unreachable else "nobody"
-            log.info("[%s] round=%d no catch-up to round %d: %s", self.tag, self.applied, target,
-                     "no peer offers one" if outcome == "nobody" else f"{len(options)} plan(s) failed, {unreachable} peer(s) unreachable")
-            return outcome
-        seconds = time.time() - t0
-        self.stats[f"catchups_{plan.method}"] += 1
-        self.metrics.on_catchup(plan.method, seconds)
-        log.info("[%s] round=%d caught up from round %d by %s from %s in %.2fs (estimated %.2fs)", self.tag, self.applied, start, plan.method,
-                 plan.source.peer_id[:8], seconds, plan.seconds)
-        self._round_log({"event": "catchup", "time": time.time(), "method": plan.method, "from_round": start, "round": self.applied, "seconds": seconds})
-        return "done"
-
-    def _install_checkpoint(self, src: catchup.Source) -> None:
-        t0 = time.time()
-        size = src.checkpoint["bytes"]
-        meta, tensors = self.transfer.fetch_state(src.p2p_id, timeout=max(60.0, 4 * size / self.bandwidth))
-        self.bandwidth = max(1e5, size / max(1e-3, time.time() - t0))
-        q, sha = int(meta["round"]), str(meta["sha256"])
-        agreed = self._swarm_hash(q)
-        if agreed != sha:
-            raise CheckpointError(f"checkpoint of round {q} from {src.peer_id[:8]} hashes {sha[:12]}, the swarm reported {(agreed or 'nothing')[:12]}")
-        install_state(tensors, self.replica.params, sha, f"round {q} from peer {src.peer_id[:8]}")
-        self.applied, self.hashes[q] = q, sha
-        self.hashes = {k: v for k, v in self.hashes.items() if k <= q}
-        self.pending_checks = [k for k in self.pending_checks if k <= q]
-        log.info("[%s] round=%d installed checkpoint from %s (%.1f MB in %.2fs, hash %s agreed)", self.tag, q, src.peer_id[:8],
-                 size / 1e6, time.time() - t0, sha[:12])
-
-    def _replay_log(self, src: catchup.Source, target: int) -> None:
-        from tqdm import tqdm
-
-        m = self.manifest
-        last = min(target, src.log[1]) if src.log else self.applied
-        with tqdm(total=max(0, last - self.applied), desc=f"catch-up {self.tag}", unit="round", disable=not self.cfg.progress, leave=False) as bar:
-            while self.applied < last and not self.stop.is_set():
-                lines = self.transfer.fetch_log(src.p2p_id, self.applied + 1, min(last, self.applied + LOG_FETCH_ROUNDS))
-                if not lines:
-                    raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {self.applied + 1}")
-                for line in lines:
-                    rs = replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
-                    if rs.round != self.applied + 1:
-                        raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {self.applied} to {rs.round}")
-                    self._apply_set(rs, replayed=True)
-                    bar.update(1)
-
-    def _repair(self) -> None:
-        """This peer lost a hash vote: reinstall the majority's state from a peer that has it."""
-        q, self.repair_round = self.repair_round, None
-        majority = self._swarm_hash(q)
-        trusted = {p for p, h in self.client.read_hashes(self.manifest.run_id, q).items() if h.round == q and h.sha256 == majority}
-        trusted.discard(self.peer_id)
-        target = self.clock.last_final(time.time())
-        if self.cfg.rounds:
-            target = min(target, self.cfg.rounds - 1)
-        log.warning("[%s] round=%d repairing: round %d disagreed with the majority %s; %d peer(s) can help", self.tag, self.applied, q,
-                    (majority or "?")[:12], len(trusted))
-        if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False) == "done":
-            self.stats["repairs"] += 1
-            self.metrics.on_repair()
-            log.warning("[%s] round=%d repaired", self.tag, self.applied)
-        else:
-            self.stats["repair_failed"] += 1
-            log.error("[%s] round=%d repair failed; will try again at the next disagreement", self.tag, self.applied)
 
     def _check_hashes(self, q: int) -> None:
         try:
