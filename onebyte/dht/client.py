@@ -7,6 +7,7 @@ hang the peer) and return parsed, validated records plus counts of what was reje
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
@@ -27,6 +28,40 @@ DEFAULT_TIMEOUT = 10.0
 
 class DHTUnavailable(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the DHT child: when the peer process dies, even by SIGKILL, stop the p2p daemon and exit.
+
+    hivemind runs the DHT in a forked child that owns a p2pd daemon; without this, a killed peer
+    leaves both running as orphans on the volunteer's machine. Linux only (prctl); a no-op elsewhere.
+    """
+    import ctypes
+    import signal
+
+    import psutil
+
+    def stop(_signum, _frame):
+        for child in psutil.Process().children(recursive=True):  # the p2p daemon
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        stop(None, None)
+
+
+class _PeerDHT(DHT):
+    def run(self) -> None:
+        _die_with_parent()
+        super().run()
 
 
 def start_dht(
@@ -58,7 +93,7 @@ def start_dht(
         kwargs["identity_path"] = identity_path
     if num_replicas:
         kwargs["num_replicas"] = num_replicas
-    return DHT(
+    return _PeerDHT(
         initial_peers=list(initial_peers) or None,
         start=True,
         record_validators=[Ed25519OwnerValidator(identity)],
