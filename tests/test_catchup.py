@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 
+import psutil
+
 from tests.swarm_utils import TINY, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
@@ -46,8 +48,12 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
         swarm.peer("c", *c_args)
         swarm.peer("quitter", "--run-id", "crash", *COMMON, "--shard", "2/3")
         swarm.wait_for_round("c", 10, timeout=180)
+        helpers = [p for p in psutil.Process(swarm.procs["c"].pid).children(recursive=True) if p.name() != "torch_shm_manager"]
         swarm.procs["c"].send_signal(signal.SIGKILL)
         swarm.procs["c"].wait()
+        assert {p.name() for p in helpers} >= {"p2pd"}
+        _, alive = psutil.wait_procs(helpers, timeout=10)  # its DHT process and p2p daemon go with it
+        assert not alive, alive
         killed_at = max(e["round"] for e in events(swarm, "c", "applied"))
         assert sorted(ck.glob("*/ckpt-*.safetensors")), "no checkpoint was written before the kill"
         # the others keep closing rounds without the dead peer
