@@ -41,3 +41,13 @@ def test_influence_monitor_flags_a_peer_that_always_sends_the_extreme_byte():
     assert [s.peer_id for s in suspects] == [attacker] and suspects[0].saturated_share == 1.0
     # its share of any round is still bounded: K codes of at most g_max each
     assert CODEC.decode(top) == CODEC.max_value
+
+
+def test_hash_agreement_breaks_ties_the_same_way_everywhere():
+    from onebyte.coordinator_free.agreement import agreed_hash, compare_hashes
+
+    lo, hi = "1" * 64, "f" * 64
+    assert agreed_hash([hi, lo, hi]) == hi and agreed_hash([hi, lo]) == lo and agreed_hash([]) is None
+    # a 2|2 split after a partition: the half holding the larger hash repairs, the other stays
+    assert not compare_hashes(5, hi, {"a": lo, "b": lo, "c": hi}).mine_in_majority
+    assert compare_hashes(5, lo, {"a": hi, "b": hi, "c": lo}).mine_in_majority

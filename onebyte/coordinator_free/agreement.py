@@ -99,11 +99,18 @@ class AgreementReport:
     mine_in_majority: bool
 
 
+def agreed_hash(hashes: Collection[str]) -> str | None:
+    """The hash most reporters hold; a tie goes to the smallest hash, so that every peer (and
+    both halves of a healed partition) settles on the same one. None if nothing was reported."""
+    counts = Counter(hashes)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min(h for h, n in counts.items() if n == top)
+
+
 def compare_hashes(round_: int, mine: str, reported: Mapping[str, str]) -> AgreementReport:
     """Compare my hash for ``round_`` with what other peers reported for it."""
-    counts = Counter(reported.values())
-    counts[mine] += 1
-    majority, top = counts.most_common(1)[0]
-    tied = sum(1 for v in counts.values() if v == top) > 1
+    majority = agreed_hash([*reported.values(), mine])
     agree = sum(1 for v in reported.values() if v == mine)
-    return AgreementReport(round_, agree, len(reported) - agree, None if tied else majority, (not tied) and majority == mine)
+    return AgreementReport(round_, agree, len(reported) - agree, majority, majority == mine)

@@ -4,7 +4,9 @@ onebyte stores every record under a subkey ``b"ob1" + public key`` (35 bytes). S
 end with an Ed25519 signature by that key over (DHT key id, subkey, value, expiration), so no one
 can write, alter or re-date another peer's record, nor move it to another key (another round).
 hivemind calls ``validate`` on every store it receives and on every value another node returns.
-Records without the marker are not ours; readers ignore them (onebyte.dht.records).
+A onebyte DHT holds nothing else: a record without such a subkey (a plain value would replace a
+round's whole dictionary in hivemind's storage) or whose signed value is not msgpack (it would
+break every reader's get of that key) is refused too.
 """
 
 from __future__ import annotations
@@ -50,13 +52,19 @@ class Ed25519OwnerValidator(RecordValidatorBase):
     def validate(self, record: DHTRecord) -> bool:
         owner = self._owner(record)
         if owner is None:
-            return True  # not an onebyte record: not this validator's business
+            self.rejected["foreign_subkey"] += 1
+            return False
         if len(record.value) <= SIGNATURE_BYTES:
             self.rejected["unsigned"] += 1
             return False
         stripped = DHTRecord(record.key, record.subkey, record.value[:-SIGNATURE_BYTES], record.expiration_time)
         if not verify(owner, record.value[-SIGNATURE_BYTES:], signed_message(stripped)):
             self.rejected["bad_signature"] += 1
+            return False
+        try:
+            MSGPackSerializer.loads(stripped.value)
+        except Exception:  # noqa: BLE001 - msgpack raises several types on garbage
+            self.rejected["not_msgpack"] += 1
             return False
         return True
 

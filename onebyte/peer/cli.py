@@ -147,6 +147,13 @@ def _read_initial_peers_file(path: str) -> list[str]:
     return out
 
 
+def _run_id(s: str) -> str:
+    """An argparse type: a run id as the manifest allows it."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", s):
+        raise argparse.ArgumentTypeError(f"{s!r}: a run id is 1 to 128 letters, digits, '.', '_' or '-'")
+    return s
+
+
 def _allowlist(path: str) -> list[str]:
     """An argparse type: a file of peer public keys (64 hex characters per line)."""
     try:
@@ -358,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("peer", help="join a run and train with the swarm", description="Join (or with --new-run create) a run and train with its peers.")
-    p.add_argument("--run-id", required=True, help="name of the run (letters, digits, . _ -)")
+    p.add_argument("--run-id", required=True, type=_run_id, help="name of the run (letters, digits, . _ -)")
     p.add_argument("--new-run", action="store_true", help="create the run if it does not exist yet, with these settings")
     add_network_args(p)
     add_swarm_setting_args(p)
@@ -390,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a local swarm: bootstrap node + N peers on loopback", description="Start a bootstrap node and N peer processes on loopback, train, evaluate and summarize.")
     p.add_argument("--peers", type=_positive_int, default=4)
     p.add_argument("--rounds", type=_positive_int, default=30)
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", type=_run_id, default=None)
     p.add_argument("--workdir", default=None, help="folder for logs and per-peer reports (default: a temporary folder)")
     p.add_argument("--report", default=None, help="write the JSON summary here")
     add_swarm_setting_args(p)
@@ -408,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("status", help="list the live peers of a run", description="Live peers of a run: round, last weight hash, contributions made and rate, version.")
-    p.add_argument("--run-id", required=True)
+    p.add_argument("--run-id", required=True, type=_run_id)
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_status)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 
+from onebyte.coordinator_free.agreement import agreed_hash
 from onebyte.coordinator_free.seedlog import SeedLogError, replay_set
 from onebyte.dht.client import DHTUnavailable
 from onebyte.dht.transfer import ServedState, Transfer, TransferError
@@ -74,7 +74,9 @@ class RecoveryMixin:
                 info = load_checkpoint(path, self.replica.params, expect)
             except CheckpointError as e:
                 self.stats["checkpoints_rejected"] += 1
-                log.warning("[%s] round=%d not resuming from %s: %s", self.tag, self.applied, path.name, e)
+                aside = path.with_name(path.name + ".refused")  # kept for inspection, out of rotation and serving
+                path.replace(aside)
+                log.warning("[%s] round=%d not resuming from %s (moved to %s): %s", self.tag, self.applied, path.name, aside.name, e)
                 continue
             self.applied, self.hashes[info.round] = info.round, info.sha256
             self.checkpoint, self.last_checkpoint_at = (path, info.round, info.sha256), time.time()
@@ -117,10 +119,8 @@ class RecoveryMixin:
         return out, unreachable
 
     def _swarm_hash(self, q: int) -> str | None:
-        """The hash most peers reported for round q (None if none or tied)."""
-        reported = Counter(h.sha256 for h in self.client.read_hashes(self.manifest.run_id, q).values() if h.round == q)
-        top = reported.most_common(2)
-        return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
+        """The agreed hash for round q among the votes that count (§12), None if there are none."""
+        return agreed_hash([h.sha256 for h in self._hash_votes(q).values()])
 
     def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> str:
         """Reach ``target`` through the cheapest plan other peers offer: "done", "nobody" (no peer
@@ -192,8 +192,9 @@ class RecoveryMixin:
     def _repair(self) -> None:
         """This peer lost a hash vote: reinstall the majority's state from a peer that has it."""
         q, self.repair_round = self.repair_round, None
-        majority = self._swarm_hash(q)
-        trusted = {p for p, h in self.client.read_hashes(self.manifest.run_id, q).items() if h.round == q and h.sha256 == majority}
+        votes = self._hash_votes(q)
+        majority = agreed_hash([h.sha256 for h in votes.values()])
+        trusted = {p for p, h in votes.items() if h.sha256 == majority}
         trusted.discard(self.peer_id)
         target = self.clock.last_final(time.time())
         if self.cfg.rounds:

@@ -411,9 +411,14 @@ class SwarmPeer(RecoveryMixin):
             self.suspects[s.peer_id] = {"reason": s.reason, "saturated_share": s.saturated_share, "median_magnitude": s.median_magnitude,
                                         "swarm_median_magnitude": s.swarm_median_magnitude, "round": q}
 
+    def _hash_votes(self, q: int) -> dict:
+        """Hash records for round q that count: in a private run only its members vote."""
+        return {p: h for p, h in self.client.read_hashes(self.manifest.run_id, q).items()
+                if h.round == q and (self.allowed is None or p in self.allowed)}
+
     def _check_hashes(self, q: int) -> None:
         try:
-            reported = {p: h.sha256 for p, h in self.client.read_hashes(self.manifest.run_id, q).items() if p != self.peer_id and h.round == q}
+            reported = {p: h.sha256 for p, h in self._hash_votes(q).items() if p != self.peer_id}
         except DHTUnavailable as e:
             log.warning("[%s] round=%d hash check skipped: %s", self.tag, q, e)
             return
