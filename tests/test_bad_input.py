@@ -105,8 +105,6 @@ def test_bad_peer_input_is_one_clear_line(files, args, message):
     one_clear_error(r, message)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an invalid --run-id is only caught when the manifest is built, after loading the model, "
-                                       "and the error is pydantic's 4-line dump with a URL. Fix: check the run id in the CLI (argparse type).")
 def test_an_invalid_run_id_is_one_clear_line(files):
     r = onebyte("peer", "--run-id", "my run!", "--new-run", *TINY_PEER, "--rounds", "1")
     one_clear_error(r, "run")
@@ -180,10 +178,6 @@ def test_checkpoints_of_another_model_or_run_are_refused_and_the_peer_starts_cle
         assert not (ck / "foreign" / name).exists() or (ck / "foreign" / name).read_bytes() == data
 
 
-@pytest.mark.xfail(strict=True, reason="bug: checkpoint rotation (keep the 2 newest names) counts refused files: a refused checkpoint "
-                                       "of a higher round makes the peer delete the checkpoint it just wrote, which it then offers to "
-                                       "others (.info) but can no longer serve nor resume from. Fix: rotate only files this peer wrote "
-                                       "(or move refused files aside).")
 def test_refused_checkpoints_do_not_push_out_the_peers_own(tmp_path):
     ck, rep = tmp_path / "ck", tmp_path / "r.json"
     _foreign_checkpoints(ck / "foreign")
