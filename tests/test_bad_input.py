@@ -174,8 +174,8 @@ def test_checkpoints_of_another_model_or_run_are_refused_and_the_peer_starts_cle
     assert report["checkpoints_rejected"] == 2 and report["rounds_applied"] == 4 and report["last_round"] == 3
     assert "resumed from" not in r.stderr  # it started from the run's initial weights
     assert report["final_sha256"] == report["hashes"]["3"] != report["manifest"]["initial_sha256"]
-    for name, data in foreign.items():  # refused files are never written to
-        assert not (ck / "foreign" / name).exists() or (ck / "foreign" / name).read_bytes() == data
+    for name, data in foreign.items():  # refused files are moved aside, byte for byte, never used again
+        assert (ck / "foreign" / f"{name}.refused").read_bytes() == data
 
 
 def test_refused_checkpoints_do_not_push_out_the_peers_own(tmp_path):
@@ -194,3 +194,4 @@ def test_refused_checkpoints_do_not_push_out_the_peers_own(tmp_path):
         except ValueError:
             pass
     assert own and max(i.round for i in own) == 2  # the newest hash round's checkpoint is on disk
+    assert r.stderr.count("not resuming from ckpt-") == 2
