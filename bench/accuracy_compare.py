@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import math
 import time
+from pathlib import Path
 
 from _common import RESULTS, add_common_args, machine_info, setup_torch, table, write_results
 
@@ -204,6 +205,41 @@ def run_method(b: Bench, name: str, lr: float, samples: int, seed: int, eval_eve
     return b.zo_run(peers=peers, codec=codec, lr=lr, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit, tag=name)
 
 
+def plot(result: dict, png: str) -> None:
+    """Accuracy against samples and against wall time (serial compute and ideal parallel swarm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    zs, maj = result["zero_shot"]["accuracy"], result["majority_class"]["accuracy"]
+    colors = {"mezo-f32": "tab:blue", "onebyte-1": "tab:orange", "onebyte-2": "tab:green", "onebyte-4": "tab:red", "adam": "black"}
+    methods = list(dict.fromkeys(r["method"] for r in result.get("runs", [])))
+    for ax, x, label in zip(axes, ("samples", "train_seconds", "swarm_seconds"),
+                            ("training batches (samples / batch size)", "wall time of this process, s (serial)",
+                             "wall time with peers in parallel, s (no network)")):
+        for m in methods:
+            rs = [r for r in result["runs"] if r["method"] == m]
+            for i, r in enumerate(rs):
+                xs = [0] + [c[x] for c in r["curve"]]
+                ys = [zs] + [c["accuracy"] for c in r["curve"]]
+                ax.plot(xs, ys, "-o", ms=3, color=colors.get(m), alpha=1.0 if i == 0 else 0.5,
+                        label=f"{m} (lr {r['lr']:g})" if i == 0 else None)
+        ax.axhline(maj, ls=":", color="gray", label="majority class")
+        ax.axhline(zs, ls="--", color="gray", label="zero-shot")
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    c = result["config"]
+    fig.suptitle(f"{c['model']} on {c['dataset']}, batch {c['batch_size']} x {c['max_length']} tokens, "
+                 f"eval n={result['zero_shot']['n']}, seeds {c['seeds']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -224,7 +260,14 @@ def main() -> None:
     p.add_argument("--adam-lr", type=float, default=None, help="skip the Adam sweep")
     p.add_argument("--sweep-steps", type=int, default=30)
     p.add_argument("--sweep-eval", type=int, default=96)
+    p.add_argument("--prior-sweep", default=None, help="results JSON of an earlier run whose sweep runs (same --sweep-steps) count as candidates too")
+    p.add_argument("--plot", default=None, help="only draw the PNG from an existing results JSON (this path) and exit")
     args = p.parse_args()
+    if args.plot:
+        import json
+
+        plot(json.loads(Path(args.plot).read_text()), str(Path(args.plot).with_suffix(".png")))
+        return
     if args.quick:
         args.samples, args.eval_every, args.sweep_steps, args.sweep_eval, args.eval_limit = 8, 4, 2, 16, 32
         args.batch_size = 4
@@ -267,7 +310,18 @@ def main() -> None:
             chosen[family] = given
             continue
         runs = []
-        for lr in [float(x) for x in grid.split(",")]:
+        if args.prior_sweep:
+            import json
+
+            prior = json.loads(Path(args.prior_sweep).read_text()).get("sweep", {})
+            for row in prior.get("runs", []):
+                if row["family"] == family and row["steps"] == args.sweep_steps and row["subset"]["n"] == min(args.sweep_eval, zs["n"]):
+                    row = {**row, "from": args.prior_sweep}
+                    runs.append(row)
+                    result["sweep"]["runs"].append(row)
+        for lr in [float(x) for x in grid.split(",")] if grid else []:
+            if any(r["lr"] == lr for r in runs):
+                continue
             t1 = time.perf_counter()
             r = run_method(b, name, lr, args.sweep_steps, seeds[0], None)
             ev = b.eval(args.sweep_eval)
@@ -304,6 +358,8 @@ def main() -> None:
                      f"{np.std(acc):.3f}" if len(acc) > 1 else "1 seed", float(np.mean([r["curve"][-1]["loss"] for r in rs])),
                      float(np.mean([r["swarm_seconds"] for r in rs]))))
     print(table(rows, ("method", "lr", "samples", "rounds", "accuracy", "spread", "eval loss", "swarm s")))
+    out = Path(args.out) if args.out else RESULTS / "accuracy_compare.json"
+    plot(result, str(out.with_suffix(".png")))
 
 
 if __name__ == "__main__":
