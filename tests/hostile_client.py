@@ -66,8 +66,8 @@ def private_bytes(identity: Identity) -> bytes:
 
 def store_raw(dht: DHT, key: str, subkey: bytes, value, expiration: float, *, sign_with: Identity | None = None, timeout: float = 30.0) -> list[bool]:
     """Send the record (subkey, value bytes as stored: payload || signature, or anything) to every
-    node this DHT node knows, signed by ``sign_with`` if given; returns each node's answer (True =
-    it accepted and stored it)."""
+    node this DHT node knows, signed by ``sign_with`` if given; ``subkey=None`` stores a plain value
+    (no subkey). Returns each node's answer (True = it accepted and stored it)."""
     signer = private_bytes(sign_with) if sign_with is not None else None
     fut = dht.run_coroutine(partial(_store_everywhere, key, subkey, value, expiration, signer), return_future=True)
     return fut.result(timeout=timeout)
