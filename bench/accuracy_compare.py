@@ -70,7 +70,9 @@ class Bench:
 
         self.args = args
         cfg = TrainConfig(model=args.model, dataset=args.dataset, max_length=args.max_length, batch_size=args.batch_size,
-                          trainable=args.trainable, dtype=args.dtype, eps=args.eps, lr=1e-5, progress=False)
+                          trainable=args.trainable, dtype=args.dtype, eps=args.eps, lr=1e-5, progress=False,
+                          text_column=args.text_column, label_column=args.label_column,
+                          label_words=args.label_words.split(",") if args.label_words else None)
         self.loaded, self.task, self.replica = build(cfg)
         self.initial = [t.detach().clone() for _, t in self.replica.params]
         self.initial_sha = self.replica.sha256()
@@ -245,6 +247,9 @@ def main() -> None:
     add_common_args(p)
     p.set_defaults(max_length=32)
     p.add_argument("--dataset", default="drugreview")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-words", default=None, help="comma-separated, e.g. ' negative, positive'")
     p.add_argument("--trainable", default=None, help="regex over parameter names (all methods alike); default all")
     p.add_argument("--samples", type=int, default=160, help="training batches per method (contributions; Adam steps)")
     p.add_argument("--contribs", type=int, default=1, help="contributions per peer per round")
