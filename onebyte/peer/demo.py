@@ -83,8 +83,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     try:
         for i in range(cfg.peers):
             args = [*_cli(), "peer", "--run-id", run_id, "--shard", f"{i}/{cfg.peers}", "--rounds", str(cfg.rounds), "--threads", str(threads),
-                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress",
-                    "--checkpoint-dir", str(workdir / f"peer{i}.checkpoints")]  # a late joiner catches up from these
+                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress"]
+            if i < 2:  # two peers keep checkpoints and their seed log for late joiners (each checkpoint is a full copy of the weights)
+                args += ["--checkpoint-dir", str(workdir / f"peer{i}.checkpoints")]
             for a in maddrs:
                 args += ["--initial-peers", a]
             if cfg.metrics_port is not None:
