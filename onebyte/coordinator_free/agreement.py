@@ -99,14 +99,21 @@ class AgreementReport:
     mine_in_majority: bool
 
 
+TIE_BREAK_MIN_VOTERS = 3  # a 1-1 tie is no evidence (one vote may just be late): no decision
+
+
 def agreed_hash(hashes: Collection[str]) -> str | None:
-    """The hash most reporters hold; a tie goes to the smallest hash, so that every peer (and
-    both halves of a healed partition) settles on the same one. None if nothing was reported."""
+    """The hash most reporters hold; a tie among at least 3 voters goes to the smallest hash, so
+    that every peer (and both halves of a healed partition) settles on the same one. None if
+    nothing was reported or two voters disagree."""
     counts = Counter(hashes)
     if not counts:
         return None
     top = max(counts.values())
-    return min(h for h, n in counts.items() if n == top)
+    tied = [h for h, n in counts.items() if n == top]
+    if len(tied) > 1 and sum(counts.values()) < TIE_BREAK_MIN_VOTERS:
+        return None
+    return min(tied)
 
 
 def compare_hashes(round_: int, mine: str, reported: Mapping[str, str]) -> AgreementReport:
