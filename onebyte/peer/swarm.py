@@ -473,6 +473,8 @@ class SwarmPeer(RecoveryMixin):
         final = self.replica.sha256()
         if interrupted:
             log.info("[%s] round=%d left the run on request after applying %d rounds", self.tag, self.applied, self.stats["rounds_applied"])
+        stages = {"round": Counter({k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")}),
+                  "parse": Counter(self.client.rejected), "validator": Counter(self.client.validator_rejections())}
         report = {
             "peer_id": self.peer_id, "run_id": self.manifest.run_id, "onebyte_version": __version__, "protocol_version": PROTOCOL_VERSION,
             "interrupted": interrupted, "rounds_applied": self.stats["rounds_applied"], "last_round": self.applied,
@@ -483,7 +485,7 @@ class SwarmPeer(RecoveryMixin):
             "repairs": self.stats["repairs"], "repairs_failed": self.stats["repair_failed"],
             "catchups": {"log": self.stats["catchups_log"], "checkpoint": self.stats["catchups_checkpoint"]},
             "checkpoints_rejected": self.stats["checkpoints_rejected"], "suspects": self.suspects,
-            "rejected": {k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")} | dict(self.client.rejected),
+            "rejected": dict(sum(stages.values(), Counter())), "rejected_by_stage": {k: dict(v) for k, v in stages.items()},
             "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
             "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
             "mean_train_loss": self.stats["loss_sum"] / self.stats["made"] if self.stats["made"] else None,
