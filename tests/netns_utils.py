@@ -108,11 +108,4 @@ class NetSwarm(Swarm):
             raise RuntimeError("bootstrap node printed no address")
 
     def peer(self, name: str, *args: str, side: str = "a", launcher: tuple[str, ...] = ("-m", "onebyte.peer.cli")) -> subprocess.Popen:
-        cmd = [*self.net.prefix(side), sys.executable, *launcher, "peer", "--no-progress", "--report", str(self.report_path(name)),
-               "--round-log", str(self.workdir / f"{name}.rounds.jsonl"), "--host-maddrs", f"/ip4/{self.net.ip[side]}/tcp/0"]
-        for a in self.maddrs:
-            cmd += ["--initial-peers", a]
-        log = open(self.workdir / f"{name}.log", "w")
-        p = subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-        self.procs[name] = p
-        return p
+        return super().peer(name, "--host-maddrs", f"/ip4/{self.net.ip[side]}/tcp/0", *args, launcher=launcher, prefix=tuple(self.net.prefix(side)))

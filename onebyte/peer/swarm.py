@@ -121,6 +121,7 @@ class SwarmPeer(RecoveryMixin):
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
+        self.next_announce = 0.0  # the public run list is refreshed every ANNOUNCE_SECONDS, from the first heartbeat on
         self.catchup_failures = 0
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
         self.transfer: Transfer | None = None
@@ -444,7 +445,7 @@ class SwarmPeer(RecoveryMixin):
                        p2p_addrs=self.transfer.addrs if self.transfer else [], rate=round(self.stats["made"] / max(1e-9, time.time() - m.start_time), 4) if time.time() > m.start_time else 0.0)
         try:
             self.client.publish_heartbeat(m.run_id, hb, 2.5 * BEAT_SECONDS)
-            if time.time() >= getattr(self, "next_announce", 0.0):
+            if time.time() >= self.next_announce:
                 self.next_announce = time.time() + ANNOUNCE_SECONDS
                 self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
                                                          protocol_version=PROTOCOL_VERSION), 2.5 * ANNOUNCE_SECONDS)
