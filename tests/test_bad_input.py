@@ -76,6 +76,8 @@ BAD_TRAIN = [
     ("zero_batch", ["--batch-size", "0"], "--batch-size"),
     ("zero_contribs", ["--contribs", "0"], "--contribs"),
     ("inf_lr", ["--lr", "inf"], "--lr"),
+    ("report_is_a_folder", ["--report", "{d}"], "--report: "),
+    ("report_under_a_file", ["--report", "{d}/a_file/sub/report.json"], "is not a folder"),
 ]
 
 
@@ -95,6 +97,8 @@ BAD_PEER = [
     ("missing_initial_peers_file", ["--initial-peers-file", "{d}/nope.txt"], "--initial-peers-file"),
     ("empty_data_shard", ["--dataset", "{d}/two_rows.csv", "--shard", "5/6"], "shard 5/6 of 1 training examples is empty"),
     ("negative_round_seconds", ["--round-seconds", "-2"], "--round-seconds"),
+    ("round_log_is_a_folder", ["--round-log", "{d}"], "--round-log: "),
+    ("report_under_a_file", ["--report", "{d}/a_file/report.json"], "is not a folder"),
 ]
 
 

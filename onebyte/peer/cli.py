@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 from onebyte import __version__
 from onebyte.peer.config import add_config_option
@@ -154,6 +155,22 @@ def _run_id(s: str) -> str:
     return s
 
 
+def _output_path(path: str) -> str:
+    """An argparse type: a file we will write later (report, round log), checked now rather than
+    after the model has loaded and rounds have run: not a folder, and under a writable folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder, expected a file path")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path}: cannot write under {parent}")
+    return path
+
+
 def _allowlist(path: str) -> list[str]:
     """An argparse type: a file of peer public keys (64 hex characters per line)."""
     try:
@@ -217,8 +234,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         for a in maddrs:
             print(a, flush=True)
         if args.maddrs_file:
-            from pathlib import Path
-
             tmp = Path(args.maddrs_file).with_name(f".{Path(args.maddrs_file).name}.tmp")
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text("".join(a + "\n" for a in maddrs))
@@ -352,14 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_optim_args(p)
     p.add_argument("--steps", type=_positive_int, default=100, help="steps to run (default: %(default)s)")
     p.add_argument("--checkpoint", default=None, help="write the trained weights here (safetensors, atomic)")
-    p.add_argument("--report", default=None, help="write a JSON summary here")
+    p.add_argument("--report", type=_output_path, default=None, help="write a JSON summary here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bootstrap", help="run a DHT node that peers join through", description="Run a DHT node; prints the multiaddrs peers pass as --initial-peers.")
     add_network_args(p)
     p.add_argument("--identity-path", default=None, help="libp2p identity file: keeps this node's address stable across restarts")
-    p.add_argument("--maddrs-file", default=None, help="also write the multiaddrs here, one a line (peers read it with --initial-peers-file)")
+    p.add_argument("--maddrs-file", type=_output_path, default=None, help="also write the multiaddrs here, one a line (peers read it with --initial-peers-file)")
     p.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics on this port (default: off)")
     add_nat_args(p, client_mode=False)
     p.set_defaults(func=cmd_bootstrap)
@@ -378,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--evaluate", action="store_true", help="evaluate on held-out data before and after")
     g.add_argument("--eval-size", type=_positive_int, default=None)
     g.add_argument("--eval-batch-size", type=_positive_int, default=16)
-    g.add_argument("--report", default=None, help="write a JSON summary here when leaving")
-    g.add_argument("--round-log", default=None, help="append one JSON line per applied round here")
+    g.add_argument("--report", type=_output_path, default=None, help="write a JSON summary here when leaving")
+    g.add_argument("--round-log", type=_output_path, default=None, help="append one JSON line per applied round here")
     g.add_argument("--checkpoint-dir", default=None, help="keep checkpoints and the seed log here; a restart resumes from them, and other peers catch up from them")
     g.add_argument("--checkpoint-interval", type=_nonneg_float, default=120.0, help="seconds between checkpoints, taken at hash rounds (default: %(default)s)")
     g.add_argument("--catch-up", choices=["auto", "log", "checkpoint"], default="auto",
@@ -399,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=30)
     p.add_argument("--run-id", type=_run_id, default=None)
     p.add_argument("--workdir", default=None, help="folder for logs and per-peer reports (default: a temporary folder)")
-    p.add_argument("--report", default=None, help="write the JSON summary here")
+    p.add_argument("--report", type=_output_path, default=None, help="write the JSON summary here")
     add_swarm_setting_args(p)
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)

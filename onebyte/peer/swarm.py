@@ -465,9 +465,16 @@ class SwarmPeer(RecoveryMixin):
         return ev
 
     def _round_log(self, event: dict) -> None:
+        """Best effort: a full disk or a removed folder stops the log with one warning, not the peer."""
         if self.cfg.round_log:
-            with open(self.cfg.round_log, "a") as f:
-                f.write(json.dumps(event) + "\n")
+            try:
+                Path(self.cfg.round_log).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cfg.round_log, "a") as f:
+                    f.write(json.dumps(event) + "\n")
+            except OSError as e:
+                log.warning("[%s] round=%d cannot write the round log %s (%s); no more round-log lines", self.tag, self.applied,
+                            self.cfg.round_log, e.strerror or e)
+                self.cfg.round_log = None
 
     def _finish(self, before, after, seconds: float) -> dict:
         interrupted = self.stop.is_set()
