@@ -122,6 +122,10 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
                 refused[name] = store_raw(dht, key, sk, good(target), exp)
             refused["plain_value_over_the_round"] = store_raw(dht, key, None, SER.dumps(b"erased"), get_dht_time() + 365 * 86400)
             refused["not_msgpack"] = store_raw(dht, key, subkey_of(own), b"\xc1 not msgpack", exp, sign_with=own)
+            # storage is bounded: a value larger than any reader accepts, an expiration a year ahead
+            big, far = keys.setdefault("oversized", Identity()), keys.setdefault("expires_in_a_year", Identity())
+            refused["oversized"] = store_raw(dht, key, subkey_of(big), ("codes", target, now, 9000), exp, sign_with=big)
+            refused["expires_in_a_year"] = store_raw(dht, key, subkey_of(far), good(target), get_dht_time() + 365 * 86400, sign_with=far)
             refused["signed_for_another_round"] = store_raw(dht, key, subkey_of(own), signed(own, round_key(run, target + 1), subkey_of(own), good(target), exp), exp)
 
             # -- stored (validly signed by their own keys) but rejected by every reader ----------
@@ -134,7 +138,6 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
             }
             for name, value in malformed.items():
                 as_new_key(name, SER.dumps(value))
-            as_new_key("oversized", ("codes", target, now, 9000))
             as_new_key("wrong_round_far_future", good(target + 10**6))
             as_new_key("wrong_round_max_u64", good(2**64 - 1))
             as_new_key("wrong_round_past", good(0))
@@ -197,6 +200,7 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
     assert seen.get(("unsigned", "validator"), 0) >= 1, seen
     assert seen.get(("bad_signature", "validator"), 0) >= 5, seen
     assert seen.get(("foreign_subkey", "validator"), 0) >= 3 and seen.get(("not_msgpack", "validator"), 0) >= 1, seen
+    assert seen.get(("oversized", "validator"), 0) >= 1 and seen.get(("expiration_too_far", "validator"), 0) >= 1, seen
 
     assert seen.get(("malformed", "parse"), 0) >= len(malformed) - 1 and seen.get(("malformed", "round"), 0) >= 1, seen  # no_codes parses
 
@@ -206,7 +210,6 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
         # the report sums the round, parse and validator stages' counts (per stage: `rejected_by_stage`)
         assert rej.get("malformed", 0) >= len(malformed), (n, rej)
         assert r["rejected_by_stage"]["parse"].get("malformed", 0) >= len(malformed) - 1, (n, r["rejected_by_stage"])
-        assert rej.get("oversized", 0) >= 1, (n, rej)
         assert rej.get("wrong_round", 0) >= 3 and rej.get("late", 0) >= 1, (n, rej)
         assert rej.get("too_many_codes", 0) >= 2, (n, rej)  # the too-many record and the flood's record for round target+1
 

@@ -13,10 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from onebyte.dht.validator import subkey_owner
+from onebyte.dht.validator import MAX_VALUE_BYTES, subkey_owner
 
 RUNS_KEY = "onebyte/v1/runs"
-MAX_VALUE_BYTES = 8192  # keep values far below hivemind's pipe limit (~10-16 KB, see notes)
 
 
 def round_key(run_id: str, round_: int) -> str:

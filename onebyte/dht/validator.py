@@ -6,7 +6,9 @@ can write, alter or re-date another peer's record, nor move it to another key (a
 hivemind calls ``validate`` on every store it receives and on every value another node returns.
 A onebyte DHT holds nothing else: a record without such a subkey (a plain value would replace a
 round's whole dictionary in hivemind's storage) or whose signed value is not msgpack (it would
-break every reader's get of that key) is refused too.
+break every reader's get of that key) is refused too, and so are values larger than any record a
+reader accepts and expirations further ahead than any onebyte record needs: a node stores, and
+keeps, only what a peer could use.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ import struct
 from collections import Counter
 
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
-from hivemind.utils import MSGPackSerializer
+from hivemind.utils import MSGPackSerializer, get_dht_time
 
 from onebyte.dht.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
 
 SUBKEY_MARKER = b"ob1"
+MAX_VALUE_BYTES = 8192  # readers skip larger payloads: far below hivemind's pipe limit (~10-16 KB, see notes)
+# Readers skip payloads over MAX_VALUE_BYTES; msgpack framing around a payload adds a few bytes.
+MAX_STORED_BYTES = MAX_VALUE_BYTES + 256
+# The longest-lived record is the manifest (30 days); a day of slack covers clock skew.
+MAX_EXPIRATION_AHEAD = 31 * 24 * 3600.0
 
 
 def owner_subkey(public_key: bytes) -> bytes:
@@ -56,6 +63,12 @@ class Ed25519OwnerValidator(RecordValidatorBase):
             return False
         if len(record.value) <= SIGNATURE_BYTES:
             self.rejected["unsigned"] += 1
+            return False
+        if len(record.value) > MAX_STORED_BYTES + SIGNATURE_BYTES:
+            self.rejected["oversized"] += 1
+            return False
+        if not record.expiration_time <= get_dht_time() + MAX_EXPIRATION_AHEAD:  # also refuses NaN
+            self.rejected["expiration_too_far"] += 1
             return False
         stripped = DHTRecord(record.key, record.subkey, record.value[:-SIGNATURE_BYTES], record.expiration_time)
         if not verify(owner, record.value[-SIGNATURE_BYTES:], signed_message(stripped)):
