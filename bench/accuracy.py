@@ -25,7 +25,7 @@ import json
 import math
 import time
 
-from _common import RESULTS, add_common_args, machine_info, median, setup_torch, table, write_results
+from _common import RESULTS, add_common_args, machine_info, setup_torch, table, write_results
 
 import numpy as np
 import torch

@@ -459,7 +459,6 @@ def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: 
     for ident in idents:
         clients.append(RecordClient(start_dht(ident, maddrs, num_replicas=replicas), ident))
     run = "breakdown"
-    now = time.time()
     # let every node meet every other, as in a swarm that has run for a while
     for c in clients:
         c.publish_heartbeat(run, Rec.Heartbeat(version=__version__, round=-1, sha256="", made=0, rate=0.0), 60)
