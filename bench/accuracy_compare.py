@@ -22,11 +22,13 @@ contributions are computed one after the other); ``swarm_seconds`` is what N pee
 parallel would need = sum over rounds of (slowest peer's contributions in that round + the round's
 apply), i.e. without network latency (see BENCHMARKS.md, swarm demo, for a real round's latency).
 
-lr: a small sweep per family with the same budget (``--sweep-steps`` batches each, scored on the
-first ``--sweep-eval`` eval examples, lowest eval loss wins): the zeroth-order lr is swept on
-``onebyte-1`` and used for every zeroth-order method (same update rule), the Adam lr on Adam.
-ε is fixed (``--eps``, MeZO's 1e-3). Evaluation: accuracy and loss on the first ``--eval-limit``
-held-out examples (all by default) every ``--eval-every`` batches.
+Tuning: every candidate gets the same budget (``--sweep-steps`` batches on the first seed, scored
+by eval loss on the first ``--sweep-eval`` held-out examples, lowest wins). Zeroth order: lr over
+``--zo-lrs`` at ``--eps`` on ``onebyte-1``, then ε over ``--zo-epss`` at that lr; ``mezo-f32`` gets
+its own lr sweep at the chosen ε; ``onebyte-2/4`` keep ``onebyte-1``'s choice (same update rule and
+step size). Adam: lr over ``--adam-lrs``. Evaluation: accuracy, balanced accuracy (mean per-class
+recall; the data are 72% positive) and loss on the first ``--eval-limit`` held-out examples (all by
+default) every ``--eval-every`` batches. Results: mean, sd and min..max over ``--seeds``.
 
     python bench/accuracy_compare.py [--samples 160] [--max-length 32] [--seeds 0] [--quick]
     # a hub task, where the Hugging Face hub is reachable:
@@ -48,8 +50,11 @@ import torch
 
 
 def evaluate(task, model, batch_size: int, limit: int | None) -> dict:
+    """Accuracy, loss, and balanced accuracy (mean per-class recall): with 72% positive reviews,
+    plain accuracy rewards a model that says " positive" more often; balanced accuracy does not."""
     correct = n = pos = 0
     loss = 0.0
+    hit, seen = {}, {}
     with torch.no_grad():
         for batch in task.eval_batches(batch_size, limit):
             logits = task.class_logits(model, batch)
@@ -59,7 +64,11 @@ def evaluate(task, model, batch_size: int, limit: int | None) -> dict:
             correct += int((pred == y).sum())
             pos += int(pred.sum())
             n += len(y)
-    return {"n": n, "accuracy": correct / n, "loss": loss / n, "predicted_positive": pos / n}
+            for c in y.unique().tolist():
+                seen[c] = seen.get(c, 0) + int((y == c).sum())
+                hit[c] = hit.get(c, 0) + int(((y == c) & (pred == c)).sum())
+    balanced = sum(hit[c] / seen[c] for c in seen) / len(seen)
+    return {"n": n, "accuracy": correct / n, "balanced_accuracy": balanced, "loss": loss / n, "predicted_positive": pos / n}
 
 
 class Bench:
@@ -86,7 +95,8 @@ class Bench:
     def eval(self, limit=None):
         return evaluate(self.task, self.replica.model, self.args.eval_batch_size, self.args.eval_limit if limit is None else limit)
 
-    def zo_run(self, *, peers: int, codec: str, lr: float, samples: int, seed: int, eval_every: int | None, eval_limit=None, tag="") -> dict:
+    def zo_run(self, *, peers: int, codec: str, lr: float, eps: float, samples: int, seed: int, eval_every: int | None, eval_limit=None,
+               tag="") -> dict:
         """``samples`` contributions in total by ``peers`` simulated peers, ``contribs`` each per round."""
         from onebyte.coordinator_free.agreement import decide_round, encode_codes
         from onebyte.dht.records import ContributionRecord
@@ -95,7 +105,7 @@ class Bench:
 
         self.reset()
         rep, task, k = self.replica, self.task, self.args.contribs
-        rep.lr, rep.codec = float(lr), make_codec(codec)
+        rep.lr, rep.eps, rep.codec = float(lr), float(eps), make_codec(codec)
         run_id = f"acc-{seed}"
         # peer ids are hex public keys in a swarm; any distinct 32-byte values behave alike here
         ids = [hashlib.sha256(f"peer{i}".encode()).hexdigest() for i in range(peers)]
@@ -140,10 +150,11 @@ class Bench:
             if eval_every and (done % eval_every == 0 or r == rounds - 1):
                 ev = self.eval(eval_limit)
                 curve.append({"samples": done, "rounds": r + 1, "train_seconds": t_train, "swarm_seconds": t_swarm, **ev})
-                print(f"    [{tag} lr={lr:g} seed={seed}] {done}/{samples} samples, round {r + 1}/{rounds}: acc {ev['accuracy']:.4f} "
-                      f"loss {ev['loss']:.4f}  ({t_train:.0f} s train)", flush=True)
+                print(f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] {done}/{samples} samples, round {r + 1}/{rounds}: "
+                      f"acc {ev['accuracy']:.4f} bal {ev['balanced_accuracy']:.4f} loss {ev['loss']:.4f}  ({t_train:.0f} s train)", flush=True)
             elif (r + 1) % 10 == 0:
-                print(f"    [{tag} lr={lr:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)", flush=True)
+                print(f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)",
+                      flush=True)
         return {"method": tag, "peers": peers, "contribs_per_peer_per_round": k, "codec": codec, "lr": lr, "eps": rep.eps,
                 "seed": seed, "samples": done, "rounds": rounds, "skipped_nonfinite": skipped, "train_seconds": t_train,
                 "swarm_seconds": t_swarm, "curve": curve, "train_losses": losses, "g": gs, "final_sha256": rep.sha256()}
@@ -200,46 +211,92 @@ METHODS = {  # name -> (kind, peers, codec)
 }
 
 
-def run_method(b: Bench, name: str, lr: float, samples: int, seed: int, eval_every, eval_limit=None) -> dict:
+def run_method(b: Bench, name: str, lr: float, eps: float | None, samples: int, seed: int, eval_every, eval_limit=None) -> dict:
     kind, peers, codec = METHODS[name]
     if kind == "adam":
         return b.adam_run(lr=lr, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit, tag=name)
-    return b.zo_run(peers=peers, codec=codec, lr=lr, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit, tag=name)
+    return b.zo_run(peers=peers, codec=codec, lr=lr, eps=eps, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit,
+                    tag=name)
+
+
+def by_method(result: dict) -> dict:
+    out = {}
+    for r in result.get("runs", []):
+        out.setdefault(r["method"], []).append(r)
+    return out
+
+
+def mean_curve(runs: list[dict], x: str, y: str):
+    """Mean (and min, max) over seeds at each evaluation point; x is averaged too (wall times differ)."""
+    n = min(len(r["curve"]) for r in runs)
+    xs = [float(np.mean([r["curve"][i][x] for r in runs])) for i in range(n)]
+    ys = np.array([[r["curve"][i][y] for r in runs] for i in range(n)])
+    return xs, ys.mean(1), ys.min(1), ys.max(1)
 
 
 def plot(result: dict, png: str) -> None:
-    """Accuracy against samples and against wall time (serial compute and ideal parallel swarm)."""
+    """Accuracy and balanced accuracy against samples, rounds and wall time: mean over seeds, band = min..max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    zs, maj = result["zero_shot"]["accuracy"], result["majority_class"]["accuracy"]
+    zs, maj = result["zero_shot"], result["majority_class"]["accuracy"]
     colors = {"mezo-f32": "tab:blue", "onebyte-1": "tab:orange", "onebyte-2": "tab:green", "onebyte-4": "tab:red", "adam": "black"}
-    methods = list(dict.fromkeys(r["method"] for r in result.get("runs", [])))
-    for ax, x, label in zip(axes, ("samples", "train_seconds", "swarm_seconds"),
-                            ("training batches (samples / batch size)", "wall time of this process, s (serial)",
-                             "wall time with peers in parallel, s (no network)")):
-        for m in methods:
-            rs = [r for r in result["runs"] if r["method"] == m]
-            for i, r in enumerate(rs):
-                xs = [0] + [c[x] for c in r["curve"]]
-                ys = [zs] + [c["accuracy"] for c in r["curve"]]
-                ax.plot(xs, ys, "-o", ms=3, color=colors.get(m), alpha=1.0 if i == 0 else 0.5,
-                        label=f"{m} (lr {r['lr']:g})" if i == 0 else None)
-        ax.axhline(maj, ls=":", color="gray", label="majority class")
-        ax.axhline(zs, ls="--", color="gray", label="zero-shot")
-        ax.set_xlabel(label)
-        ax.set_ylabel("held-out accuracy")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    xaxes = (("samples", "training batches (samples / batch size)"), ("rounds", "rounds"),
+             ("swarm_seconds", "wall time, peers in parallel, s (no network)"))
+    yaxes = (("accuracy", "held-out accuracy"), ("balanced_accuracy", "held-out balanced accuracy"))
+    fig, axes = plt.subplots(len(yaxes), len(xaxes), figsize=(16, 9), squeeze=False)
+    groups = by_method(result)
+    for row, (y, ylabel) in enumerate(yaxes):
+        for col, (x, xlabel) in enumerate(xaxes):
+            ax = axes[row][col]
+            for m, rs in groups.items():
+                if y not in rs[0]["curve"][0]:
+                    continue
+                xs, mean, lo, hi = mean_curve(rs, x, y)
+                z = zs.get(y, float("nan"))
+                ax.plot([0] + xs, [z, *mean], "-o", ms=3, color=colors.get(m),
+                        label=f"{m} (lr {rs[0]['lr']:g}{', eps %g' % rs[0]['eps'] if 'eps' in rs[0] else ''}, {len(rs)} seeds)")
+                if len(rs) > 1:
+                    ax.fill_between([0] + xs, [z, *lo], [z, *hi], color=colors.get(m), alpha=0.15)
+            if y == "accuracy":
+                ax.axhline(maj, ls=":", color="gray", label="majority class")
+            else:
+                ax.axhline(0.5, ls=":", color="gray", label="chance / majority class")
+            ax.axhline(zs.get(y, float("nan")), ls="--", color="gray", label="zero-shot")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     c = result["config"]
-    fig.suptitle(f"{c['model']} on {c['dataset']}, batch {c['batch_size']} x {c['max_length']} tokens, "
-                 f"eval n={result['zero_shot']['n']}, seeds {c['seeds']}", fontsize=10)
+    fig.suptitle(f"{c['model']} on {c['dataset']}, batch {c['batch_size']} x {c['max_length']} tokens, eval n={zs['n']}, "
+                 f"seeds {c['seeds']}: mean over seeds, band = min..max", fontsize=10)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=100)
     print(f"wrote {png}")
+
+
+def summary_rows(result: dict) -> list[tuple]:
+    zs = result["zero_shot"]
+    rows = [("majority class", "", "", "", "", f"{result['majority_class']['accuracy']:.3f}", "0.500", "", ""),
+            ("zero-shot", "", "", 0, 0, f"{zs['accuracy']:.3f}", f"{zs.get('balanced_accuracy', float('nan')):.3f}",
+             f"{zs['loss']:.4f}", "")]
+
+    def stat(v):
+        v = np.array(v)
+        return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f} ({v.min():.3f}-{v.max():.3f})"
+
+    for m, rs in by_method(result).items():
+        last = [r["curve"][-1] for r in rs]
+        rows.append((m, f"{rs[0]['lr']:g}", f"{rs[0]['eps']:g}" if "eps" in rs[0] else "", rs[0]["samples"], rs[0]["rounds"],
+                     stat([c["accuracy"] for c in last]), stat([c["balanced_accuracy"] for c in last]),
+                     f"{np.mean([c['loss'] for c in last]):.4f}", f"{np.mean([r['swarm_seconds'] for r in rs]):.0f}"))
+    return rows
+
+
+SUMMARY_HEADER = ("method", "lr", "eps", "samples", "rounds", "accuracy (mean ± sd (min-max))", "balanced accuracy",
+                  "eval loss", "wall s, peers in parallel")
 
 
 def main() -> None:
@@ -259,19 +316,22 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--seeds", default="0")
     p.add_argument("--methods", default="mezo-f32,onebyte-1,onebyte-2,onebyte-4,adam")
-    p.add_argument("--zo-lrs", default="3e-5,1e-4,3e-4", help="zeroth-order lr sweep (on onebyte-1)")
+    p.add_argument("--zo-lrs", default="3e-5,1e-4,3e-4", help="zeroth-order lr sweep (onebyte-1, then mezo-f32)")
+    p.add_argument("--zo-epss", default="1e-4,1e-2", help="eps sweep on onebyte-1 at its chosen lr (besides --eps)")
     p.add_argument("--adam-lrs", default="1e-5,1e-4", help="Adam lr sweep")
     p.add_argument("--zo-lr", type=float, default=None, help="skip the zeroth-order sweep")
     p.add_argument("--adam-lr", type=float, default=None, help="skip the Adam sweep")
     p.add_argument("--sweep-steps", type=int, default=30)
     p.add_argument("--sweep-eval", type=int, default=96)
     p.add_argument("--prior-sweep", default=None, help="results JSON of an earlier run whose sweep runs (same --sweep-steps) count as candidates too")
-    p.add_argument("--plot", default=None, help="only draw the PNG from an existing results JSON (this path) and exit")
+    p.add_argument("--plot", default=None, help="only draw the PNG and print the table from an existing results JSON and exit")
     args = p.parse_args()
     if args.plot:
         import json
 
-        plot(json.loads(Path(args.plot).read_text()), str(Path(args.plot).with_suffix(".png")))
+        result = json.loads(Path(args.plot).read_text())
+        print(table(summary_rows(result), SUMMARY_HEADER))
+        plot(result, str(Path(args.plot).with_suffix(".png")))
         return
     if args.quick:
         args.samples, args.eval_every, args.sweep_steps, args.sweep_eval, args.eval_limit = 8, 4, 2, 16, 32
@@ -304,65 +364,78 @@ def main() -> None:
     print(f"trainable {b.replica.num_trainable:,}; eval n={zs['n']}; zero-shot {zs}; majority {result['majority_class']}", flush=True)
     save()
 
-    # lr sweeps (first seed only), same budget per family
-    result["sweep"] = {"criterion": f"lowest eval loss on the first {args.sweep_eval} eval examples after {args.sweep_steps} batches",
+    # sweeps (first seed only), the same budget per candidate
+    sub_n = min(args.sweep_eval, zs["n"])
+    result["sweep"] = {"criterion": f"lowest eval loss on the first {sub_n} eval examples after {args.sweep_steps} batches",
                        "zero_shot_subset": b.eval(args.sweep_eval), "runs": []}
-    chosen = {}
-    for family, given, grid, name in (("zo", args.zo_lr, args.zo_lrs, "onebyte-1"), ("adam", args.adam_lr, args.adam_lrs, "adam")):
-        if not any(METHODS[m][0] == family for m in methods):
-            continue
-        if given is not None:
-            chosen[family] = given
-            continue
-        runs = []
-        if args.prior_sweep:
-            import json
+    prior_rows = []
+    if args.prior_sweep:
+        import json
 
-            prior = json.loads(Path(args.prior_sweep).read_text()).get("sweep", {})
-            for row in prior.get("runs", []):
-                if row["family"] == family and row["steps"] == args.sweep_steps and row["subset"]["n"] == min(args.sweep_eval, zs["n"]):
+        prior = json.loads(Path(args.prior_sweep).read_text())
+        same = all(prior["config"].get(k) == getattr(args, k) for k in ("model", "dataset", "batch_size", "max_length", "trainable"))
+        if same:
+            prior_rows = [{"eps": prior["config"]["eps"] if row["family"] == "zo" else None, **row}
+                          for row in prior.get("sweep", {}).get("runs", [])
+                          if row["steps"] == args.sweep_steps and row["subset"]["n"] == sub_n]
+
+    def candidate(name: str, lr: float, eps: float | None) -> dict:
+        for row in result["sweep"]["runs"] + prior_rows:
+            if row["method"] == name and row["lr"] == lr and row["eps"] == eps:
+                if row not in result["sweep"]["runs"]:
                     row = {**row, "from": args.prior_sweep}
-                    runs.append(row)
                     result["sweep"]["runs"].append(row)
-        for lr in [float(x) for x in grid.split(",")] if grid else []:
-            if any(r["lr"] == lr for r in runs):
-                continue
-            t1 = time.perf_counter()
-            r = run_method(b, name, lr, args.sweep_steps, seeds[0], None)
-            ev = b.eval(args.sweep_eval)
-            row = {"family": family, "method": name, "lr": lr, "steps": args.sweep_steps, "subset": ev,
-                   "train_seconds": r["train_seconds"], "seconds": time.perf_counter() - t1, "train_losses": r["train_losses"]}
-            print(f"  sweep {name} lr={lr:g}: subset {ev}", flush=True)
-            runs.append(row)
-            result["sweep"]["runs"].append(row)
-            save()
-        finite = [r for r in runs if math.isfinite(r["subset"]["loss"])]
-        chosen[family] = min(finite, key=lambda r: r["subset"]["loss"])["lr"]
+                return row
+        t1 = time.perf_counter()
+        r = run_method(b, name, lr, eps, args.sweep_steps, seeds[0], None)
+        ev = b.eval(args.sweep_eval)
+        row = {"family": METHODS[name][0], "method": name, "lr": lr, "eps": eps, "steps": args.sweep_steps, "subset": ev,
+               "train_seconds": r["train_seconds"], "seconds": time.perf_counter() - t1, "train_losses": r["train_losses"]}
+        print(f"  sweep {name} lr={lr:g} eps={eps}: subset {ev}", flush=True)
+        result["sweep"]["runs"].append(row)
+        save()
+        return row
+
+    def best(rows: list[dict]) -> dict:
+        finite = [r for r in rows if math.isfinite(r["subset"]["loss"])]
+        return min(finite, key=lambda r: r["subset"]["loss"]) if finite else rows[0]
+
+    grid = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
+    chosen = {}
+    zo = [m for m in methods if METHODS[m][0] == "zo"]
+    if zo:
+        # lr at the default eps, then eps at that lr, on the one-byte single peer; the float32 peer gets
+        # its own lr sweep at that eps. N = 2 and 4 apply the same rule (c = -lr * g / n), so they keep
+        # onebyte-1's choice: a round of N averages N estimates into one step of the same size.
+        if args.zo_lr is not None:
+            zo_choice = {"lr": args.zo_lr, "eps": args.eps}
+        else:
+            lr = best([candidate("onebyte-1", x, args.eps) for x in grid(args.zo_lrs)])["lr"]
+            eps = best([candidate("onebyte-1", lr, e) for e in [args.eps] + [e for e in grid(args.zo_epss) if e != args.eps]])["eps"]
+            zo_choice = {"lr": lr, "eps": eps}
+        for m in zo:
+            chosen[m] = dict(zo_choice)
+        if "mezo-f32" in zo and args.zo_lr is None:
+            chosen["mezo-f32"] = {"lr": best([candidate("mezo-f32", x, zo_choice["eps"]) for x in grid(args.zo_lrs)])["lr"],
+                                  "eps": zo_choice["eps"]}
+    if "adam" in methods:
+        lr = args.adam_lr if args.adam_lr is not None else best([candidate("adam", x, None) for x in grid(args.adam_lrs)])["lr"]
+        chosen["adam"] = {"lr": lr, "eps": None}
     result["sweep"]["chosen"] = chosen
-    print(f"chosen lr: {chosen}", flush=True)
+    print(f"chosen: {chosen}", flush=True)
     save()
 
     result["runs"] = []
     for seed in seeds:
         for m in methods:
-            lr = chosen[METHODS[m][0]]
-            print(f"run {m} lr={lr:g} seed={seed}: {args.samples} batches", flush=True)
-            r = run_method(b, m, lr, args.samples, seed, args.eval_every)
+            print(f"run {m} {chosen[m]} seed={seed}: {args.samples} batches", flush=True)
+            r = run_method(b, m, chosen[m]["lr"], chosen[m]["eps"], args.samples, seed, args.eval_every)
             result["runs"].append(r)
             save()
     result["status"] = "done"
     result["total_seconds"] = time.perf_counter() - t0
     save()
-
-    rows = [("majority class", "-", "-", "-", result["majority_class"]["accuracy"], "-", "-", "-"),
-            ("zero-shot", "-", 0, 0, zs["accuracy"], "", zs["loss"], "-")]
-    for m in methods:
-        rs = [r for r in result["runs"] if r["method"] == m]
-        acc = [r["curve"][-1]["accuracy"] for r in rs]
-        rows.append((m, f"{rs[0]['lr']:g}", rs[0]["samples"], rs[0]["rounds"], float(np.mean(acc)),
-                     f"{np.std(acc):.3f}" if len(acc) > 1 else "1 seed", float(np.mean([r["curve"][-1]["loss"] for r in rs])),
-                     float(np.mean([r["swarm_seconds"] for r in rs]))))
-    print(table(rows, ("method", "lr", "samples", "rounds", "accuracy", "spread", "eval loss", "swarm s")))
+    print(table(summary_rows(result), SUMMARY_HEADER))
     out = Path(args.out) if args.out else RESULTS / "accuracy_compare.json"
     plot(result, str(out.with_suffix(".png")))
 
