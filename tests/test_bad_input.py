@@ -98,6 +98,7 @@ BAD_PEER = [
     ("empty_data_shard", ["--dataset", "{d}/two_rows.csv", "--shard", "5/6"], "shard 5/6 of 1 training examples is empty"),
     ("negative_round_seconds", ["--round-seconds", "-2"], "--round-seconds"),
     ("round_log_is_a_folder", ["--round-log", "{d}"], "--round-log: "),
+    ("run_creator_not_a_key", ["--run-creator", "c0ffee"], "expected a public key of 64 hex characters"),
     ("report_under_a_file", ["--report", "{d}/a_file/report.json"], "is not a folder"),
 ]
 

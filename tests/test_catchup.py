@@ -120,3 +120,32 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     assert reports["a"]["repairs"] == reports["b"]["repairs"] == 0
     # repaired within a few rounds: every hash round after the repair agrees
     assert all(v["in_majority"] for q, v in reports["f"]["agreement"].items() if int(q) >= 20), reports["f"]["agreement"]
+
+
+def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
+    """Two peers share the same wrong weights (altered at round 12) and vote on time; two honest
+    peers' hash records reach the DHT about a round late. At the first reading an honest peer sees
+    itself outvoted 2 to 1: it must read the votes again, find the late ones, and keep its weights,
+    while the two wrong peers, outvoted at the second reading, repair. All five end identical."""
+    rounds = 36
+    names = ("a", "b", "c", "f1", "f2")
+    with Swarm(tmp_path) as swarm:
+        swarm.peer("a", "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "10", *RUN,
+                   "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5")
+        for i, name in enumerate(("b", "c"), start=1):
+            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--shard", f"{i}/5",
+                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.late_voter", "1.0"))
+        for i, name in enumerate(("f1", "f2"), start=3):
+            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--shard", f"{i}/5",
+                       launcher=("-m", "tests.faulty_peer", "12"))
+        for name in names:
+            assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
+        reports = {n: swarm.report(n) for n in names}
+        logs = {n: swarm.log(n) for n in names}
+    assert all("FAULT INJECTED" in logs[f] for f in ("f1", "f2"))
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    # an honest peer never even tries to repair (it would fail here: the wrong peers keep no checkpoint)
+    assert all(reports[n]["repairs"] == reports[n]["repairs_failed"] == 0 for n in ("a", "b", "c")), \
+        {n: (r["repairs"], r["repairs_failed"]) for n, r in reports.items()}
+    assert all(reports[f]["repairs"] >= 1 for f in ("f1", "f2")), {n: r["repairs"] for n, r in reports.items()}
+    assert all("reading the votes again" in logs[f] for f in ("f1", "f2"))

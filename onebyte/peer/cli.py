@@ -155,6 +155,13 @@ def _run_id(s: str) -> str:
     return s
 
 
+def _public_key(s: str) -> str:
+    """An argparse type: a peer's public key as `onebyte identity` prints it."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", s):
+        raise argparse.ArgumentTypeError(f"{s[:20]!r}: expected a public key of 64 hex characters (`onebyte identity` prints one)")
+    return s.lower()
+
+
 def _output_path(path: str) -> str:
     """An argparse type: a file we will write later (report, round log), checked now rather than
     after the model has loaded and rounds have run: not a folder, and under a writable folder."""
@@ -277,6 +284,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
         metrics_port=args.metrics_port, dht_options=_dht_options(args),
         checkpoint_dir=args.checkpoint_dir, checkpoint_seconds=args.checkpoint_interval, progress=not args.no_progress, catch_up=args.catch_up,
+        run_creator=args.run_creator,
     )
     report = run_peer(cfg)
     print(f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, made {report['contributions_made']} contributions, "
@@ -336,15 +344,25 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from onebyte.coordinator_free.manifest import RunManifest
     from onebyte.dht.client import RecordClient, start_dht
     from onebyte.dht.identity import Identity
 
     ident = Identity()
     dht = start_dht(ident, args.initial_peers, client_mode=True)
     try:
-        peers = RecordClient(dht, ident).read_peers(args.run_id)
+        client = RecordClient(dht, ident)
+        peers = client.read_peers(args.run_id)
+        manifests = client.read_manifests(args.run_id, lambda v: RunManifest(**v))
     finally:
         dht.shutdown()
+    for creator, m in sorted(manifests.items(), key=lambda kv: (kv[1].created_at, kv[0])):
+        print(f"manifest by {creator} created {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m.created_at))} UTC: {m.model}, lr {m.lr:g}, "
+              f"{m.round_seconds:g}s rounds")
+    if len(manifests) > 1:
+        print(f"{len(manifests)} manifests claim this run id: peers take the earliest unless started with --run-creator KEY")
     if not peers:
         print(f"no live peers in run {args.run_id!r}")
         return 1
@@ -382,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peer", help="join a run and train with the swarm", description="Join (or with --new-run create) a run and train with its peers.")
     p.add_argument("--run-id", required=True, type=_run_id, help="name of the run (letters, digits, . _ -)")
     p.add_argument("--new-run", action="store_true", help="create the run if it does not exist yet, with these settings")
+    p.add_argument("--run-creator", type=_public_key, default=None, metavar="KEY",
+                   help="only the manifest published by this key is the run's (guards against a backdated manifest under the same run id)")
     add_network_args(p)
     add_swarm_setting_args(p)
     g = p.add_argument_group("this peer")

@@ -203,6 +203,7 @@ class RecoveryMixin:
                     (majority or "?")[:12], len(trusted))
         if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False) == "done":
             self.stats["repairs"] += 1
+            self.rechecks.clear()  # votes lost before the repair compared the weights it replaced
             self.metrics.on_repair()
             log.warning("[%s] round=%d repaired", self.tag, self.applied)
         else:

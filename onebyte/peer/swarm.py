@@ -82,6 +82,7 @@ class SwarmConfig:
     checkpoint_dir: str | None = None  # checkpoints and the seed log of this peer: resume from here, serve from here
     checkpoint_seconds: float = 120.0  # at most one checkpoint per this many seconds (taken at hash rounds)
     catch_up: str = "auto"  # "auto" (cheapest), "log" (never download checkpoints) or "checkpoint"
+    run_creator: str | None = None  # hex public key: only this key's manifest is the run's (PROTOCOL §11)
 
 
 def default_manifest_fields() -> dict:
@@ -118,6 +119,7 @@ class SwarmPeer(RecoveryMixin):
         self.reprobed = -1  # last round in which a too-slow estimate was relaxed
         self.pending_checks: list[int] = []
         self.repair_round: int | None = None  # a hash round where this peer lost the vote
+        self.rechecks: dict[int, float] = {}  # disputed hash rounds whose votes are read again at this time (late votes)
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
@@ -131,26 +133,65 @@ class SwarmPeer(RecoveryMixin):
             self.metrics.serve(cfg.metrics_port)
 
     # -- joining ---------------------------------------------------------------------------------
-    def _read_manifest(self) -> RunManifest | None:
+    def _read_manifest(self) -> tuple[str, RunManifest] | None:
+        """The run's manifest from the DHT: the earliest one, or only the named creator's."""
         def parse(v):
             return RunManifest(**v)
 
-        found = pick_manifest(self.client.read_manifests(self.cfg.run_id, parse), self.cfg.run_id)
-        return None if found is None else found[1]
+        found = self.client.read_manifests(self.cfg.run_id, parse)
+        if self.cfg.run_creator:
+            found = {k: m for k, m in found.items() if k == self.cfg.run_creator}
+        picked = pick_manifest(found, self.cfg.run_id)
+        if picked is not None and len({m.model_dump_json() for m in found.values() if m.run_id == self.cfg.run_id}) > 1:
+            log.warning("[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with --run-creator KEY)",
+                        self.tag, len(found), self.cfg.run_id, picked[0][:16])
+        return picked
+
+    def _pinned_path(self) -> Path | None:
+        return Path(self.cfg.checkpoint_dir) / self.cfg.run_id / "manifest.json" if self.cfg.checkpoint_dir else None
+
+    def _read_pinned(self) -> tuple[str, RunManifest] | None:
+        """The manifest this peer joined with before (its checkpoint directory): a restart keeps it,
+        whatever was published under the run id since."""
+        path = self._pinned_path()
+        if path is None or not path.exists():
+            return None
+        try:
+            pinned = json.loads(path.read_text())
+            creator, manifest = str(pinned["creator"]), RunManifest(**pinned["manifest"])
+            if manifest.run_id != self.cfg.run_id:
+                raise ValueError(f"it is for run {manifest.run_id!r}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            aside = path.with_name(path.name + ".refused")
+            path.replace(aside)
+            log.warning("[%s] round=-1 pinned manifest %s unreadable (moved to %s): %s", self.tag, path, aside.name, e)
+            return None
+        if self.cfg.run_creator and creator != self.cfg.run_creator:
+            raise ManifestConflict(f"{path} pins run {self.cfg.run_id!r} to creator {creator[:16]}, not --run-creator {self.cfg.run_creator[:16]}; "
+                                   "use another --checkpoint-dir for another run")
+        return creator, manifest
+
+    def _pin(self, creator: str, manifest: RunManifest) -> None:
+        path = self._pinned_path()
+        if path is not None:
+            write_json_atomic(path, {"creator": creator, "manifest": manifest.model_dump()})
 
     def join(self) -> RunManifest:
         """Find the run's manifest (or create it with --new-run) and load model and data to match."""
         cfg = self.cfg
-        manifest = self._read_manifest()
-        if manifest is None and cfg.new_run:
-            manifest = self._create_manifest()
+        found = self._read_pinned() or self._read_manifest()
+        if found is None and cfg.new_run:
+            found = self.peer_id, self._create_manifest()
         deadline = time.time() + cfg.join_timeout
-        while manifest is None:
+        while found is None:
             if time.time() > deadline:
-                raise ManifestConflict(f"no run {cfg.run_id!r} is visible from {cfg.initial_peers or 'this DHT'} after {cfg.join_timeout:.0f}s; "
+                by = f" created by {cfg.run_creator[:16]}" if cfg.run_creator else ""
+                raise ManifestConflict(f"no run {cfg.run_id!r}{by} is visible from {cfg.initial_peers or 'this DHT'} after {cfg.join_timeout:.0f}s; "
                                        "start it with --new-run or check --initial-peers")
             time.sleep(1.0)
-            manifest = self._read_manifest()
+            found = self._read_manifest()
+        creator, manifest = found
+        self.run_creator = creator
         conflicts = manifest.conflicts(cfg.local)
         if conflicts:
             raise ManifestConflict(f"run {cfg.run_id!r} uses other settings than you passed: " + "; ".join(conflicts)
@@ -176,6 +217,7 @@ class SwarmPeer(RecoveryMixin):
         self.metrics.on_start(version=__version__, protocol_version=PROTOCOL_VERSION, model=manifest.model, run_id=manifest.run_id,
                               peer_id=self.peer_id, dataset=manifest.dataset)
         self.ckdir = Path(cfg.checkpoint_dir) / manifest.run_id if cfg.checkpoint_dir else None
+        self._pin(creator, manifest)
         self.seedlog = SeedLog(self.ckdir / "seedlog.jsonl" if self.ckdir else None)
         self.influence = InfluenceMonitor(self.replica.codec)
         self._apply_s_per_contribution = self._estimate_apply_cost()
@@ -184,8 +226,8 @@ class SwarmPeer(RecoveryMixin):
         self.transfer = self._start_transfer(manifest.run_id)
         # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
         self.lag_allowed = cfg.max_lag + math.ceil(manifest.settle_seconds / manifest.round_seconds)
-        log.info("[%s] round=%d joined run %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
-                 self.tag, self.clock.round_at(time.time()), manifest.run_id, manifest.model, self.replica.num_trainable, manifest.lr,
+        log.info("[%s] round=%d joined run %s of creator %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs rounds, shard %d/%d of %d examples)",
+                 self.tag, self.clock.round_at(time.time()), manifest.run_id, creator, manifest.model, self.replica.num_trainable, manifest.lr,
                  manifest.eps, manifest.contribs_per_round, manifest.round_seconds, cfg.shard[0], cfg.shard[1], len(pool))
         return manifest
 
@@ -247,10 +289,14 @@ class SwarmPeer(RecoveryMixin):
                 self._apply(self.applied + 1)
                 continue
             due = [q for q in self.pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
-            if due:
+            due_again = [q for q, at in self.rechecks.items() if now >= at]
+            if due or due_again:
                 for q in due:
                     self.pending_checks.remove(q)
                     self._check_hashes(q)
+                for q in due_again:
+                    del self.rechecks[q]
+                    self._check_hashes(q, again=True)
                 continue
             if self.applied >= last_round:
                 break
@@ -265,6 +311,10 @@ class SwarmPeer(RecoveryMixin):
             if not self.stop.is_set():
                 self.stop.wait(max(0.0, self.clock.final_at(q) + m.round_seconds / 2 - time.time()))
                 self._check_hashes(q)
+        for q, at in sorted(self.rechecks.items(), key=lambda kv: kv[1]):  # disputes are decided before leaving, not repaired
+            if not self.stop.is_set():
+                self.stop.wait(max(0.0, at - time.time()))
+                self._check_hashes(q, again=True)
         after = self._evaluate() if cfg.evaluate and not self.stop.is_set() else None
         return self._finish(before, after, time.time() - started)
 
@@ -417,25 +467,37 @@ class SwarmPeer(RecoveryMixin):
         return {p: h for p, h in self.client.read_hashes(self.manifest.run_id, q).items()
                 if h.round == q and (self.allowed is None or p in self.allowed)}
 
-    def _check_hashes(self, q: int) -> None:
+    def _check_hashes(self, q: int, again: bool = False) -> None:
+        """Compare with the others' hash records for q. Any disagreement is decided only when the
+        votes are read a second time, a round later: a vote stored late (a slow peer, a skewed clock)
+        must neither send a peer that is right to repair towards an early minority nor keep one
+        that is wrong from seeing that it lost."""
         try:
             reported = {p: h.sha256 for p, h in self._hash_votes(q).items() if p != self.peer_id}
         except DHTUnavailable as e:
             log.warning("[%s] round=%d hash check skipped: %s", self.tag, q, e)
             return
         rep = compare_hashes(q, self.hashes[q], reported)
+        if rep.disagree and not again:
+            self.rechecks[q] = time.time() + max(self.manifest.round_seconds, self.manifest.settle_seconds)
+            log.warning("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s): reading the votes again in %.0fs",
+                        self.tag, q, rep.disagree, len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12],
+                        self.rechecks[q] - time.time())
+            return
         self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
         self.metrics.on_hash_check(not rep.disagree)
         if rep.disagree:
             self.stats["hash_mismatches"] += 1
-            lost = not rep.mine_in_majority
+            lost = not rep.mine_in_majority and rep.majority_sha256 is not None
             log.log(logging.ERROR if lost else logging.WARNING, "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)%s",
                     self.tag, q, rep.disagree, len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12],
-                    ": repairing" if lost and rep.majority_sha256 else "")
-            if lost and rep.majority_sha256:
+                    ": repairing" if lost else "")
+            if lost:
                 self.repair_round = q
         else:
             self.stats["hash_agreements"] += 1
+            if again:
+                log.info("[%s] round=%d hash votes read again: all agree with this peer", self.tag, q)
 
     def _heartbeat(self) -> None:
         m = self.manifest
@@ -484,7 +546,7 @@ class SwarmPeer(RecoveryMixin):
         stages = {"round": Counter({k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")}),
                   "parse": Counter(self.client.rejected), "validator": Counter(self.client.validator_rejections())}
         report = {
-            "peer_id": self.peer_id, "run_id": self.manifest.run_id, "onebyte_version": __version__, "protocol_version": PROTOCOL_VERSION,
+            "peer_id": self.peer_id, "run_id": self.manifest.run_id, "run_creator": self.run_creator, "onebyte_version": __version__, "protocol_version": PROTOCOL_VERSION,
             "interrupted": interrupted, "rounds_applied": self.stats["rounds_applied"], "last_round": self.applied,
             "contributions_made": self.stats["made"], "contributions_published": self.stats["published"],
             "contributions_applied_local": self.stats["applied_local"], "contributions_applied_remote": self.stats["applied_remote"],
