@@ -48,6 +48,7 @@ LOG_TTL = 6 * 3600.0  # contribution records stay readable this long for late jo
 BEAT_SECONDS = 60.0
 ANNOUNCE_SECONDS = 300.0
 HASH_SECONDS = 60.0
+HASH_READINGS = 4  # most readings of a disputed hash round's votes before deciding on what is there
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
 CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
 
@@ -119,7 +120,8 @@ class SwarmPeer(RecoveryMixin):
         self.reprobed = -1  # last round in which a too-slow estimate was relaxed
         self.pending_checks: list[int] = []
         self.repair_round: int | None = None  # a hash round where this peer lost the vote
-        self.rechecks: dict[int, float] = {}  # disputed hash rounds whose votes are read again at this time (late votes)
+        self.rechecks: dict[int, tuple[float, int]] = {}  # disputed hash round -> (read its votes again at, readings so far)
+        self.expected_voters: dict[int, int] = {}
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
@@ -289,14 +291,14 @@ class SwarmPeer(RecoveryMixin):
                 self._apply(self.applied + 1)
                 continue
             due = [q for q in self.pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
-            due_again = [q for q, at in self.rechecks.items() if now >= at]
+            due_again = [q for q, (at, _) in self.rechecks.items() if now >= at]
             if due or due_again:
                 for q in due:
                     self.pending_checks.remove(q)
                     self._check_hashes(q)
                 for q in due_again:
-                    del self.rechecks[q]
-                    self._check_hashes(q, again=True)
+                    _, readings = self.rechecks.pop(q)
+                    self._check_hashes(q, readings=readings)
                 continue
             if self.applied >= last_round:
                 break
@@ -311,10 +313,11 @@ class SwarmPeer(RecoveryMixin):
             if not self.stop.is_set():
                 self.stop.wait(max(0.0, self.clock.final_at(q) + m.round_seconds / 2 - time.time()))
                 self._check_hashes(q)
-        for q, at in sorted(self.rechecks.items(), key=lambda kv: kv[1]):  # disputes are decided before leaving, not repaired
-            if not self.stop.is_set():
-                self.stop.wait(max(0.0, at - time.time()))
-                self._check_hashes(q, again=True)
+        while self.rechecks and not self.stop.is_set():  # disputes are decided before leaving, not repaired
+            q, (at, readings) = min(self.rechecks.items(), key=lambda kv: kv[1][0])
+            del self.rechecks[q]
+            self.stop.wait(max(0.0, at - time.time()))
+            self._check_hashes(q, readings=readings)
         after = self._evaluate() if cfg.evaluate and not self.stop.is_set() else None
         return self._finish(before, after, time.time() - started)
 
@@ -434,8 +437,10 @@ class SwarmPeer(RecoveryMixin):
         sha = None
         if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
             sha = self.hashes[q] = self.replica.sha256()
+            self.expected_voters[q] = len(rs.counts)  # the round's contributors: who should vote on it
             for old_q in [k for k in self.hashes if k < q - 1000 * m.hash_every]:
                 self.hashes.pop(old_q)
+                self.expected_voters.pop(old_q, None)
                 self.agreement.pop(old_q, None)
             try:
                 self.client.publish_hash(m.run_id, HashRecord(round=q, sha256=sha, set_digest=rs.digest, contributions=len(rs.contributions)),
@@ -467,23 +472,28 @@ class SwarmPeer(RecoveryMixin):
         return {p: h for p, h in self.client.read_hashes(self.manifest.run_id, q).items()
                 if h.round == q and (self.allowed is None or p in self.allowed)}
 
-    def _check_hashes(self, q: int, again: bool = False) -> None:
-        """Compare with the others' hash records for q. Any disagreement is decided only when the
-        votes are read a second time, a round later: a vote stored late (a slow peer, a skewed clock)
-        must neither send a peer that is right to repair towards an early minority nor keep one
-        that is wrong from seeing that it lost."""
+    def _check_hashes(self, q: int, readings: int = 0) -> None:
+        """Compare with the others' hash records for q. A disagreement is decided only on a later
+        reading of the votes, max(R, settle) after the last, and not before every contributor of
+        round q has voted or HASH_READINGS readings were made: a vote stored late (a slow peer, a
+        skewed clock) must neither send a peer that is right to repair towards an early minority
+        nor keep one that is wrong from seeing that it lost."""
         try:
             reported = {p: h.sha256 for p, h in self._hash_votes(q).items() if p != self.peer_id}
         except DHTUnavailable as e:
             log.warning("[%s] round=%d hash check skipped: %s", self.tag, q, e)
             return
         rep = compare_hashes(q, self.hashes[q], reported)
-        if rep.disagree and not again:
-            self.rechecks[q] = time.time() + max(self.manifest.round_seconds, self.manifest.settle_seconds)
-            log.warning("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s): reading the votes again in %.0fs",
-                        self.tag, q, rep.disagree, len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12],
-                        self.rechecks[q] - time.time())
+        readings += 1
+        complete = len(reported) + 1 >= self.expected_voters.get(q, 0)
+        if rep.disagree and (readings == 1 or not complete) and readings < HASH_READINGS:
+            wait = max(self.manifest.round_seconds, self.manifest.settle_seconds)
+            self.rechecks[q] = (time.time() + wait, readings)
+            log.warning("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; %d of %d contributors voted): "
+                        "reading the votes again in %.0fs", self.tag, q, rep.disagree, len(reported), self.hashes[q][:12],
+                        (rep.majority_sha256 or "tied")[:12], len(reported) + 1, self.expected_voters.get(q, 0), wait)
             return
+        again = readings > 1
         self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
         self.metrics.on_hash_check(not rep.disagree)
         if rep.disagree:
