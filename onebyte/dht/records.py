@@ -50,7 +50,9 @@ class ContributionRecord(_Strict):
 
     @classmethod
     def unpack(cls, value: Any) -> "ContributionRecord":
-        if not (isinstance(value, (list, tuple)) and len(value) == 4 and value[0] == 1):
+        # exactly a msgpack array whose first element is the integer 1 (not true, not 1.0): an
+        # implementation written from docs/PROTOCOL.md §10.1 must keep the same records
+        if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int and value[0] == 1):
             raise ValueError("not a v1 contribution record")
         return cls(round=value[1], published_at=value[2], codes=value[3])
 

@@ -13,12 +13,14 @@ Only ``decode`` must be bit-exact across implementations; it is a table of float
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 MAX_MAG = 127
+_LOG8_NAME = re.compile(r"log8:(0|-?[1-9][0-9]*):([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class ByteCodec:
             raise ValueError(f"codec min_exp must be in [-40, 20], got {self.min_exp}")
         if not 1 <= self.steps_per_octave <= 64:
             raise ValueError(f"codec steps_per_octave must be in [1, 64], got {self.steps_per_octave}")
+        if self.min_exp * self.steps_per_octave + (MAX_MAG - 1) >= 128 * self.steps_per_octave:
+            # the top magnitude 2^(min_exp + 126/S) would be infinite in binary32
+            raise ValueError(f"codec log8:{self.min_exp}:{self.steps_per_octave} has magnitudes beyond float32's range "
+                             "(min_exp + 126 / steps_per_octave must be below 128)")
 
     @property
     def name(self) -> str:
@@ -73,13 +79,12 @@ class ByteCodec:
 
     @classmethod
     def parse(cls, name: str) -> "ByteCodec":
-        try:
-            kind, lo, steps = name.split(":")
-            if kind != "log8":
-                raise ValueError
-            return cls(int(lo), int(steps))
-        except ValueError:
-            raise ValueError(f"unknown codec {name!r}: expected 'log8:<min_exp>:<steps_per_octave>'") from None
+        # docs/PROTOCOL.md §5: exactly one spelling per codec (decimal, no '+', no leading zeros, no
+        # spaces), so the manifest's string names the codec the same way for every implementation
+        m = _LOG8_NAME.fullmatch(name) if isinstance(name, str) else None
+        if m is None:
+            raise ValueError(f"unknown codec {name!r}: expected 'log8:<min_exp>:<steps_per_octave>' (e.g. log8:-8:8) or 'float32'")
+        return cls(int(m.group(1)), int(m.group(2)))
 
 
 class Float32Codec:
