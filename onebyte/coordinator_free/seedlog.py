@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from onebyte.dht.records import ContributionRecord
 from onebyte.zo.codec import ByteCodec, Float32Codec
 
 log = logging.getLogger("onebyte.seedlog")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class SeedLogError(ValueError):
@@ -44,8 +46,13 @@ def parse_line(line: bytes) -> tuple[int, str, list[tuple[str, bytes]]]:
         records = [(str(p), bytes.fromhex(c)) for p, c in obj["records"]]
     except (ValueError, KeyError, TypeError) as e:
         raise SeedLogError(f"malformed seed-log entry: {e}") from None
-    if round_ < 0 or len(digest) != 64 or any(len(p) != 64 for p, _ in records):
-        raise SeedLogError("malformed seed-log entry: bad round, digest or peer id")
+    # exactly as entry_line writes them (docs/PROTOCOL.md §14): an integer round, lowercase hex
+    # strings; a peer id in capitals would derive other seeds from the same digest
+    if (type(obj["round"]) is not int or round_ < 0 or not isinstance(obj["digest"], str) or not _HEX64.fullmatch(digest)
+            or not isinstance(obj["records"], list)
+            or any(not (isinstance(e, list) and isinstance(e[0], str) and _HEX64.fullmatch(e[0]) and isinstance(e[1], str) and c.hex() == e[1])
+                   for (_, c), e in zip(records, obj["records"]))):
+        raise SeedLogError("malformed seed-log entry: bad round, digest, peer id or codes (integer, lowercase hex)")
     return round_, digest, records
 
 
