@@ -44,9 +44,10 @@ class Perturbation:
     once per context and kept until the context exits, instead of once per owner.
     """
 
-    def __init__(self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable):
+    def __init__(self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable, directions=None):
         self.model = model
         self.noise = noise
+        self.directions = directions  # onebyte.zo.directions.Directions; None = dense
         self.names = {id(p): name for name, p in params}
         self.owners: list[tuple[torch.nn.Module, list[torch.nn.Parameter]]] = []
         owner_count: dict[int, int] = {}
@@ -79,7 +80,7 @@ class Perturbation:
                 original = p.data
                 # a shared tensor stays perturbed until __exit__ (depth never returns to 0)
                 self._swapped[id(p)] = [p, original, 2 if id(p) in self.shared else 1]
-                p.data = perturbed_copy(original, self.names[id(p)], self.seed, self.scale, self.noise, out=self._take(original))
+                p.data = self._copy(original, self.names[id(p)])
                 self._exercised.add(id(p))
 
         return hook
@@ -111,6 +112,14 @@ class Perturbation:
         for p, original, _ in self._swapped.values():  # shared tensors, or a forward that raised midway
             self._restore(p, original)
         self._swapped.clear()
+
+    def _copy(self, original: torch.Tensor, name: str) -> torch.Tensor:
+        if self.directions is not None and self.directions.is_lowrank(original):
+            from onebyte.zo.directions import lowrank_direction
+
+            z = lowrank_direction(self.noise, self.seed, name, tuple(original.shape), self.directions.rank).to(original.device)
+            return self._take(original).copy_(torch.add(original.to(torch.float32), z, alpha=self.scale))  # never in place
+        return perturbed_copy(original, name, self.seed, self.scale, self.noise, out=self._take(original))
 
     def _take(self, like: torch.Tensor) -> torch.Tensor:
         free = self._pool.get((like.shape, like.dtype, like.device))

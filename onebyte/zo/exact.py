@@ -1,0 +1,155 @@
+"""Protocol v2's update: a round applied in one pass, its sum computed exactly.
+
+For every trainable tensor theta and every element (docs/PROTOCOL.md section 16.4):
+
+    s     = fl64(sum_k v_k z_k)        the exact sum, rounded once (exact below 2^53 quanta)
+    D     = fl32(fl64(c * s))          c = fl64(-lr / n), one coefficient per round
+    t     = fl32(theta);  t = fl32(t * d) if decayed;  theta = fl_dtype(fl32(t + D))
+
+z_k is A_k B_k^T for a low-rank tensor and a table window for any other, so for a matrix the
+sum is S = A diag(v) B^T, one matrix product. With the log8 codec every decoded v is an integer
+multiple of a quantum q = 2^(min_exp - 23) below 2^bits quanta (q = 2^-31, 39 bits for
+log8:-8:8), so a float64 product of up to 2^(53 - bits) terms (2^14) is exact in any order,
+blocking, thread count or device; longer rounds add such exact chunks as int64 multiples of q.
+Nothing depends on the order of the contributions.
+
+The float32 codec has no such bound: it follows a sequential rule instead, s = fl64(s + v_k z_k)
+over k in canonical order (and l = 0..r-1 within a contribution), one correctly rounded addition
+per term; it is a baseline, slow on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onebyte.zo.directions import Directions, factor_offsets, windows
+from onebyte.zo.noise import NoiseTable
+
+MAX_BITS = 43  # codecs whose values need more bits leave fewer than 2^20 terms to int64
+BLOCK_ELEMS = 1 << 18  # float64 elements of S per block: stays in cache
+
+
+@dataclass(frozen=True)
+class ExactRule:
+    """Every value is an integer multiple of 2^quantum_log2 with |v| < 2^(quantum_log2 + bits)."""
+
+    quantum_log2: int
+    bits: int
+
+    @property
+    def chunk(self) -> int:
+        """Terms per float64 product whose every partial sum is exact."""
+        return 1 << (53 - self.bits)
+
+    @property
+    def max_terms(self) -> int:
+        """Terms (contributions x rank) an int64 sum of chunks holds without overflow."""
+        return 1 << (63 - self.bits)
+
+
+def exact_rule(codec) -> ExactRule | None:
+    """The exact-sum rule of a codec; None for the float32 codec (sequential rule)."""
+    if getattr(codec, "name", None) == "float32":
+        return None
+    q = codec.min_exp - 23  # every binary32 value >= 2^min_exp is a multiple of 2^(min_exp - 23)
+    _, e = math.frexp(codec.max_value)  # max_value < 2^e
+    rule = ExactRule(q, e - q)
+    if rule.bits > MAX_BITS:
+        raise ValueError(f"codec {codec.name} spans {rule.bits} bits; low-rank directions need at most {MAX_BITS} "
+                         "(use at least 7 steps per octave)")
+    return rule
+
+
+def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chunk: int | None = None) -> torch.Tensor:
+    """S = a @ bt (float64) by the rule: exact (chunked, int64 between chunks) or sequential."""
+    k = a.shape[1]
+    if rule is None:
+        s = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.float64, device=a.device)
+        for t in range(k):
+            s.add_(torch.outer(a[:, t], bt[t]))
+        return s
+    chunk = min(chunk or rule.chunk, rule.chunk)
+    if k <= chunk:
+        return a @ bt
+    if k > rule.max_terms:
+        raise ValueError(f"a round of {k} terms exceeds the exact sum's {rule.max_terms}")
+    total = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.int64, device=a.device)
+    scale = 2.0 ** -rule.quantum_log2
+    for c0 in range(0, k, chunk):
+        part = a[:, c0 : c0 + chunk] @ bt[c0 : c0 + chunk]  # exact
+        total += (part * scale).to(torch.int64)  # an exact integer number of quanta
+    return total.to(torch.float64) * (2.0 ** rule.quantum_log2)
+
+
+def _update(block: torch.Tensor, s: torch.Tensor, c: float, d: float | None) -> None:
+    """theta = fl_dtype(fl32(fl32(theta * d) + fl32(fl64(c * s)))) on one block."""
+    delta = (s.view(block.shape) * c).to(torch.float32)
+    t = block if block.dtype == torch.float32 else block.to(torch.float32)
+    if d is not None:
+        t.mul_(d)
+    t.add_(delta)
+    if t is not block:
+        block.copy_(t)  # round to nearest even in the tensor's dtype
+
+
+def apply_round_exact(
+    params: Sequence[tuple[str, torch.Tensor]],
+    contributions: Sequence[tuple[int, float]],
+    lr: float,
+    noise: NoiseTable,
+    directions: Directions,
+    rule: ExactRule | None,
+    weight_decay: float = 0.0,
+    decay: frozenset[str] | set[str] = frozenset(),
+    *,
+    chunk: int | None = None,
+    block_elems: int = BLOCK_ELEMS,
+) -> None:
+    """Apply one round (v2): ``contributions`` is the round's list of (seed, decoded v).
+
+    ``chunk`` (terms per float64 product) and ``block_elems`` only change how the work is cut,
+    never a bit of the result (tests/test_v2_apply.py)."""
+    if not contributions:
+        return
+    n = len(contributions)
+    seeds = [s for s, _ in contributions]
+    c = -float(lr) / n
+    shrink = float(np.float32(1.0 - lr * weight_decay))
+    with torch.no_grad():
+        for name, p in params:
+            if not p.is_contiguous():
+                raise ValueError(f"trainable tensor {name} is not contiguous")
+            d = shrink if weight_decay and name in decay else None
+            vals = torch.tensor([v for _, v in contributions], dtype=torch.float64, device=p.device)
+            if directions.is_lowrank(p):
+                _apply_lowrank(p, name, seeds, vals, directions.rank, c, d, noise, rule, chunk, block_elems)
+            else:
+                _apply_dense(p.view(-1), name, seeds, vals, c, d, noise, rule, chunk, block_elems)
+
+
+def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems) -> None:
+    m, cols = p.shape
+    coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
+    a_off = factor_offsets(noise, seeds, name, "a", rank)
+    bt = windows(noise, factor_offsets(noise, seeds, name, "b", rank), 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
+    rows = max(1, min(m, block_elems // max(cols, coef.numel())))
+    for i0 in range(0, m, rows):
+        i1 = min(m, i0 + rows)
+        a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float64).t()  # (rows, K), entries +-1
+        s = exact_matmul(a * coef, bt, rule, chunk)  # v_k * a exact: +-v_k
+        _update(p[i0:i1], s, c, d)
+
+
+def _apply_dense(flat, name, seeds, vals, c, d, noise, rule, chunk, block_elems) -> None:
+    offsets = torch.tensor([noise.offset(s, name) for s in seeds], dtype=torch.int64)
+    step = max(1, block_elems // max(1, len(seeds)))
+    for a0 in range(0, flat.numel(), step):
+        a1 = min(flat.numel(), a0 + step)
+        z = windows(noise, offsets, a0, a1 - a0).to(device=flat.device, dtype=torch.float64)  # (n, len)
+        s = exact_matmul(vals.view(1, -1), z, rule, chunk)  # (1, len)
+        _update(flat[a0:a1], s, c, d)

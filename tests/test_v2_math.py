@@ -1,0 +1,162 @@
+"""Protocol v2: low-rank directions, their in-forward evaluation and the exact one-pass apply."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onebyte.zo import ByteCodec, NoiseTable, contribution_seed, weights_sha256
+from onebyte.zo.codec import Float32Codec
+from onebyte.zo.directions import Directions, factor_offset, factors, lowrank_direction
+from onebyte.zo.exact import apply_round_exact, exact_rule
+from tests.test_zo import named, tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_directions_field_parses_and_refuses_what_it_does_not_know():
+    assert Directions.parse("dense") == Directions(0) and Directions.parse("lowrank:4").rank == 4
+    assert Directions.parse("lowrank:1").protocol_version == 2 and Directions.parse("dense").protocol_version == 1
+    for bad in ("lowrank", "lowrank:0", "lowrank:17", "sparse:2", "Dense", "lowrank:01"):
+        with pytest.raises(ValueError, match="unknown directions"):
+            Directions.parse(bad)
+
+
+def test_factors_are_windows_at_their_own_offsets_and_z_is_their_product():
+    t = NoiseTable(12, 0)
+    seed = contribution_seed("r", "p", 0, 0)
+    a, b = factors(t, seed, "w", (5, 7), 2)
+    assert a.shape == (5, 2) and b.shape == (7, 2)
+    for l in range(2):
+        oa, ob = factor_offset(seed, "w", "a", l, 12), factor_offset(seed, "w", "b", l, 12)
+        assert oa != ob
+        assert torch.equal(a[:, l], t.signs[(torch.arange(5) + oa) % t.size])
+        assert torch.equal(b[:, l], t.signs[(torch.arange(7) + ob) % t.size])
+    z = lowrank_direction(t, seed, "w", (5, 7), 2)
+    assert torch.equal(z, (a.float() @ b.float().t())) and set(z.unique().tolist()) <= {-2.0, 0.0, 2.0}
+
+
+# --- exact apply -------------------------------------------------------------------------------
+
+def reference_exact(params, contributions, lr, table, rank, wd=0.0, decay=()):
+    """docs/PROTOCOL.md 16.4 with exact rationals: s exact, then fl64, fl32(fl64(c*s)), fl32 update."""
+    n = len(contributions)
+    c = -lr / n
+    out = []
+    for name, p in params:
+        theta = p.detach().float().numpy().copy()
+        if p.dim() == 2 and rank:
+            z = [lowrank_direction(table, s, name, tuple(p.shape), rank).numpy().astype(np.int64) for s, _ in contributions]
+        else:
+            z = [table.direction(s, name, p.numel()).numpy().astype(np.int64).reshape(p.shape) for s, _ in contributions]
+        s = np.zeros(p.shape, dtype=np.float64).reshape(-1)
+        flat = [zk.reshape(-1) for zk in z]
+        for i in range(s.size):
+            s[i] = float(sum(Fraction(v) * int(zk[i]) for (_, v), zk in zip(contributions, flat)))
+        d = (s.reshape(p.shape) * c).astype(np.float32)
+        if wd and name in decay:
+            theta = (theta * np.float32(1 - lr * wd)).astype(np.float32)
+        out.append((name, torch.from_numpy((theta + d).astype(np.float32)).to(p.dtype)))
+    return out
+
+
+def _round(k: int, codec=ByteCodec(), seed=0):
+    rng = np.random.default_rng(seed)
+    return [(contribution_seed("r", f"p{i % 7}", 0, i), codec.decode(int(rng.integers(0, 256)))) for i in range(k)]
+
+
+def _small_params(dtype):
+    w = ((torch.arange(48, dtype=torch.float64) - 20) / 16).reshape(6, 8).to(dtype)
+    return [("layer.bias", torch.linspace(-1, 1, 8, dtype=torch.float64).to(dtype)), ("layer.weight", w)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_exact_apply_equals_the_definition_with_rationals(dtype, rank):
+    table = NoiseTable(12, 0)
+    params = _small_params(dtype)
+    contribs = _round(9)
+    decay = frozenset({"layer.weight"})
+    want = reference_exact(params, contribs, 1e-2, table, rank, 0.1, decay)
+    apply_round_exact(params, contribs, 1e-2, table, Directions(rank), exact_rule(ByteCodec()), 0.1, decay)
+    for (name, got), (_, exp) in zip(params, want):
+        assert torch.equal(got, exp), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_is_bitwise_the_same_for_any_chunking_blocking_and_order(dtype):
+    """Exact sums: terms per float64 product (7, 64, 2^14), rows per block and the order of the
+    contributions change nothing; chunks shorter than the round go through int64."""
+    table = NoiseTable(12, 0)  # smaller than the embedding: windows wrap
+    contribs = _round(150, seed=1)
+    rule = exact_rule(ByteCodec())
+    hashes = set()
+    for chunk, block, order in ((None, 1 << 18, 1), (7, 5000, -1), (64, 1 << 14, 1)):
+        params = named(tiny_llama(dtype))
+        decay = frozenset(n for n, p in params if p.dim() == 2)
+        apply_round_exact(params, contribs[::order], 1e-3, table, Directions(1), rule, 0.1, decay, chunk=chunk, block_elems=block)
+        hashes.add(weights_sha256(params))
+    assert len(hashes) == 1
+
+
+def test_float32_codec_follows_the_sequential_rule():
+    """The float32 baseline has no exact bound: s = fl64(s + v_k z_k) in canonical order."""
+    table = NoiseTable(12, 0)
+    codec = Float32Codec()
+    contribs = [(contribution_seed("r", "p", 0, i), float(np.float32(g))) for i, g in enumerate([1e-30, 3.7, -2.5e7, 0.1, 1e20, -1e20])]
+    params = _small_params(torch.float32)
+    apply_round_exact(params, contribs, 1e-2, table, Directions(2), exact_rule(codec), block_elems=16)
+    c = -1e-2 / len(contribs)
+    for name, got in params:
+        theta = _small_params(torch.float32)[[n for n, _ in params].index(name)][1].numpy()
+        s = np.zeros(theta.shape)
+        for seed, v in contribs:
+            if theta.ndim == 2:
+                a, b = factors(table, seed, name, theta.shape, 2)
+                for l in range(2):
+                    s = s + v * np.outer(a[:, l].numpy(), b[:, l].numpy())
+            else:
+                s = s + v * table.direction(seed, name, theta.size).numpy()
+        assert np.array_equal(got.numpy(), (theta + (s * c).astype(np.float32)).astype(np.float32)), name
+
+
+def test_codecs_without_an_exact_bound_are_refused_for_low_rank_runs():
+    assert exact_rule(ByteCodec()).chunk == 1 << 14
+    with pytest.raises(ValueError, match="steps per octave"):
+        exact_rule(ByteCodec(-8, 2))
+
+
+_CHILD = """
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads({threads})
+from onebyte.zo import ByteCodec, NoiseTable, weights_sha256
+from onebyte.zo.directions import Directions
+from onebyte.zo.exact import apply_round_exact, exact_rule
+from tests.test_zo import named, tiny_llama
+from tests.test_v2_math import _round
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    params = named(tiny_llama(dtype))
+    apply_round_exact(params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()), block_elems=1 << 12)
+    print(weights_sha256(params))
+"""
+
+
+def test_apply_is_the_same_in_other_processes_with_one_and_two_threads():
+    outs = set()
+    for threads in (1, 2):
+        r = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), threads=threads)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.add(r.stdout)
+    here = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        params = named(tiny_llama(dtype))
+        apply_round_exact(params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()))
+        here.append(weights_sha256(params))
+    assert outs == {"\n".join(here) + "\n"}
