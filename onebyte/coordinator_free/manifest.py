@@ -9,6 +9,7 @@ are deliberately not part of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +40,10 @@ class RunManifest(BaseModel):
     model_kind: str = "causal-lm"
     dtype: str = "float32"
     trainable: str | None = None
+    # tensors known by several names (tied embeddings): {the name it is trained and hashed under: [its
+    # other names, sorted]}, as the creator's model had them (docs/PROTOCOL.md §1); None = not recorded
+    # (runs created before this field)
+    ties: dict[str, list[str]] | None = None
     init_seed: int = 0
     initial_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # the task (each peer trains on its own data, but scoring must mean the same thing)
@@ -70,6 +75,22 @@ class RunManifest(BaseModel):
             if k in AGREED_FIELDS and v is not None and getattr(self, k) != v:
                 out.append(f"{k}: run has {getattr(self, k)!r}, you passed {v!r}")
         return out
+
+
+def tied_names(named: Iterable[tuple[str, object]], trainable: Iterable[str]) -> dict[str, list[str]]:
+    """The ``ties`` field: for each trainable name whose tensor has other names in ``named`` (all of a
+    model's ``named_parameters(remove_duplicate=False)``), those other names, sorted."""
+    names_of: dict[int, list[str]] = {}
+    by_name = {}
+    for name, tensor in named:
+        names_of.setdefault(id(tensor), []).append(name)
+        by_name[name] = tensor
+    out = {}
+    for name in trainable:
+        others = sorted(set(names_of.get(id(by_name.get(name)), [])) - {name})
+        if others:
+            out[name] = others
+    return out
 
 
 def pick_manifest(candidates: dict[str, RunManifest], run_id: str) -> tuple[str, RunManifest] | None:

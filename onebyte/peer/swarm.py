@@ -25,7 +25,7 @@ from pathlib import Path
 from onebyte import PROTOCOL_VERSION, __version__
 from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
 from onebyte.coordinator_free.influence import InfluenceMonitor
-from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
+from onebyte.coordinator_free.manifest import RunManifest, pick_manifest, tied_names
 from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
@@ -211,6 +211,10 @@ class SwarmPeer(RecoveryMixin):
         if initial != manifest.initial_sha256:
             raise ManifestConflict(f"your copy of {manifest.model!r} has initial weights {initial[:12]}, the run started from "
                                    f"{manifest.initial_sha256[:12]}: a different model version or dtype")
+        ties = self._ties(self.replica)
+        if manifest.ties is not None and manifest.ties != ties:
+            raise ManifestConflict(f"your copy of {manifest.model!r} ties tensors as {ties}, the run's creator had {manifest.ties}: "
+                                   "another model version")
         self.clock = RoundClock(manifest.start_time, manifest.round_seconds, manifest.publish_margin, manifest.settle_seconds)
         pool = [i for i in range(self.task.num_train) if i % cfg.shard[1] == cfg.shard[0]]
         if not pool:
@@ -239,6 +243,11 @@ class SwarmPeer(RecoveryMixin):
                 "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
         return TrainConfig(**{k: settings[k] for k in keys}, device=self.cfg.device, seed=self.cfg.seed, progress=False)
 
+    @staticmethod
+    def _ties(replica) -> dict[str, list[str]]:
+        """The names each trainable tensor also goes by (the manifest's ``ties``, PROTOCOL §1)."""
+        return tied_names(replica.model.named_parameters(remove_duplicate=False), [n for n, _ in replica.params])
+
     def _create_manifest(self) -> RunManifest:
         settings = default_manifest_fields() | {k: v for k, v in self.cfg.local.items() if v is not None}
         self.built = build(self._train_config(settings))
@@ -250,7 +259,7 @@ class SwarmPeer(RecoveryMixin):
             run_id=self.cfg.run_id, created_at=now, start_time=now + self.cfg.start_delay, round_seconds=r,
             publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0),
             hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
-            initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(),
+            initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(), ties=self._ties(self.built[2]),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
                                         "codec", "table_log2", "contribs_per_round", "lean_replicas", "allowed_peers")},
