@@ -283,3 +283,14 @@ def test_vector_hex_values_are_integers():
     first8 = hashlib.sha256(msg).digest()[:8]
     assert int(vectors["seed_vectors_peer-a_0_0"], 16) == int.from_bytes(first8, "little") == contribution_seed("vectors", "peer-a", 0, 0)
     assert first8.hex(" ") == "4f a9 4a fd f6 a3 e6 62" and "`4f a9 4a fd f6 a3 e6 62`" in PROTOCOL
+
+
+def test_a_found_dictionary_as_hivemind_sends_it():
+    from hivemind.dht.storage import DictionaryDHTValue
+    from hivemind.utils import get_dht_time
+
+    subkey, signed, exp = b"ob1" + b"\x01" * 32, mp([1, 3, 1.5, b"A"]) + b"\x00" * 64, float(int(get_dht_time()) + 600)
+    found = DictionaryDHTValue()
+    found.store(subkey, signed, exp)
+    data = mp([math.inf, exp, [[subkey, signed, exp]]])
+    assert MSGPackSerializer.dumps(found) == b"\xc7" + bytes([len(data)]) + b"\x50" + data  # ext 8, type 0x50
