@@ -179,6 +179,8 @@ def documented_manifest_fields() -> dict[str, str]:
 
 def test_every_manifest_field_is_documented_with_its_default():
     doc = documented_manifest_fields()
+    fields = list(RunManifest.model_fields)
+    assert fields == [f for f in doc if f in fields], "§11's table lists the fields in the order they are written (RunManifest's order)"
     for name, field in RunManifest.model_fields.items():
         assert name in doc, f"RunManifest.{name} is not in docs/PROTOCOL.md §11's table: document it (type, default, meaning)"
         if field.is_required():
