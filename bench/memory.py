@@ -54,8 +54,8 @@ def child(args) -> dict:
     setup_torch(args.threads)
     import torch
 
-    from onebyte.peer.data import load_task
-    from onebyte.peer.models import load_model, trainable_parameters
+    from onebyte.tasks.data import load_task
+    from onebyte.tasks.models import load_model, trainable_parameters
     from onebyte.peer.train import TrainConfig, batch_indices
 
     out = {"case": args.child, "rss_start_kib": _status_kib("VmRSS")}

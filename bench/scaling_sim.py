@@ -99,7 +99,7 @@ def records_part(ns: list[int], ks: list[int]) -> list[dict]:
 
 
 def apply_part(ns: list[int], reps: int) -> list[dict]:
-    from onebyte.peer.models import load_model, trainable_parameters
+    from onebyte.tasks.models import load_model, trainable_parameters
     from onebyte.zo import NoiseTable, apply_round
 
     noise = NoiseTable(25, 0, torch.device("cpu"))

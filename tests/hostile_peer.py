@@ -26,7 +26,8 @@ import logging  # noqa: E402
 
 import torch  # noqa: E402
 
-from onebyte.peer import cli, data, replica  # noqa: E402
+from onebyte.peer import cli, replica  # noqa: E402
+from onebyte.tasks import data  # noqa: E402
 
 log = logging.getLogger("onebyte.peer")
 

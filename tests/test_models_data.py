@@ -1,4 +1,4 @@
-"""Model loading (onebyte.peer.models) and tasks (onebyte.peer.data): real objects, no mocks."""
+"""Model loading (onebyte.tasks.models) and tasks (onebyte.tasks.data): real objects, no mocks."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from onebyte.peer.data import Batch, DataError, load_task
-from onebyte.peer import models
-from onebyte.peer.models import LoadedModel, ModelLoadError, load_model, trainable_parameters
+from onebyte.tasks.data import Batch, DataError, load_task
+from onebyte.tasks import models
+from onebyte.tasks.models import LoadedModel, ModelLoadError, load_model, trainable_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 _HASH_SCRIPT = r"""
 import hashlib, json, sys, torch
-from onebyte.peer.models import load_model
+from onebyte.tasks.models import load_model
 def sha(m):
     h = hashlib.sha256()
     for name, t in sorted(m.state_dict().items()):
@@ -206,7 +206,7 @@ def test_drugreview_binary_counts_and_prompts(drug, tiny):
     assert not any("&#039;" in t or "&amp;" in t or t.startswith('Review: "') for t in texts)
     again = load_task("drugreview", tokenizer=tok)
     assert again.describe() == d and again.fingerprint() == drug.fingerprint()
-    lm = load_task(tokenizer=tok, task="lm")
+    lm = load_task("drugreview", tokenizer=tok, task="lm")
     assert (lm.num_train, lm.num_eval) == (600, 379)
 
 

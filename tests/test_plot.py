@@ -54,7 +54,7 @@ def test_plot_turns_a_demo_report_into_charts(demo_run, tmp_path):
 
 
 def test_plot_reads_round_logs_and_wire_bytes_results(demo_run, tmp_path):
-    from onebyte.peer.plot import plot
+    from onebyte.metrics.plot import plot
 
     out = tmp_path / "plots"
     wire = ROOT / "bench" / "results" / "wire_bytes.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from onebyte import __version__
 from onebyte.peer.config import add_config_option
+from onebyte.tasks.builtin import DEFAULT_DATASET
 
 
 def _number(cast, minimum: float, inclusive: bool, what: str):
@@ -42,7 +44,7 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-kind", default="causal-lm", choices=["causal-lm", "seq-cls"], help="head to load (default: %(default)s)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: %(default)s)")
-    g.add_argument("--dataset", default="drugreview", help="built-in 'drugreview', local file/folder (csv, tsv, json, jsonl, parquet) or hub name (default: %(default)s)")
+    g.add_argument("--dataset", default=DEFAULT_DATASET, help="built-in (mr, trec, drugreview), local file/folder (csv, tsv, json, jsonl, parquet) or hub name (default: %(default)s)")
     g.add_argument("--task", choices=["classification", "lm"], default=None, help="prompt classification on label words, or language-model loss")
     g.add_argument("--text-column", default="text")
     g.add_argument("--label-column", default="label")
@@ -197,7 +199,7 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name")
     g.add_argument("--model-kind", default=None, choices=["causal-lm", "seq-cls"])
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--dataset", default=None, help="built-in 'drugreview', local file/folder or hub name")
+    g.add_argument("--dataset", default=None, help="built-in (mr, trec, drugreview), local file/folder or hub name")
     g.add_argument("--task", choices=["classification", "lm"], default=None)
     g.add_argument("--text-column", default=None)
     g.add_argument("--label-column", default=None)
@@ -311,6 +313,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; held-out accuracy {ev0.get('accuracy', float('nan')):.3f} -> "
           f"{ev1.get('accuracy', float('nan')):.3f}, loss {ev0.get('loss', float('nan')):.4f} -> {ev1.get('loss', float('nan')):.4f}")
     return 0 if report["all_hashes_equal"] else 1
+
+
+def _trained(args: argparse.Namespace):
+    """The model to export or evaluate: from --checkpoint, or caught up from a live run."""
+    from onebyte.peer import export
+
+    if args.checkpoint:
+        return export.from_checkpoint(args.checkpoint, run_id=args.run_id, model=args.model, device=args.device)
+    from onebyte.peer.swarm import SwarmConfig
+
+    if not args.run_id or not args.initial_peers:
+        raise ValueError("say where the model comes from: --checkpoint FILE_OR_DIR, or --run-id with --initial-peers for a live run")
+    cfg = SwarmConfig(run_id=args.run_id, initial_peers=args.initial_peers, run_creator=args.run_creator, device=args.device,
+                      progress=False, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"], announce_maddrs=args.announce_maddrs,
+                      dht_options=_dht_options(args), join_timeout=args.join_timeout)
+    return export.from_live_run(cfg)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from onebyte.tasks.models import save_pretrained_folder
+
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before minutes of loading or catching up
+        raise ValueError(f"output folder {out} already exists and is not empty; choose a new folder")
+    trained = _trained(args)
+    info = {**trained.info, "onebyte_version": __version__, "task": trained.task, "manifest": trained.manifest.model_dump() if trained.manifest else None}
+    folder = save_pretrained_folder(trained.loaded, out, info)
+    print(f"exported {trained.info['model']} at round {trained.info['round']} of run {trained.info.get('run_id')} "
+          f"(weights sha256 {trained.info['sha256']}) to {folder}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from onebyte.tasks import load_model, load_task
+
+    from onebyte.peer.train import TASK_FIELDS
+
+    if args.checkpoint or args.run_id:
+        trained = _trained(args)
+        loaded, source, task_args = trained.loaded, trained.info, dict(trained.task)
+    else:
+        if not args.model:
+            raise ValueError("say what to evaluate: a model folder or name, --checkpoint, or --run-id with --initial-peers")
+        loaded, source = load_model(args.model, kind=args.model_kind, device=args.device), {"source": "model", "model": args.model}
+        export_info = Path(args.model, "onebyte_export.json")  # an exported folder remembers its run's task
+        task_args = {k: v for k, v in (json.loads(export_info.read_text()).get("task") or {}).items() if k in TASK_FIELDS} if export_info.is_file() else {}
+    # the task as the run defined it, unless given on the command line
+    for k in ("dataset", "task", "text_column", "label_column", "template", "max_length"):
+        if getattr(args, k) is not None:
+            task_args[k] = getattr(args, k)
+    if args.label_words is not None:
+        task_args["label_words"] = _label_words(args.label_words)
+    task_args.setdefault("dataset", DEFAULT_DATASET)
+    task = load_task(task_args.pop("dataset"), tokenizer=loaded.tokenizer, split_seed=args.seed, **{k: v for k, v in task_args.items() if v is not None})
+    result = {"source": source, "task": task.describe(), **task.evaluate(loaded, batch_size=args.eval_batch_size, limit=args.eval_size)}
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    rows = [("examples", result["n"]), ("loss", result["loss"])]
+    rows += [(k.replace("_", " "), result[k]) for k in ("accuracy", "balanced_accuracy", "bias_line_accuracy", "bias_line_balanced_accuracy") if k in result]
+    print(f"{source.get('model')} on {task.describe()['dataset']} ({'round ' + str(source['round']) + ' of run ' + str(source.get('run_id')) if 'round' in source else source['source']})")
+    for k, v in rows:
+        print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -445,6 +511,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-delay", type=_nonneg_float, default=None, help="seconds from creating the run to its round 0 (default: the peer's, 20)")
     p.set_defaults(func=cmd_demo)
 
+    def add_source_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("where the model comes from (one of)")
+        g.add_argument("--checkpoint", default=None, help="a checkpoint file, or a peer's --checkpoint-dir (its newest intact checkpoint)")
+        g.add_argument("--run-id", type=_run_id, default=None, help="with --checkpoint: the run to take in a folder of several; "
+                       "without: a live run to catch up with first (needs --initial-peers)")
+        g.add_argument("--run-creator", type=_public_key, default=None, metavar="KEY", help="a live run: only this key's manifest counts")
+        g.add_argument("--join-timeout", type=_positive_float, default=120.0, help="a live run: seconds to wait for its manifest")
+        g.add_argument("--device", default="cpu")
+        add_network_args(p)
+        add_nat_args(p)
+
+    p = sub.add_parser("export", help="write a trained model as a Hugging Face folder",
+                       description="Write the model of a checkpoint, a checkpoint directory or a live run as a standard Hugging Face folder "
+                                   "(config, safetensors weights, tokenizer, generation config) that from_pretrained and pipeline load.")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--model", default=None, help="the base model, when a checkpoint does not name it")
+    add_source_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="score a checkpoint, an exported folder or a model on a task",
+                       description="Held-out accuracy, balanced accuracy, loss and the bias-only line (the best a per-class shift of the "
+                                   "label-word scores alone reaches) of a checkpoint, a live run, an exported folder or a hub model.")
+    p.add_argument("model", nargs="?", default=None, help="a model folder (e.g. from onebyte export), built-in name or hub id")
+    p.add_argument("--model-kind", default="causal-lm", choices=["causal-lm", "seq-cls"])
+    add_source_args(p)
+    g = p.add_argument_group("the task (default: the run's, else the built-in default)")
+    g.add_argument("--dataset", default=None, help="built-in (mr, trec, drugreview), local file/folder or hub name")
+    g.add_argument("--task", choices=["classification", "lm"], default=None)
+    g.add_argument("--text-column", default=None)
+    g.add_argument("--label-column", default=None)
+    g.add_argument("--label-words", default=None, help="comma-separated label words, in label order")
+    g.add_argument("--template", default=None, help="prompt template with {text}")
+    g.add_argument("--max-length", type=_positive_int, default=None)
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="split seed for datasets that are split by hash")
+    g.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples (default: all)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=16)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("runs", help="list the runs visible in a swarm", description="List runs visible in the swarm: id, model, task, round, live peers.")
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_runs)
@@ -473,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from onebyte.peer.plot import plot
+    from onebyte.metrics.plot import plot
 
     written = plot(args.inputs, args.out, title=args.title, smooth=args.smooth)
     for path in written:

@@ -36,6 +36,7 @@ from onebyte.metrics.peer import PeerMetrics
 from onebyte.peer import catchup
 from onebyte.peer.recovery import RecoveryMixin
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
+from onebyte.tasks.builtin import DEFAULT_DATASET
 from onebyte.zo import contribution_seed
 
 log = logging.getLogger("onebyte.peer")
@@ -84,10 +85,11 @@ class SwarmConfig:
     checkpoint_seconds: float = 120.0  # at most one checkpoint per this many seconds (taken at hash rounds)
     catch_up: str = "auto"  # "auto" (cheapest), "log" (never download checkpoints) or "checkpoint"
     run_creator: str | None = None  # hex public key: only this key's manifest is the run's (PROTOCOL §11)
+    follow_only: bool = False  # never contribute; catch up to the newest final round at join time, then leave (onebyte export)
 
 
 def default_manifest_fields() -> dict:
-    return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset="drugreview",
+    return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset=DEFAULT_DATASET,
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
                 lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0,
                 hash_every=None, lean_replicas=0, allowed_peers=None)
@@ -273,8 +275,11 @@ class SwarmPeer(RecoveryMixin):
     def run(self) -> dict:
         cfg, m = self.cfg, self.join()
         before = getattr(self, "before", None) or (self._evaluate() if cfg.evaluate else None)
-        self._warm_up()
-        last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
+        if cfg.follow_only:
+            last_round = self.clock.last_final(time.time())
+        else:
+            self._warm_up()
+            last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
         next_beat = 0.0
         started = time.time()
         while not self.stop.is_set():
@@ -311,7 +316,7 @@ class SwarmPeer(RecoveryMixin):
                 continue
             if self.applied >= last_round:
                 break
-            if self._contribute_or_publish(now, last_round):
+            if not cfg.follow_only and self._contribute_or_publish(now, last_round):
                 continue
             r_now = self.clock.round_at(now)
             wake = min(self.clock.final_at(self.applied + 1), next_beat, self.clock.open_at(r_now + 1))

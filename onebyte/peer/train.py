@@ -21,6 +21,7 @@ from tqdm import tqdm
 from onebyte import PROTOCOL_VERSION, __version__
 from onebyte.peer.checkpoint import save_checkpoint
 from onebyte.peer.replica import Replica
+from onebyte.tasks.builtin import DEFAULT_DATASET
 from onebyte.zo import contribution_seed
 
 log = logging.getLogger("onebyte")
@@ -29,7 +30,7 @@ log = logging.getLogger("onebyte")
 @dataclass
 class TrainConfig:
     model: str = "smollm2-135m"
-    dataset: str = "drugreview"
+    dataset: str = DEFAULT_DATASET
     task: str | None = None  # "classification" | "lm"; None: classification if the data has labels
     model_kind: str = "causal-lm"
     text_column: str = "text"
@@ -71,6 +72,10 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
 
 
+# what defines a task's examples and scoring; a checkpoint records them so `onebyte eval` scores it the same way
+TASK_FIELDS = ("dataset", "task", "text_column", "label_column", "label_words", "template", "max_length")
+
+
 def batch_indices(seed: int, peer_id: str, round_: int, index: int, pool: int, batch_size: int) -> list[int]:
     """Which training examples a contribution uses: deterministic, independent of timing."""
     key = int.from_bytes(peer_id.encode()[:8].ljust(8, b"\0"), "little")
@@ -80,8 +85,8 @@ def batch_indices(seed: int, peer_id: str, round_: int, index: int, pool: int, b
 
 def build(cfg: TrainConfig):
     """Load model and task as ``cfg`` says and wrap the model in a Replica."""
-    from onebyte.peer.data import load_task
-    from onebyte.peer.models import load_model, trainable_parameters
+    from onebyte.tasks.data import load_task
+    from onebyte.tasks.models import load_model, trainable_parameters
 
     loaded = load_model(cfg.model, kind=cfg.model_kind, dtype=cfg.dtype, device=cfg.device, init_seed=cfg.init_seed)
     task = load_task(
@@ -158,7 +163,8 @@ def train(cfg: TrainConfig, built=None) -> dict:
         "total_seconds": time.perf_counter() - t0,
     }
     if cfg.checkpoint:
-        info = save_checkpoint(cfg.checkpoint, replica.params, cfg.steps, {"model": cfg.model, "run_id": cfg.run_id})
+        meta = {k: getattr(cfg, k) for k in ("model", "run_id", *TASK_FIELDS, "model_kind", "dtype", "init_seed", "trainable")}
+        info = save_checkpoint(cfg.checkpoint, replica.params, cfg.steps, meta)
         report["checkpoint"] = str(info.path)
         log.info("[%s] step=%d checkpoint written to %s", cfg.peer_id, cfg.steps, info.path)
     if cfg.report:

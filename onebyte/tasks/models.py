@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from onebyte.peer.packaged import packaged_file
+from onebyte.tasks.packaged import packaged_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -622,7 +622,18 @@ def load_model(
         raise ModelLoadError(f"could not move model {name!r} to {device!r}: {_one_line(exc)}") from None
     model.eval()
     model.requires_grad_(False)
+    _align(model)
     return LoadedModel(model=model, tokenizer=tok, name=name, kind=kind)
+
+
+def _align(model: torch.nn.Module, alignment: int = 64) -> None:
+    """Give every weight its own aligned memory. Tensors read from a safetensors file can sit at
+    any offset, and CPU matrix kernels round differently on differently aligned inputs: the same
+    weights would then score a batch differently once exported and loaded again."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.data_ptr() % alignment:
+                p.data = p.data.clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,4 +669,51 @@ def trainable_parameters(
             f"no parameter name matches {pattern!r} (the model has {len(named)} named parameters, "
             f"e.g. {examples})"
         )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# getting the model out
+
+
+EXPORT_INFO = "onebyte_export.json"
+
+
+def save_pretrained_folder(loaded: LoadedModel, out: str | Path, info: dict | None = None) -> Path:
+    """Write ``loaded`` as a standard Hugging Face folder: config, safetensors weights, tokenizer,
+    generation config, plus ``onebyte_export.json`` (where the weights came from).
+
+    The folder is written beside ``out`` and renamed into place, so a failed export leaves
+    nothing behind; an existing non-empty ``out`` is refused.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelLoadError(f"output folder {out} already exists and is not empty; choose a new folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write to {out.parent}: {_one_line(exc)}") from None
+    try:
+        model = loaded.model
+        for attr in ("hf_quantizer",):  # a GGUF-born model must save as plain weights
+            if getattr(model, attr, None) is not None:
+                setattr(model, attr, None)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with _quiet_transformers():
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            loaded.tokenizer.save_pretrained(str(tmp))
+            if getattr(model, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
+                model.generation_config.save_pretrained(str(tmp))
+        (tmp / EXPORT_INFO).write_text(json.dumps(info or {}, indent=1, sort_keys=True, default=str) + "\n")
+        _make_readable(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ModelLoadError(f"could not write {out}: {_one_line(exc)}") from None
+        raise
     return out
