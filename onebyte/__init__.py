@@ -1,4 +1,5 @@
 """onebyte: decentralized zeroth-order fine-tuning, about one byte per gradient."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the newest protocol this code speaks: a run's own version is in its manifest
+SUPPORTED_PROTOCOL_VERSIONS = (1, 2)  # 1: dense directions; 2: low-rank directions, exact apply

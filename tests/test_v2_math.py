@@ -160,3 +160,17 @@ def test_apply_is_the_same_in_other_processes_with_one_and_two_threads():
         apply_round_exact(params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()))
         here.append(weights_sha256(params))
     assert outs == {"\n".join(here) + "\n"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_single_rank_one_contribution_is_one_pass_with_the_same_bits(dtype):
+    """n = 1, r = 1: fl32(fl64(c * v a b^T)) = fl32(fl64(c v)) a b^T, applied as one outer-product add."""
+    table = NoiseTable(12, 0)
+    for k, wd in ((0, 0.0), (1, 0.1), (2, 0.1)):
+        params = _small_params(dtype)
+        contribs = _round(1, seed=10 + k)
+        decay = frozenset({"layer.weight"})
+        want = reference_exact(params, contribs, 1e-2, table, 1, wd, decay)
+        apply_round_exact(params, contribs, 1e-2, table, Directions(1), exact_rule(ByteCodec()), wd, decay, block_elems=16)
+        for (name, got), (_, exp) in zip(params, want):
+            assert torch.equal(got, exp), (name, k)

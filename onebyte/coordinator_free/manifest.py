@@ -12,22 +12,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from onebyte import PROTOCOL_VERSION
+from onebyte import SUPPORTED_PROTOCOL_VERSIONS
+from onebyte.zo.directions import Directions
+
+# what this peer speaks; a manifest asking for anything else is refused in one line (PROTOCOL §16.6)
+SUPPORTED_VERSIONS = SUPPORTED_PROTOCOL_VERSIONS
+SUPPORTED_DIRECTIONS = ("dense", "lowrank")
 
 # manifest fields a peer may also set on its command line; anything else is the manifest's alone
 AGREED_FIELDS = (
     "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
     "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
-    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas", "allowed_peers",
+    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas", "allowed_peers", "directions",
 )
 
 
 class RunManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    protocol_version: int = PROTOCOL_VERSION
+    protocol_version: int = 1  # 1: dense directions; 2: low-rank (must match `directions`)
     run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     created_at: float
     start_time: float  # round 0 opens here
@@ -62,11 +67,28 @@ class RunManifest(BaseModel):
     codec: str = "log8:-8:8"
     table_log2: int = Field(ge=12, le=31)
     table_key: int = 0
+    # direction family: 'dense' (protocol v1) or 'lowrank:r' (v2); absent from v1 manifests
+    directions: str = "dense"
     contribs_per_round: int = Field(ge=1, le=4096)
     # round records: 0 = hivemind's crawling store/get; r > 0 = the r nearest known nodes, no crawl
     lean_replicas: int = Field(default=0, ge=0, le=20)
     # private runs: only these public keys (hex) may contribute; None = anyone (a public run)
     allowed_peers: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(default=None, max_length=64)  # the manifest is one DHT value (<= 8 KB)
+
+    @model_validator(mode="after")
+    def _directions_match_version(self) -> "RunManifest":
+        d = Directions.parse(self.directions)
+        if self.protocol_version != d.protocol_version:
+            raise ValueError(f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not {self.protocol_version}")
+        return self
+
+    def record(self) -> dict:
+        """The value stored in the DHT: a v1 (dense) manifest has no `directions` field, so peers
+        that only speak v1 read it as before."""
+        out = self.model_dump()
+        if self.directions == "dense":
+            out.pop("directions")
+        return out
 
     def conflicts(self, local: dict) -> list[str]:
         """Human-readable differences between this manifest and settings a user passed explicitly."""
@@ -93,9 +115,47 @@ def tied_names(named: Iterable[tuple[str, object]], trainable: Iterable[str]) ->
     return out
 
 
+class UnsupportedManifest:
+    """A manifest this peer does not speak (a newer protocol version or direction family)."""
+
+    def __init__(self, raw: dict, reason: str):
+        self.run_id, self.reason = raw.get("run_id"), reason
+        self.created_at = raw.get("created_at") if isinstance(raw.get("created_at"), (int, float)) else float("inf")
+
+
+def unsupported_reason(raw) -> str | None:
+    """Why this peer cannot take part in the run of manifest ``raw`` (its stored dict), or None."""
+    if not isinstance(raw, dict):
+        return None
+    version, directions = raw.get("protocol_version", 1), raw.get("directions", "dense")
+    if version not in SUPPORTED_VERSIONS:
+        return f"protocol version {version!r}"
+    if str(directions).split(":")[0] not in SUPPORTED_DIRECTIONS:
+        return f"directions {directions!r} (protocol version {version!r})"
+    return None
+
+
+def parse_manifest(raw) -> "RunManifest | UnsupportedManifest":
+    """A manifest from the DHT; one in a protocol this peer does not speak is kept aside, not
+    counted as malformed, so that joining its run can be refused with the reason."""
+    reason = unsupported_reason(raw)
+    return UnsupportedManifest(raw, reason) if reason else RunManifest(**raw)
+
+
+def refusal(run_id: str, found: dict) -> str | None:
+    """The one-line refusal when the run's only manifests are in a protocol this peer does not speak."""
+    other = [m for m in found.values() if isinstance(m, UnsupportedManifest) and m.run_id == run_id]
+    if not other:
+        return None
+    speaks = ", ".join(map(str, SUPPORTED_VERSIONS))
+    families = ", ".join("lowrank:r" if f == "lowrank" else f for f in SUPPORTED_DIRECTIONS)
+    return (f"run {run_id!r} uses {min(other, key=lambda m: m.created_at).reason}; this peer speaks protocol version(s) {speaks} "
+            f"with directions {families}: upgrade onebyte to join it")
+
+
 def pick_manifest(candidates: dict[str, RunManifest], run_id: str) -> tuple[str, RunManifest] | None:
     """If several peers published a manifest for one run id, the earliest (then lowest key) wins."""
-    valid = {k: m for k, m in candidates.items() if m.run_id == run_id and m.protocol_version == PROTOCOL_VERSION}
+    valid = {k: m for k, m in candidates.items() if isinstance(m, RunManifest) and m.run_id == run_id and m.protocol_version in SUPPORTED_VERSIONS}
     if not valid:
         return None
     key = min(valid, key=lambda k: (valid[k].created_at, k))

@@ -64,9 +64,21 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--contribs", type=_positive_int, default=1, help="contributions (seeds) per step/round (default: %(default)s)")
     g.add_argument("--codec", default="log8:-8:8", help="wire code for g: 'log8:<min_exp>:<steps_per_octave>' or 'float32' (default: %(default)s)")
     g.add_argument("--table-log2", type=_positive_int, default=25, help="log2 of the noise table size (default: %(default)s)")
+    g.add_argument("--directions", type=_directions, default="dense",
+                   help="perturbation directions: 'dense' (protocol v1) or 'lowrank:<r>' (v2: evaluated inside the forward, exact one-pass apply) (default: %(default)s)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="run seed: data order and splits (default: %(default)s)")
     g.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=16)
+
+
+def _directions(s: str) -> str:
+    """An argparse type: a direction family the protocol knows ('dense', 'lowrank:<r>')."""
+    from onebyte.zo.directions import Directions
+
+    try:
+        return Directions.parse(s).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _label_words(s: str | None) -> list[str] | None:
@@ -82,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_words=_label_words(args.label_words), template=args.template, max_length=args.max_length,
         trainable=args.trainable, init_seed=args.init_seed,
         steps=args.steps, contribs=args.contribs, batch_size=args.batch_size, lr=args.lr, eps=args.eps,
-        weight_decay=args.weight_decay, codec=args.codec, table_log2=args.table_log2, seed=args.seed,
+        weight_decay=args.weight_decay, codec=args.codec, table_log2=args.table_log2, directions=args.directions, seed=args.seed,
         eval_size=args.eval_size, eval_batch_size=args.eval_batch_size,
         checkpoint=args.checkpoint, report=args.report, progress=not args.no_progress,
     )
@@ -213,6 +225,7 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=_nonneg_float, default=None)
     g.add_argument("--codec", default=None, help="'log8:<min_exp>:<steps_per_octave>' or 'float32'")
     g.add_argument("--table-log2", type=_positive_int, default=None)
+    g.add_argument("--directions", type=_directions, default=None, help="'dense' (protocol v1, the default) or 'lowrank:<r>' (protocol v2)")
     g.add_argument("--contribs-per-round", type=_positive_int, default=None, help="most contributions one peer makes per round")
     g.add_argument("--round-seconds", type=_positive_float, default=None, help="round length in seconds")
     g.add_argument("--lean-replicas", type=_nonneg_int, default=None,

@@ -22,10 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onebyte import PROTOCOL_VERSION, __version__
+from onebyte import __version__
 from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
 from onebyte.coordinator_free.influence import InfluenceMonitor
-from onebyte.coordinator_free.manifest import RunManifest, pick_manifest, tied_names
+from onebyte.coordinator_free.manifest import RunManifest, parse_manifest, pick_manifest, refusal, tied_names
 from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
@@ -38,6 +38,7 @@ from onebyte.peer.recovery import RecoveryMixin
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
 from onebyte.tasks.builtin import DEFAULT_DATASET
 from onebyte.zo import contribution_seed
+from onebyte.zo.directions import Directions
 
 log = logging.getLogger("onebyte.peer")
 
@@ -91,7 +92,7 @@ class SwarmConfig:
 def default_manifest_fields() -> dict:
     return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset=DEFAULT_DATASET,
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
-                lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, contribs_per_round=4, round_seconds=30.0,
+                lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, directions="dense", contribs_per_round=4, round_seconds=30.0,
                 hash_every=None, lean_replicas=0, allowed_peers=None)
 
 
@@ -140,13 +141,15 @@ class SwarmPeer(RecoveryMixin):
     def _read_manifest(self) -> tuple[str, RunManifest] | None:
         """The run's manifest from the DHT: the earliest one, or only the named creator's."""
         def parse(v):
-            return RunManifest(**v)
+            return parse_manifest(v)  # a protocol this peer does not speak is kept aside, to refuse it clearly
 
         found = self.client.read_manifests(self.cfg.run_id, parse)
         if self.cfg.run_creator:
             found = {k: m for k, m in found.items() if k == self.cfg.run_creator}
         picked = pick_manifest(found, self.cfg.run_id)
-        if picked is not None and len({m.model_dump_json() for m in found.values() if m.run_id == self.cfg.run_id}) > 1:
+        if picked is None and refusal(self.cfg.run_id, found):
+            raise ManifestConflict(refusal(self.cfg.run_id, found))
+        if picked is not None and len({m.model_dump_json() for m in found.values() if isinstance(m, RunManifest) and m.run_id == self.cfg.run_id}) > 1:
             log.warning("[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with --run-creator KEY)",
                         self.tag, len(found), self.cfg.run_id, picked[0][:16])
         return picked
@@ -222,7 +225,7 @@ class SwarmPeer(RecoveryMixin):
         if not pool:
             raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {self.task.num_train} training examples is empty")
         self.pool = pool
-        self.metrics.on_start(version=__version__, protocol_version=PROTOCOL_VERSION, model=manifest.model, run_id=manifest.run_id,
+        self.metrics.on_start(version=__version__, protocol_version=manifest.protocol_version, model=manifest.model, run_id=manifest.run_id,
                               peer_id=self.peer_id, dataset=manifest.dataset)
         self.ckdir = Path(cfg.checkpoint_dir) / manifest.run_id if cfg.checkpoint_dir else None
         self._pin(creator, manifest)
@@ -242,7 +245,7 @@ class SwarmPeer(RecoveryMixin):
     def _train_config(self, settings: dict) -> TrainConfig:
         """The model/data/update settings of a run (a manifest's or a creator's) plus this peer's own."""
         keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
-                "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+                "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2", "directions")
         return TrainConfig(**{k: settings[k] for k in keys}, device=self.cfg.device, seed=self.cfg.seed, progress=False)
 
     @staticmethod
@@ -261,12 +264,13 @@ class SwarmPeer(RecoveryMixin):
             run_id=self.cfg.run_id, created_at=now, start_time=now + self.cfg.start_delay, round_seconds=r,
             publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0),
             hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
+            protocol_version=Directions.parse(settings["directions"]).protocol_version,
             initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(), ties=self._ties(self.built[2]),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
-                                        "codec", "table_log2", "contribs_per_round", "lean_replicas", "allowed_peers")},
+                                        "codec", "table_log2", "directions", "contribs_per_round", "lean_replicas", "allowed_peers")},
         )
-        if not self.client.publish_manifest(self.cfg.run_id, manifest.model_dump(), now + 30 * 24 * 3600):
+        if not self.client.publish_manifest(self.cfg.run_id, manifest.record(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")
         log.info("[%s] round=-1 created run %s starting in %.0fs", self.tag, manifest.run_id, self.cfg.start_delay)
         return manifest
@@ -339,7 +343,7 @@ class SwarmPeer(RecoveryMixin):
         """One unpublished estimate: pays one-time costs and measures how long a contribution takes."""
         batch = self.replica.to_device(self.task.train_batch(self.pool[: self.cfg.batch_size]))
         t0 = time.perf_counter()
-        self.replica.estimate(0, lambda: self.task.loss(self.replica.model, batch))
+        self.replica.estimate_on(0, batch, self.task.loss)
         self.contrib_seconds = time.perf_counter() - t0
 
     def _contribute_or_publish(self, now: float, last_round: float) -> bool:
@@ -369,7 +373,7 @@ class SwarmPeer(RecoveryMixin):
         self.stats["attempts"] += 1
         idx = batch_indices(self.cfg.seed, self.peer_id, r, attempt, len(self.pool), self.cfg.batch_size)
         batch = self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx]))
-        g, lp, lm = self.replica.estimate(seed, lambda: self.task.loss(self.replica.model, batch))
+        g, lp, lm = self.replica.estimate_on(seed, batch, self.task.loss)
         wire = self.replica.encode(g)
         self.contrib_seconds = 0.7 * self.contrib_seconds + 0.3 * (time.perf_counter() - t0) if self.contrib_seconds else time.perf_counter() - t0
         if time.time() > self.clock.publish_by(r) or r in self.published:
@@ -534,7 +538,7 @@ class SwarmPeer(RecoveryMixin):
             if time.time() >= self.next_announce:
                 self.next_announce = time.time() + ANNOUNCE_SECONDS
                 self.client.announce_run(RunAnnouncement(run_id=m.run_id, model=m.model, task=m.dataset, round=self.applied,
-                                                         protocol_version=PROTOCOL_VERSION), 2.5 * ANNOUNCE_SECONDS)
+                                                         protocol_version=m.protocol_version), 2.5 * ANNOUNCE_SECONDS)
             if self.cfg.metrics_port is not None:  # a DHT read costs bytes: only when someone watches
                 self.metrics.on_live_peers(len(self.client.read_peers(m.run_id)))
         except DHTUnavailable as e:
@@ -570,7 +574,7 @@ class SwarmPeer(RecoveryMixin):
         stages = {"round": Counter({k.removeprefix("rejected_"): v for k, v in self.stats.items() if k.startswith("rejected_")}),
                   "parse": Counter(self.client.rejected), "validator": Counter(self.client.validator_rejections())}
         report = {
-            "peer_id": self.peer_id, "run_id": self.manifest.run_id, "run_creator": self.run_creator, "onebyte_version": __version__, "protocol_version": PROTOCOL_VERSION,
+            "peer_id": self.peer_id, "run_id": self.manifest.run_id, "run_creator": self.run_creator, "onebyte_version": __version__, "protocol_version": self.manifest.protocol_version,
             "interrupted": interrupted, "rounds_applied": self.stats["rounds_applied"], "last_round": self.applied,
             "contributions_made": self.stats["made"], "contributions_published": self.stats["published"],
             "contributions_applied_local": self.stats["applied_local"], "contributions_applied_remote": self.stats["applied_remote"],

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from onebyte import PROTOCOL_VERSION, __version__
+from onebyte import __version__
 from onebyte.peer.checkpoint import save_checkpoint
 from onebyte.peer.replica import Replica
 from onebyte.tasks.builtin import DEFAULT_DATASET
@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     codec: str = "log8:-8:8"
     table_log2: int = 25
+    directions: str = "dense"  # "dense" (protocol v1) or "lowrank:r" (v2)
     seed: int = 0
     run_id: str = "local"
     peer_id: str = "peer0"
@@ -101,7 +102,8 @@ def build(cfg: TrainConfig):
         split_seed=cfg.seed,
     )
     params = trainable_parameters(loaded.model, cfg.trainable)
-    replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2)
+    replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2,
+                      directions=cfg.directions)
     return loaded, task, replica
 
 
@@ -128,7 +130,7 @@ def train(cfg: TrainConfig, built=None) -> dict:
         for k in range(cfg.contribs):
             seed = contribution_seed(cfg.run_id, cfg.peer_id, step, k)
             batch = replica.to_device(task.train_batch(batch_indices(cfg.seed, cfg.peer_id, step, k, task.num_train, cfg.batch_size)))
-            g, lp, lm = replica.estimate(seed, lambda: task.loss(model, batch))
+            g, lp, lm = replica.estimate_on(seed, batch, task.loss)
             wire = replica.encode(g)
             if wire is None:  # NaN/inf loss: this contribution is not made
                 skipped += 1
@@ -147,7 +149,7 @@ def train(cfg: TrainConfig, built=None) -> dict:
     log.info("[%s] step=%d eval %s hash=%s", cfg.peer_id, cfg.steps, _fmt(after), final_hash[:12])
     report = {
         "onebyte_version": __version__,
-        "protocol_version": PROTOCOL_VERSION,
+        "protocol_version": replica.directions.protocol_version,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "task": task.describe(),
         "trainable_parameters": replica.num_trainable,

@@ -86,15 +86,27 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
     return total.to(torch.float64) * (2.0 ** rule.quantum_log2)
 
 
-def _update(block: torch.Tensor, s: torch.Tensor, c: float, d: float | None) -> None:
-    """theta = fl_dtype(fl32(fl32(theta * d) + fl32(fl64(c * s)))) on one block."""
-    delta = (s.view(block.shape) * c).to(torch.float32)
+def _update(block: torch.Tensor, s: torch.Tensor, c: float, d: float | None, buf: torch.Tensor | None = None) -> None:
+    """theta = fl_dtype(fl32(fl32(theta * d) + fl32(fl64(c * s)))) on one block; ``s`` is overwritten."""
+    s.mul_(c)
+    delta = s.to(torch.float32) if buf is None else buf[: s.numel()].view(s.shape).copy_(s)
     t = block if block.dtype == torch.float32 else block.to(torch.float32)
     if d is not None:
         t.mul_(d)
-    t.add_(delta)
+    t.add_(delta.view(block.shape))
     if t is not block:
         block.copy_(t)  # round to nearest even in the tensor's dtype
+
+
+def _update_rank1(block: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d0: float, d: float | None) -> None:
+    """One contribution of rank 1: s = v a b^T, so fl32(fl64(c s)) = d0 a b^T exactly with
+    d0 = fl32(fl64(c v)) (rounding is symmetric in the sign): one pass, like v1's single add."""
+    t = block if block.dtype == torch.float32 else block.to(torch.float32)
+    if d is not None:
+        t.mul_(d)  # its own rounding, never fused with the add
+    t.addr_(a, b, alpha=d0)  # d0 * a_i * b_j is exact (+-d0): one rounding per element
+    if t is not block:
+        block.copy_(t)
 
 
 def apply_round_exact(
@@ -136,13 +148,23 @@ def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_e
     m, cols = p.shape
     coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
     a_off = factor_offsets(noise, seeds, name, "a", rank)
-    bt = windows(noise, factor_offsets(noise, seeds, name, "b", rank), 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
+    b_off = factor_offsets(noise, seeds, name, "b", rank)
+    if coef.numel() == 1 and rule is not None:
+        d0 = float(np.float32(c * float(vals[0])))
+        a = windows(noise, a_off, 0, m)[0].to(device=p.device, dtype=torch.float32)
+        b = windows(noise, b_off, 0, cols)[0].to(device=p.device, dtype=torch.float32)
+        rows = max(1, min(m, block_elems // cols))
+        for i0 in range(0, m, rows):
+            _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
+        return
+    bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
     rows = max(1, min(m, block_elems // max(cols, coef.numel())))
+    buf = torch.empty(rows * cols, dtype=torch.float32, device=p.device)
     for i0 in range(0, m, rows):
         i1 = min(m, i0 + rows)
         a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float64).t()  # (rows, K), entries +-1
         s = exact_matmul(a * coef, bt, rule, chunk)  # v_k * a exact: +-v_k
-        _update(p[i0:i1], s, c, d)
+        _update(p[i0:i1], s, c, d, buf)
 
 
 def _apply_dense(flat, name, seeds, vals, c, d, noise, rule, chunk, block_elems) -> None:
