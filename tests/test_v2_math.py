@@ -174,3 +174,20 @@ def test_a_single_rank_one_contribution_is_one_pass_with_the_same_bits(dtype):
         apply_round_exact(params, contribs, 1e-2, table, Directions(1), exact_rule(ByteCodec()), wd, decay, block_elems=16)
         for (name, got), (_, exp) in zip(params, want):
             assert torch.equal(got, exp), (name, k)
+
+
+def test_code_matches_the_documented_v2_vectors():
+    import json
+    import re
+
+    from onebyte.zo.vectors import compute_v2_vectors
+
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    m = re.search(r"<!-- vectors-v2:begin -->\s*```json\n(.*?)```\s*<!-- vectors-v2:end -->", text, re.S)
+    assert m, "docs/PROTOCOL.md has no v2 vectors block"
+    doc, code = json.loads(m.group(1)), compute_v2_vectors()
+    assert set(doc) == set(code)
+    for key in doc:
+        assert doc[key] == code[key], key
+    # the rule of the default codec as the text states it: q = 2^-31, 39 bits, 2^14 exact terms
+    assert doc["exact_rule_log8:-8:8"] == {"quantum_log2": -31, "bits": 39, "terms_per_float64_sum": 16384}

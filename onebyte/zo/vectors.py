@@ -1,13 +1,15 @@
 """Test vectors for docs/PROTOCOL.md: ``python -m onebyte.zo.vectors`` prints them as JSON.
 
 tests/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
-so the specification and the code cannot drift apart silently.
+so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's
+vectors (section 16.7), which tests/test_v2_math.py checks against their own block.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 
@@ -67,5 +69,42 @@ def compute_vectors() -> dict:
     return out
 
 
+V2_DIRECTIONS = "lowrank:2"
+
+
+def compute_v2_vectors() -> dict:
+    """Protocol v2: factor offsets, a low-rank z, the exact rule of the default codec and the
+    update vectors of section 13's rounds applied with lowrank:2 (v1's tensors, table, codec)."""
+    from onebyte.zo.directions import Directions, factor_offset, lowrank_direction
+    from onebyte.zo.exact import apply_round_exact, exact_rule
+
+    codec = ByteCodec()
+    table = NoiseTable(VECTOR_TABLE_LOG2, 0)
+    directions = Directions.parse(V2_DIRECTIONS)
+    rule = exact_rule(codec)
+    seed = contribution_seed("vectors", "peer-a", 0, 0)
+    z = lowrank_direction(table, seed, "layer.weight", (4, 8), directions.rank)
+    out: dict = {
+        "directions": directions.name,
+        "factor_offset_seed_layer.weight_a_0_log2_25": factor_offset(seed, "layer.weight", "a", 0, 25),
+        "factor_offset_seed_layer.weight_b_1_log2_25": factor_offset(seed, "layer.weight", "b", 1, 25),
+        "z_seed_layer.weight_4x8_lowrank2_log2_12_rows": [" ".join(str(int(x)) for x in row) for row in z.tolist()],
+        "exact_rule_log8:-8:8": {"quantum_log2": rule.quantum_log2, "bits": rule.bits, "terms_per_float64_sum": rule.chunk},
+    }
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        params = vector_tensors(dtype)
+        hashes = [weights_sha256(params)]
+        for lr, wd, contribs in VECTOR_ROUNDS:
+            round_ = [(contribution_seed("vectors", p, r, i), codec.decode(b)) for p, r, i, b in contribs]
+            apply_round_exact(params, round_, lr, table, directions, rule, wd, frozenset({"layer.weight"}))
+            hashes.append(weights_sha256(params))
+        out[f"update_{name}"] = {
+            "sha256_after_each_round": hashes,
+            "weight_row0_hex": [float(x).hex() for x in params[1][1][0].tolist()],
+            "bias_hex": [float(x).hex() for x in params[0][1].tolist()],
+        }
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(compute_vectors(), indent=2))
+    print(json.dumps(compute_v2_vectors() if "--v2" in sys.argv[1:] else compute_vectors(), indent=2))
