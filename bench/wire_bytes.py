@@ -436,7 +436,7 @@ async def _lean_read(key, k_rep, dht, node):
     """onebyte.dht.lean.lean_read from the k_rep nearest known nodes; returns how many subkeys it merged."""
     from onebyte.dht.lean import lean_read
 
-    return len(await lean_read(key, k_rep, dht, node))
+    return len((await lean_read(key, k_rep, dht, node))[0])
 
 
 def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: list[int]) -> None:

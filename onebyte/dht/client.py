@@ -13,10 +13,16 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import msgpack
 from hivemind.dht import DHT
-from hivemind.utils import get_dht_time
+from hivemind.dht.protocol import DHTProtocol
+from hivemind.dht.routing import DHTID
+from hivemind.dht.storage import DictionaryDHTValue
+from hivemind.dht.validation import DHTRecord
+from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from onebyte.dht import records as R
+from onebyte.dht import wire
 from onebyte.dht.identity import Identity
 from onebyte.dht.lean import lean_read, lean_store
 from onebyte.dht.validator import Ed25519OwnerValidator, owner_subkey
@@ -131,12 +137,19 @@ class RecordClient:
             return False
 
     def _get(self, key: str, latest: bool = True) -> Any:
+        """hivemind's get, run in the DHT process with every value checked there (bounded depth and
+        size, plain types) before it is pickled back: a value that cannot cross the pipe never
+        makes the whole read time out. What is dropped is counted in ``rejected``."""
         if not self.dht.is_alive():
             raise DHTUnavailable("the DHT process is not running")
         try:
-            return self.dht.get(key, latest=latest, return_future=True).result(timeout=self.timeout)
+            found, dropped = self.dht.run_coroutine(partial(_bounded_get, key, latest), return_future=True).result(timeout=self.timeout)
         except TimeoutError:
             raise DHTUnavailable(f"get of {key} timed out after {self.timeout:.1f}s") from None
+        except Exception as e:  # noqa: BLE001 - whatever broke in the DHT process, this read failed, the peer goes on
+            raise DHTUnavailable(f"get of {key} failed: {type(e).__name__}: {wire.clip(e)}") from None
+        self.rejected.update(dropped)
+        return found
 
     # -- contributions -----------------------------------------------------------------------
     def _store_round_data(self, key: str, value: Any, expiration: float) -> bool:
@@ -150,7 +163,11 @@ class RecordClient:
             return False
 
     def _read_round_data(self, key: str) -> Any:
-        return self._run(partial(lean_read, key, self.lean_replicas)) if self.lean_replicas else self._get(key)
+        if not self.lean_replicas:
+            return self._get(key)
+        merged, dropped = self._run(partial(lean_read, key, self.lean_replicas))
+        self.rejected.update(dropped)
+        return merged
 
     def publish_contributions(self, run_id: str, rec: R.ContributionRecord, expiration: float) -> bool:
         return self._store_round_data(R.round_key(run_id, rec.round), rec.pack(), expiration)
@@ -185,6 +202,14 @@ class RecordClient:
     def read_runs(self) -> dict[str, R.RunAnnouncement]:
         return R.parse_subkeys(self._get(R.RUNS_KEY), lambda v: R.RunAnnouncement(**v), self.rejected)
 
+    def routing_peers(self) -> set[str]:
+        """libp2p ids (base58) of the DHT nodes in this node's routing table: peers that answered
+        DHT calls, unlike an address in a heartbeat, which anyone can write."""
+        try:
+            return self.dht.run_coroutine(_routing_peers, return_future=True).result(timeout=self.timeout)
+        except Exception:  # noqa: BLE001 - a preference only
+            return set()
+
     def validator_rejections(self) -> Counter:
         """What this peer's DHT node refused to store or accept (forged or unsigned records)."""
         try:
@@ -192,6 +217,72 @@ class RecordClient:
         except Exception:  # noqa: BLE001 - metrics only
             log.debug("could not read the validator's counts", exc_info=True)
             return Counter()
+
+
+MAX_SUBKEY_BYTES = 64  # an ob1 subkey is 35 bytes
+
+
+def _evict_invalid(node, key_id, dropped: dict[str, int]) -> None:
+    """Runs inside the DHT process: drop from this node's own storage and cache every entry under
+    ``key_id`` that the validator refuses now. What arrives from other nodes is validated by
+    hivemind, but an entry stored before this node had today's bounds would reach hivemind's own
+    decoder on every get (a registered extension type with bad data leaves the get hanging)."""
+    validator = node.protocol.record_validator
+    if validator is None:
+        return
+    for store in (node.protocol.storage, node.protocol.cache):
+        found = store.get(key_id)
+        if found is None:
+            continue
+        value = found.value
+        if isinstance(value, DictionaryDHTValue):
+            with value.freeze():
+                entries = list(value.items())
+            for subkey, (value_bytes, expiration) in entries:
+                try:
+                    ok = validator.validate(DHTRecord(key_id.to_bytes(), msgpack.packb(subkey, use_bin_type=True), value_bytes, expiration))
+                except Exception:  # noqa: BLE001 - a subkey that cannot even be encoded goes too
+                    ok = False
+                if not ok:
+                    del value[subkey]
+                    dropped["evicted"] = dropped.get("evicted", 0) + 1
+        elif not validator.validate(DHTRecord(key_id.to_bytes(), DHTProtocol.IS_REGULAR_VALUE, value, found.expiration_time)):
+            del store[key_id]
+            dropped["evicted"] = dropped.get("evicted", 0) + 1
+
+
+async def _bounded_get(key: str, latest: bool, _dht, node) -> tuple[Any, dict[str, int]]:
+    """Runs inside the DHT process: hivemind's get, then only plain, bounded values go back
+    (onebyte.dht.wire.check_object, an iterative walk); the rest is dropped and counted."""
+    dropped: dict[str, int] = {}
+    _evict_invalid(node, DHTID.generate(source=key), dropped)
+    found = await node.get(key, latest=latest)
+    if found is None:
+        return None, dropped
+    value = found.value
+    if not isinstance(value, dict):
+        try:
+            wire.check_object(value)
+        except wire.WireError as e:
+            dropped[e.reason] = 1
+            return None, dropped
+        return ValueWithExpiration(value, found.expiration_time), dropped
+    out = {}
+    for subkey, item in value.items():
+        payload = getattr(item, "value", None)
+        try:
+            if not isinstance(subkey, (bytes, str)) or len(subkey) > MAX_SUBKEY_BYTES:
+                raise wire.WireError("foreign_subkey")
+            wire.check_object(payload)
+        except wire.WireError as e:
+            dropped[e.reason] = dropped.get(e.reason, 0) + 1
+            continue
+        out[subkey] = ValueWithExpiration(payload, float(item.expiration_time))
+    return ValueWithExpiration(out, found.expiration_time), dropped
+
+
+async def _routing_peers(_dht, node) -> set[str]:
+    return {peer.to_base58() for peer in node.protocol.routing_table.uid_to_peer_id.values()}
 
 
 async def _validator_counts(_dht, node) -> Counter:

@@ -14,6 +14,8 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils import ValueWithExpiration
 
+from onebyte.dht import wire
+
 
 def _nearest(node, key_id: DHTID, replicas: int) -> list:
     cands = node.protocol.routing_table.get_nearest_neighbors(key_id, replicas, exclude=node.node_id) + [(node.node_id, None)]
@@ -36,15 +38,17 @@ async def lean_store(key: str, subkey: bytes, value, expiration: float, replicas
     return ok
 
 
-async def lean_read(key: str, replicas: int, _dht, node) -> dict:
+async def lean_read(key: str, replicas: int, _dht, node) -> tuple[dict, dict[str, int]]:
     """Merge the dictionary under ``key`` from the ``replicas`` nearest known nodes.
 
-    Returns {subkey: ValueWithExpiration(value)} with signatures verified and stripped, as
-    hivemind's get() would; raises ConnectionError if no node answered.
+    Returns ({subkey: ValueWithExpiration(value)}, {reason: values dropped}) with signatures
+    verified and stripped, as hivemind's get() would, every value decoded by onebyte.dht.wire
+    (bounded; what fails is dropped and counted); raises ConnectionError if no node answered.
     """
     key_id = DHTID.generate(source=key)
     validator, ser = node.protocol.record_validator, node.protocol.serializer
     merged: dict = {}
+    dropped: dict[str, int] = {}
     answered = 0
     for _node_id, peer_id in _nearest(node, key_id, replicas):
         if peer_id is None:
@@ -60,10 +64,14 @@ async def lean_read(key: str, replicas: int, _dht, node) -> dict:
         for subkey, (value_bytes, expiration) in found.value.items():
             record = DHTRecord(key_id.to_bytes(), ser.dumps(subkey), value_bytes, expiration)
             if peer_id is None and validator is not None and not validator.validate(record):
+                dropped["evicted"] = dropped.get("evicted", 0) + 1
                 continue  # our own storage: check it too
             stripped = validator.strip_value(record) if validator is not None else value_bytes
             if subkey not in merged or merged[subkey].expiration_time < expiration:
-                merged[subkey] = ValueWithExpiration(ser.loads(stripped), expiration)
+                try:
+                    merged[subkey] = ValueWithExpiration(wire.loads(stripped), expiration)
+                except wire.WireError as e:
+                    dropped[e.reason] = dropped.get(e.reason, 0) + 1
     if not answered:
         raise ConnectionError(f"none of the {replicas} nearest nodes answered for {key}")
-    return merged
+    return merged, dropped

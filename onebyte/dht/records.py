@@ -2,7 +2,8 @@
 
 Every record is a subkey ``b"ob1" + public key`` under one of these keys (signed by that key,
 see validator.py); values are msgpack. Readers parse every value through these schemas and
-count what they reject by reason instead of raising: one bad record never stops a peer.
+count what they reject by reason instead of raising: one bad record never stops a peer. Before a
+schema sees a value, onebyte.dht.wire checks it is made of plain types with bounded depth and size.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from onebyte.dht import wire
 from onebyte.dht.validator import MAX_VALUE_BYTES, subkey_owner
 
 RUNS_KEY = "onebyte/v1/runs"
@@ -119,12 +121,17 @@ def parse_subkeys(value: Any, parse, reasons: Counter, *, max_bytes: int = MAX_V
             reasons["foreign_subkey"] += 1
             continue
         payload = getattr(entry, "value", entry)
+        try:
+            wire.check_object(payload)  # plain types, bounded depth (iterative): safe to size and parse
+        except wire.WireError as e:
+            reasons[e.reason] += 1
+            continue
         if isinstance(payload, (bytes, str, list, dict)) and _approx_size(payload) > max_bytes:
             reasons["oversized"] += 1
             continue
         try:
             out[owner.hex()] = parse(payload)
-        except (ValidationError, ValueError, TypeError, KeyError, IndexError):
+        except (ValidationError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
             reasons["malformed"] += 1
     return out
 

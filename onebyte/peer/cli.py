@@ -396,12 +396,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from onebyte.dht.client import RecordClient, start_dht
     from onebyte.dht.identity import Identity
 
+    from onebyte.dht.client import DHTUnavailable
+    from onebyte.dht.wire import clip
+
     ident = Identity()
     dht = start_dht(ident, args.initial_peers, client_mode=True)
     try:
         runs: dict[str, dict] = {}
-        for peer, ann in RecordClient(dht, ident).read_runs().items():
-            r = runs.setdefault(ann.run_id, {"model": ann.model, "task": ann.task, "round": -1, "peers": 0})
+        client = RecordClient(dht, ident)
+        try:
+            announced = client.read_runs()
+        except DHTUnavailable as e:
+            print(f"onebyte runs: error: the run list could not be read: {e}", file=sys.stderr)
+            return 1
+        _report_rejected("runs", client)
+        for peer, ann in announced.items():
+            r = runs.setdefault(clip(ann.run_id, 28), {"model": clip(ann.model, 24), "task": clip(ann.task, 16), "round": -1, "peers": 0})
             r["round"] = max(r["round"], ann.round)
             r["peers"] += 1
         if not runs:
@@ -413,6 +423,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     finally:
         dht.shutdown()
     return 0
+
+
+def _report_rejected(command: str, client) -> None:
+    """One line on stderr for records that were dropped (malformed, too deep, extension types ...)."""
+    if client.rejected:
+        print(f"onebyte {command}: ignored {sum(client.rejected.values())} malformed record(s): "
+              + ", ".join(f"{n} {k}" for k, n in sorted(client.rejected.items())), file=sys.stderr)
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
@@ -429,16 +446,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     from onebyte.dht.client import RecordClient, start_dht
     from onebyte.dht.identity import Identity
 
+    from onebyte.dht.client import DHTUnavailable
+    from onebyte.dht.wire import clip
+
     ident = Identity()
     dht = start_dht(ident, args.initial_peers, client_mode=True)
     try:
         client = RecordClient(dht, ident)
-        peers = client.read_peers(args.run_id)
-        manifests = client.read_manifests(args.run_id, lambda v: RunManifest(**v))
+        try:
+            peers = client.read_peers(args.run_id)
+            manifests = client.read_manifests(args.run_id, lambda v: RunManifest(**v))
+        except DHTUnavailable as e:
+            print(f"onebyte status: error: run {args.run_id!r} could not be read: {e}", file=sys.stderr)
+            return 1
+        _report_rejected("status", client)
     finally:
         dht.shutdown()
     for creator, m in sorted(manifests.items(), key=lambda kv: (kv[1].created_at, kv[0])):
-        print(f"manifest by {creator} created {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m.created_at))} UTC: {m.model}, lr {m.lr:g}, "
+        try:
+            created = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m.created_at)) + " UTC"
+        except (OverflowError, ValueError, OSError):  # a manifest's own claim, anything
+            created = f"at {m.created_at!r}"
+        print(f"manifest by {creator} created {created}: {clip(m.model, 64)}, lr {m.lr:g}, "
               f"{m.round_seconds:g}s rounds")
     if len(manifests) > 1:
         print(f"{len(manifests)} manifests claim this run id: peers take the earliest unless started with --run-creator KEY")
@@ -447,7 +476,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(f"{'PEER':<18} {'ROUND':>6} {'HASH':<14} {'MADE':>7} {'RATE/s':>7} {'VERSION':<10}")
     for peer_id, hb in sorted(peers.items(), key=lambda kv: (-kv[1].round, kv[0])):
-        print(f"{peer_id[:16]:<18} {hb.round:>6} {hb.sha256[:12] or '-':<14} {hb.made:>7} {hb.rate:>7.3f} {hb.version:<10}")
+        print(f"{peer_id[:16]:<18} {hb.round:>6} {clip(hb.sha256[:12], 12) or '-':<14} {hb.made:>7} {hb.rate:>7.3f} {clip(hb.version, 32):<10}")
     rounds = {hb.round for hb in peers.values()}
     print(f"{len(peers)} live peer(s), rounds {min(rounds)}..{max(rounds)}")
     return 0
@@ -618,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "needs_initial_peers", False) and not args.initial_peers:
         parser.error(f"{args.command}: --initial-peers (or --initial-peers-file) is required")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from onebyte import logbounds
+
+    logbounds.install()  # other peers' bytes must not fill this peer's log (rate-limited, lines cut)
     from onebyte.errors import USER_ERRORS
 
     try:

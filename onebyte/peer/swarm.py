@@ -128,6 +128,7 @@ class SwarmPeer(RecoveryMixin):
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
+        self.next_read_at = 0.0  # after a round could not be read from the DHT: when to try again
         self.next_announce = 0.0  # the public run list is refreshed every ANNOUNCE_SECONDS, from the first heartbeat on
         self.catchup_failures = 0
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
@@ -305,7 +306,7 @@ class SwarmPeer(RecoveryMixin):
                 self.catchup_failures = 0
                 self.next_catchup_at = now + m.round_seconds * CATCHUP_LAG  # meanwhile read rounds from the DHT
                 continue
-            if self.applied < newest:
+            if self.applied < newest and now >= self.next_read_at:
                 self._apply(self.applied + 1)
                 continue
             due = [q for q in self.pending_checks if now >= self.clock.final_at(q) + m.round_seconds / 2]
@@ -323,7 +324,7 @@ class SwarmPeer(RecoveryMixin):
             if not cfg.follow_only and self._contribute_or_publish(now, last_round):
                 continue
             r_now = self.clock.round_at(now)
-            wake = min(self.clock.final_at(self.applied + 1), next_beat, self.clock.open_at(r_now + 1))
+            wake = min(max(self.clock.final_at(self.applied + 1), self.next_read_at), next_beat, self.clock.open_at(r_now + 1))
             if self.codes.get(r_now) and r_now not in self.published:
                 wake = min(wake, self.clock.publish_by(r_now))  # a partly filled round goes out on time
             self.stop.wait(max(0.01, min(wake - time.time(), 1.0)))
@@ -422,8 +423,11 @@ class SwarmPeer(RecoveryMixin):
                     raise
                 log.warning("[%s] round=%d read failed (%s), retrying", self.tag, q, e)
                 self.stop.wait(1.0 + attempt)
-        else:
-            raise DHTUnavailable(f"could not read round {q} from the DHT")
+        else:  # the DHT runs but this key cannot be read: try again later; far behind, catch-up from peers takes over
+            self.stats["round_read_failed"] += 1
+            self.next_read_at = time.time() + m.round_seconds
+            log.error("[%s] round=%d could not be read from the DHT in 5 tries; trying again in %.0fs", self.tag, q, m.round_seconds)
+            return
         rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec,
                           allowed=self.allowed)
         for reason, n in rs.rejected.items():
