@@ -30,6 +30,9 @@ log = logging.getLogger("onebyte.seedlog")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+MAX_LINE_BYTES = 1024 * 1024  # one entry (a round of ~10,000 records); onebyte.dht.transfer reads no longer line
+
+
 class SeedLogError(ValueError):
     pass
 
@@ -39,13 +42,16 @@ def entry_line(round_: int, digest: str, records: Iterable[tuple[str, bytes]]) -
 
 
 def parse_line(line: bytes) -> tuple[int, str, list[tuple[str, bytes]]]:
-    """(round, digest, [(peer, codes)]); raises SeedLogError on anything malformed."""
+    """(round, digest, [(peer, codes)]); raises SeedLogError on anything malformed (lines come from
+    other peers: deep nesting, huge numbers and wrong shapes are errors, never crashes)."""
+    if len(line) > MAX_LINE_BYTES:
+        raise SeedLogError(f"seed-log entry of {len(line)} bytes")
     try:
         obj = json.loads(line)
         round_, digest = int(obj["round"]), str(obj["digest"])
         records = [(str(p), bytes.fromhex(c)) for p, c in obj["records"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise SeedLogError(f"malformed seed-log entry: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise SeedLogError(f"malformed seed-log entry: {type(e).__name__}") from None
     # exactly as entry_line writes them (docs/PROTOCOL.md §14): an integer round, lowercase hex
     # strings; a peer id in capitals would derive other seeds from the same digest
     if (type(obj["round"]) is not int or round_ < 0 or not isinstance(obj["digest"], str) or not _HEX64.fullmatch(digest)

@@ -40,7 +40,9 @@ def plans(applied: int, target: int, sources: list[Source], *, apply_seconds_per
           state_valid: bool = True) -> list[Plan]:
     """Every way to reach ``target`` from ``applied``, cheapest first (a tail the sources' logs do
     not cover is read from the DHT afterwards by the normal loop, at the same cost either way)."""
-    cpr = max((s.contribs_per_round for s in sources), default=0.0)
+    # the median source's contributions per round: one source inventing a count moves no estimate
+    rates = sorted(s.contribs_per_round for s in sources)
+    cpr = rates[len(rates) // 2] if rates else 0.0
 
     def replay(first: int) -> float:
         return max(0, target - first + 1) * cpr * apply_seconds_per_contribution

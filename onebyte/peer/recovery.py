@@ -9,11 +9,13 @@ hash vote. docs/PROTOCOL.md §14 specifies what they do; onebyte.peer.catchup pi
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 from onebyte.coordinator_free.agreement import agreed_hash
 from onebyte.coordinator_free.seedlog import SeedLogError, replay_set
 from onebyte.dht.client import DHTUnavailable
+from onebyte.dht.wire import clip
 from onebyte.dht.transfer import ServedState, Transfer, TransferError
 from onebyte.peer import catchup
 from onebyte.peer.checkpoint import CheckpointError, install_state, load_checkpoint, save_checkpoint
@@ -21,6 +23,13 @@ from onebyte.peer.checkpoint import CheckpointError, install_state, load_checkpo
 log = logging.getLogger("onebyte.peer")
 
 LOG_FETCH_ROUNDS = 500  # rounds per seed-log request
+# catch-up sources (PROTOCOL §14, "Bounds"): fake heartbeats whose addresses stall must not make a joiner wait on each
+MAX_PROBED = 64  # peers asked for .info per catch-up attempt
+MAX_SOURCES = 8  # of those that answered, the ones whose plans are tried
+MIN_SOURCES = 2  # peers the DHT does not vouch for are asked only when fewer than this many others answered
+PROBE_SECONDS = 4.0  # dial + .info, per peer, all at once
+PROBE_CONCURRENCY = 32
+FAILED_BACKOFF = 120.0  # a peer that failed is asked last for this long
 KEEP_CHECKPOINTS = 2
 
 
@@ -30,6 +39,8 @@ class RecoveryMixin:
         for attempt in range(3):
             try:
                 t = Transfer(self.dht, run_id)
+                # no checkpoint of this model is larger: a download stops here whatever a source advertised
+                t.state_limit = (sum(p.numel() * p.element_size() for _, p in self.replica.params), len(self.replica.params))
                 t.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
                 return t
             except (OSError, TransferError, RuntimeError) as e:
@@ -93,7 +104,14 @@ class RecoveryMixin:
                      self.checkpoint[0].name if self.checkpoint else "the initial weights", first, self.applied)
 
     def _sources(self, trusted: set[str] | None = None) -> tuple[list[catchup.Source], int]:
-        """Peers that can serve a catch-up, and how many others we could not reach."""
+        """Peers that can serve a catch-up, and how many others we could not reach.
+
+        Bounded against fake heartbeats (§14, "Sources"): first only peers that this peer's DHT
+        routing table holds or that answered before are asked; the others (anyone can write a
+        heartbeat with any address) only if fewer than MIN_SOURCES answered, those that failed
+        within FAILED_BACKOFF seconds last, at most MAX_PROBED in all. Peers are asked at once
+        (PROBE_CONCURRENCY at a time), each within PROBE_SECONDS, and the plans of at most
+        MAX_SOURCES that answered are tried. Failures are summarised in one line."""
         if self.transfer is None:
             return [], 0
         try:
@@ -101,22 +119,44 @@ class RecoveryMixin:
         except DHTUnavailable as e:
             log.warning("[%s] round=%d no peer list: %s", self.tag, self.applied, e)
             return [], 1
-        out, unreachable = [], 0
-        for pid, hb in beats.items():
-            if pid == self.peer_id or not hb.p2p_id or (trusted is not None and pid not in trusted):
-                continue
-            try:
-                try:
-                    self.transfer.connect(hb.p2p_id, hb.p2p_addrs)
-                except TransferError as e:  # our daemon may still know a route (the DHT met it)
-                    log.debug("[%s] round=%d dialing %s at %s: %s", self.tag, self.applied, pid[:8], hb.p2p_addrs, e)
-                info = self.transfer.info(hb.p2p_id)
-                span = tuple(info["log"]) if info.get("log") else None
-                out.append(catchup.Source(pid, hb.p2p_id, span, int(info.get("contributions", 0)), info.get("checkpoint")))
-            except (TransferError, TypeError, ValueError, KeyError) as e:
-                unreachable += 1
-                log.info("[%s] round=%d peer %s (at %s) cannot serve catch-up: %s", self.tag, self.applied, pid[:8], ",".join(hb.p2p_addrs) or "?", e)
-        return out, unreachable
+        now = time.time()
+        health = self.transfer.health
+        known = self.client.routing_peers()
+        cands = [(pid, hb) for pid, hb in beats.items()
+                 if pid != self.peer_id and hb.p2p_id and (trusted is None or pid in trusted)]
+
+        def rank(c):
+            ok, failed, last_failed = health.get(c[1].p2p_id, (0, 0, 0.0))
+            recent_failure = bool(failed) and now - last_failed < FAILED_BACKOFF
+            vouched = c[1].p2p_id in known or ok > 0
+            return (recent_failure, not vouched, -min(ok, 3), failed, random.random())
+
+        cands.sort(key=rank)
+        cands = cands[:MAX_PROBED]
+        first = [c for c in cands if rank(c)[:2] == (False, False)]
+        answers = self.transfer.probe([(hb.p2p_id, list(hb.p2p_addrs)) for _, hb in first], deadline=PROBE_SECONDS, concurrency=PROBE_CONCURRENCY)
+        asked = list(first)
+        if sum(isinstance(a, dict) for a in answers.values()) < MIN_SOURCES:
+            rest = [c for c in cands if c not in first]
+            answers |= self.transfer.probe([(hb.p2p_id, list(hb.p2p_addrs)) for _, hb in rest], deadline=PROBE_SECONDS,
+                                           concurrency=PROBE_CONCURRENCY)
+            asked += rest
+        out, failures = [], []
+        for pid, hb in asked:
+            info = answers.get(hb.p2p_id)
+            if isinstance(info, dict):
+                span = tuple(info["log"]) if info["log"] else None
+                out.append(catchup.Source(pid, hb.p2p_id, span, info["contributions"], info["checkpoint"]))
+            else:
+                failures.append((pid, info))
+        unasked = len(beats) - len(asked) - (self.peer_id in beats)
+        if failures:
+            self.stats["sources_failed"] += len(failures)
+            examples = "; ".join(f"{p[:8]}: {clip(why, 80)}" for p, why in failures[:3])
+            log.info("[%s] round=%d %d of %d peer(s) asked cannot serve catch-up (%d not asked) (e.g. %s)", self.tag, self.applied,
+                     len(failures), len(asked), unasked, examples)
+        fresh = [s for s in out if not rank((s.peer_id, beats[s.peer_id]))[0]]  # sources that failed lately go only when no other answered
+        return (fresh or out)[:MAX_SOURCES], len(failures)
 
     def _swarm_hash(self, q: int) -> str | None:
         """The agreed hash for round q among the votes that count (§12), None if there are none."""
