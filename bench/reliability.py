@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py"]
+TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py", "tests/test_hostile_bounds.py"]
 
 # what each attack of tests/test_hostile.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
 ATTACKS = {
@@ -261,6 +261,39 @@ def render(data: dict) -> str:
     skipped = [t for t in tests if t["outcome"] == "skipped" and "test_faults" in t["file"]]
     for t in skipped:
         L += [f"Skipped: `{t['name']}`: {t['message']}", ""]
+
+    # -- bounded parsing and resources (tests/test_hostile_bounds.py)
+    rows = []
+    for f in fig(data, "nested_values_refused"):
+        rows.append([f"validly signed values {', '.join(f['values'])} under every key kind ({', '.join(f['key_kinds'])}): {f['stores']} stores",
+                     "refused by every node: " + ", ".join(f"{k} {v}" for k, v in sorted(f["refused_by_reason"].items())),
+                     f"the honest record next to them read in {f['honest_read_seconds']:.2f} s"])
+    for f in fig(data, "reader_drops_planted_values"):
+        rows.append(["the same values already in a node's own storage (stored before it had the bounds)",
+                     "dropped by readers: " + ", ".join(f"{k} {v}" for k, v in sorted(f["rejected"].items())) + "; `onebyte status` and `runs` exit 0",
+                     f"reads took {f['read_seconds']:.2f} s in all"])
+    for f in fig(data, "hostile_sources"):
+        fails = f["failures"]
+        rows.append([f"{len(f['crash_shapes'])} malformed `.info` answers (first > last, null/string/map/3-number log, array checkpoint, not JSON, 100 KB, nested JSON)",
+                     f"{sum(1 for k, _ in f['crash_shapes'] if k == 'refused')} refused as that source failing", "no crash"])
+        rows.append(["a checkpoint advertised as 1,000 bytes, streamed without end (640 MB)", fails["flood"][0],
+                     f"source pushed {f['flood_bytes_sent_by_source'] / 1e6:.1f} MB before the hang-up; joiner RSS +{f['rss_growth_mb']:.0f} MB"])
+        for mode, what in (("bigmsg", "a .log answer of one 100 MB message"), ("stall", "a .log stream that never sends"),
+                           ("liar", "a .log with lines nested 100,000 deep, for the wrong round, 2 MB long")):
+            rows.append([what, fails[mode][0], f"{fails[mode][1]:.1f} s"])
+        rows.append([f"{f['tarpits']} tarpit addresses and one honest source, probed at once", "honest answer: " + json.dumps(f["honest_answer"]),
+                     f"{f['probe_seconds']:.1f} s (sequentially ~5 s per tarpit)"])
+    for f in fig(data, "poisoned_dht_hostile_sources_tarpits"):
+        c = (f["catchups"] or [{}])[0]
+        rows.append([f"a node without validator holding poison under {f['poisoned_keys']} keys of a live 3-peer run ({f['planted_entries']} entries), "
+                     f"5 hostile sources and {f['tarpits']} tarpit heartbeats, a late joiner",
+                     f"exit codes {f['exit_codes']}; final hashes {sorted(set(f['final_hashes'].values()))}; joiner caught up from round "
+                     f"{c.get('from_round')} to {c.get('round')} by {c.get('method')} in {c.get('seconds', float('nan')):.1f} s",
+                     "log growth per peer " + ", ".join(f"{n} {v / 1e3:.0f} KB" for n, v in f["log_growth_bytes"].items())
+                     + "; hivemind warnings suppressed " + ", ".join(f"{n} {v}" for n, v in f["unknown_ext_lines_suppressed"].items())
+                     + "; peak RSS MB " + ", ".join(f"{n} {v:.0f}" for n, v in f["peak_rss_mb"].items())])
+    L += ["## Bounded parsing and resources (tests/test_hostile_bounds.py)", "",
+          table(rows, ["attack", "what happened", "bound"]) if rows else "not run", ""]
 
     # -- bad input
     bad = [t for t in tests if "test_bad_input" in t["file"]]
