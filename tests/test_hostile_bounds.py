@@ -209,7 +209,7 @@ def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
            honest_answer=answers.get(honest.p2p_id))
     assert all(kind == "refused" for kind, _ in crash), crash
     assert offer == {"round": 3, "sha256": "ab" * 32, "bytes": 1000}
-    assert "more than the" in failures["flood"][0] and str(1000 + STATE_SLACK_BYTES) in failures["flood"][0], failures
+    assert "more than the" in failures["flood"][0] and str(2 * 1000 + STATE_SLACK_BYTES) in failures["flood"][0], failures
     assert "104857600 bytes" in failures["bigmsg"][0], failures
     assert "sent nothing for" in failures["stall"][0], failures
     assert "log line of" in failures["liar"][0], failures

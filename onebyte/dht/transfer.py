@@ -328,10 +328,12 @@ class Transfer:
 
     def fetch_state(self, p2p_id: str, timeout: float | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """(meta, tensors by name) of the peer's newest checkpoint; the caller verifies the hash.
-        The download stops at what the source advertised in its .info answer and at what this
-        model's tensors can take (``state_limit``), whichever is less."""
+        The download stops at twice what the source advertised in its .info answer (bfloat16
+        travels as binary32) and at what this model's tensors can take (``state_limit``),
+        whichever is less."""
         limit_bytes, limit_tensors = self.state_limit or (2**40, 10**6)
-        max_bytes = min(self.offers.get(p2p_id, limit_bytes), limit_bytes) + STATE_SLACK_BYTES
+        # the advertised size is the file's: a bfloat16 checkpoint travels as binary32, twice that (§14)
+        max_bytes = min(2 * self.offers.get(p2p_id, limit_bytes), limit_bytes) + STATE_SLACK_BYTES
 
         async def go():
             meta, parts, tensors = None, [], []

@@ -40,7 +40,8 @@ class RecoveryMixin:
             try:
                 t = Transfer(self.dht, run_id)
                 # no checkpoint of this model is larger: a download stops here whatever a source advertised
-                t.state_limit = (sum(p.numel() * p.element_size() for _, p in self.replica.params), len(self.replica.params))
+                # (16-bit tensors may travel as binary32, PROTOCOL §14: 4 bytes per element at least)
+                t.state_limit = (sum(p.numel() * max(4, p.element_size()) for _, p in self.replica.params), len(self.replica.params))
                 t.serve(ServedState(self.seedlog.span, self.seedlog.lines, self.seedlog.contributions, lambda: self.checkpoint))
                 return t
             except (OSError, TransferError, RuntimeError) as e:
