@@ -66,6 +66,10 @@ def factor_offset(seed: int, name: str, factor: str, l: int, table_log2: int) ->
 
 def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """(len(offsets), length) int8: row k is the table window at offsets[k], elements start..start+length."""
+    if len(offsets) <= 16:  # a few windows: slices of the table (no index tensor) unless they wrap
+        starts = [(int(o) + start) & (noise.size - 1) for o in offsets.tolist()]
+        if all(s + length <= noise.size for s in starts):
+            return torch.stack([noise.signs[s : s + length] for s in starts]) if starts else noise.signs[:0].view(0, length)
     idx = offsets.to(noise.device).view(-1, 1) + torch.arange(start, start + length, dtype=torch.int64, device=noise.device).view(1, -1)
     return noise.signs[idx & (noise.size - 1)]
 
