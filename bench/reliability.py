@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py", "tests/test_hostile_bounds.py"]
+TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py", "tests/test_hostile_bounds.py", "tests/test_verify.py"]
 
 # what each attack of tests/test_hostile.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
 ATTACKS = {
@@ -261,6 +261,25 @@ def render(data: dict) -> str:
     skipped = [t for t in tests if t["outcome"] == "skipped" and "test_faults" in t["file"]]
     for t in skipped:
         L += [f"Skipped: `{t['name']}`: {t['message']}", ""]
+
+    # -- verify, don't count (tests/test_verify.py)
+    rows = []
+    for f in fig(data, "sybil_votes_votes") + fig(data, "sybil_votes_contribute"):
+        how = "never contribute" if f["scenario"].endswith("votes") else "contribute to every round"
+        rows.append([f"{f['keys']} Sybil keys that {how} vote a ground state (hash {f['forged_prefix']}…) against {f['honest_voters']} honest voters; "
+                     f"it is offered as a checkpoint for rounds {f['offered_rounds']} ({f['checkpoint_offers_served']} offers)",
+                     f"joiner refused {f['joiner_refused']} offer(s); votes ignored {f['votes_ignored']}; verified by recomputation and kept "
+                     f"{f['repairs_refused']}", f"{f['repairs']} installs of the forged state", "1" if f["final_hashes_equal"] else ">1"])
+    for f in fig(data, "late_votes_under_cpu_load"):
+        rows.append([f"late honest votes, two wrong peers on time, {f['busy_loops']} busy loops on the cores",
+                     f"wrong peers repaired {f['wrong_peers_repaired']}; honest verifications kept {f['honest_verifications_kept']}",
+                     f"{f['honest_repairs']} honest repairs", "1" if f["final_hashes_equal"] else ">1"])
+    for f in fig(data, "sybil_flood"):
+        rows.append([f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} (robust rule: cap {f['cap']}, clip {f['clip_abs']})",
+                     f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: {f['v1_move_vs_normal']}x); applied "
+                     f"{f['applied_in_flood_rounds']} contributions; flagged {f['flagged']}", "bounded", "1"])
+    L += ["## Verify, don't count (tests/test_verify.py)", "",
+          table(rows, ["attack", "what happened", "bound", "distinct final hashes"]) if rows else "not run", ""]
 
     # -- bounded parsing and resources (tests/test_hostile_bounds.py)
     rows = []

@@ -47,6 +47,46 @@ def encode_codes(values: list, codec: ByteCodec | Float32Codec) -> bytes:
     return bytes(values)
 
 
+@dataclass(frozen=True)
+class RobustRule:
+    """The robust round rule of a public run (docs/PROTOCOL.md §15), from the manifest; all None = v1.
+
+    max_contributions  at most this many contributions per round: if the eligible records carry
+                       more, records are taken in order of SHA-256("onebyte/cap/v1" || u64le(r) ||
+                       public key) while the running count stays within the cap (bounded work)
+    clip_abs           every decoded |g| is clipped to this value (sign kept)
+    clip_median        every decoded |g| is clipped to this multiple of the round's median |g|
+                       (the ceil(n/2)-th smallest of the kept |g|)
+    """
+
+    max_contributions: int | None = None
+    clip_abs: float | None = None
+    clip_median: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_contributions, self.clip_abs, self.clip_median))
+
+
+V1_RULE = RobustRule()
+
+
+def cap_rank(round_: int, peer_id: str) -> bytes:
+    return hashlib.sha256(b"onebyte/cap/v1" + struct.pack("<Q", round_) + bytes.fromhex(peer_id)).digest()
+
+
+def clip_limit(values: list[float], rule: RobustRule) -> float | None:
+    """The clip applied to every |g| of a round (None: no clip). Plain binary64 arithmetic on
+    decoded values, which are binary32 numbers, so every replica gets the same limit."""
+    limits = []
+    if rule.clip_abs is not None:
+        limits.append(float(rule.clip_abs))
+    if rule.clip_median is not None and values:
+        mags = sorted(abs(v) for v in values)
+        limits.append(float(rule.clip_median) * mags[(len(mags) + 1) // 2 - 1])
+    return min(limits) if limits else None
+
+
 def decide_round(
     run_id: str,
     round_: int,
@@ -56,6 +96,7 @@ def decide_round(
     contribs_per_round: int,
     codec: ByteCodec | Float32Codec,
     allowed: Collection[str] | None = None,
+    rule: RobustRule = V1_RULE,
 ) -> RoundSet:
     rejected: Counter = Counter()
     width = 4 if isinstance(codec, Float32Codec) else 1
@@ -63,6 +104,7 @@ def decide_round(
     counts: dict[str, int] = {}
     accepted: list[tuple[str, bytes]] = []
     h = hashlib.sha256(b"onebyte/set/v1" + struct.pack("<Q", round_))
+    eligible: dict[str, tuple[bytes, list[float]]] = {}
     for peer_id in sorted(records, key=lambda p: p.encode("utf-8")):
         rec = records[peer_id]
         if allowed is not None and peer_id not in allowed:
@@ -82,10 +124,24 @@ def decide_round(
         except ValueError:
             rejected["malformed"] += 1
             continue
+        eligible[peer_id] = (rec.codes, values)
+    if rule.max_contributions is not None and sum(len(v) for _, v in eligible.values()) > rule.max_contributions:
+        kept, total = set(), 0
+        for peer_id in sorted(eligible, key=lambda p: cap_rank(round_, p)):
+            n = len(eligible[peer_id][1])
+            if total + n <= rule.max_contributions:
+                kept.add(peer_id)
+                total += n
+        rejected["over_round_cap"] += len(eligible) - len(kept)
+        eligible = {p: v for p, v in eligible.items() if p in kept}
+    limit = clip_limit([v for _, vs in eligible.values() for v in vs], rule)
+    for peer_id, (codes, values) in eligible.items():  # still in canonical order
         counts[peer_id] = len(values)
-        accepted.append((peer_id, rec.codes))
-        h.update(bytes.fromhex(peer_id) + struct.pack("<I", len(rec.codes)) + rec.codes)
+        accepted.append((peer_id, codes))
+        h.update(bytes.fromhex(peer_id) + struct.pack("<I", len(codes)) + codes)
         for i, v in enumerate(values):
+            if limit is not None and abs(v) > limit:
+                v = math.copysign(limit, v)
             contributions.append((contribution_seed(run_id, peer_id, round_, i), v))
     return RoundSet(round_, contributions, counts, h.hexdigest(), rejected, accepted)
 

@@ -23,6 +23,9 @@ MIN_CODES = 32  # judge a peer only after this many codes
 SATURATED_SHARE = 0.5  # a suspect sends at least this share of codes at the codec's largest magnitude...
 SWARM_SATURATED_SHARE = 0.1  # ...while the other peers, together, send at most this share
 MAGNITUDE_RATIO = 8.0  # or its median |g| is this many times the median of the other peers' medians
+FLOOD_NEW_KEYS = 8  # a round in which at least this many keys appear for the first time...
+FLOOD_SATURATED_SHARE = 0.5  # ...and at least this share of their codes is saturated flags every one of them
+MAX_KEYS = 4096  # keys remembered (oldest forgotten first): a flood of fresh keys cannot grow memory without bound
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,38 @@ class InfluenceMonitor:
         self.codec = codec
         self.g_max = codec.max_value if isinstance(codec, ByteCodec) else float("inf")
         self.recent: dict[str, deque[float]] = {}
+        self.flood: dict[str, Suspect] = {}  # keys flagged in a flood round (kept while remembered)
 
     def observe(self, rs: RoundSet) -> None:
+        """Remember each key's |g|. A round where many keys appear for the first time, most of their
+        codes saturated, flags all of them: fresh keys are free, so a Sybil flood outnumbers the
+        swarm and per-key comparisons with "the others" (suspects) would see nothing unusual."""
+        new: dict[str, list[float]] = {}
         for peer, codes in rs.records:
-            self.recent.setdefault(peer, deque(maxlen=WINDOW)).extend(abs(v) for v in decode_codes(codes, self.codec))
+            mags = [abs(v) for v in decode_codes(codes, self.codec)]
+            if peer not in self.recent:
+                new[peer] = mags
+            window = self.recent.pop(peer, None) or deque(maxlen=WINDOW)  # re-inserted: least recently seen first
+            window.extend(mags)
+            self.recent[peer] = window
+        if len(new) >= FLOOD_NEW_KEYS and self.g_max < float("inf"):
+            codes = [x for v in new.values() for x in v]
+            share = sum(1 for x in codes if x >= self.g_max) / len(codes)
+            if share >= FLOOD_SATURATED_SHARE:
+                old = [statistics.median(v) for p, v in self.recent.items() if p not in new and v]
+                swarm_med = statistics.median(old) if old else 0.0
+                for p, v in new.items():
+                    self.flood[p] = Suspect(p, sum(1 for x in v if x >= self.g_max) / len(v), statistics.median(v), swarm_med,
+                                            f"one of {len(new)} new keys in round {rs.round} sending saturated codes")
+        while len(self.recent) > MAX_KEYS:
+            gone = next(iter(self.recent))
+            del self.recent[gone]
+            self.flood.pop(gone, None)
 
     def suspects(self) -> list[Suspect]:
-        judged = {p: list(v) for p, v in self.recent.items() if len(v) >= MIN_CODES}
+        judged = {p: list(v) for p, v in self.recent.items() if len(v) >= MIN_CODES and p not in self.flood}
         if len(judged) < 2:
-            return []
+            return list(self.flood.values())
         medians = {p: statistics.median(v) for p, v in judged.items()}
         saturated = {p: sum(1 for x in v if x >= self.g_max) for p, v in judged.items()}
         out = []
@@ -60,4 +86,4 @@ class InfluenceMonitor:
                 out.append(Suspect(p, share, medians[p], swarm_med, "saturated codes"))
             elif len(others) >= 2 and swarm_med > 0 and medians[p] > MAGNITUDE_RATIO * swarm_med:
                 out.append(Suspect(p, share, medians[p], swarm_med, "magnitudes far above the swarm's"))
-        return out
+        return out + list(self.flood.values())

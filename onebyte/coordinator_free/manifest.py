@@ -26,6 +26,7 @@ AGREED_FIELDS = (
     "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
     "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
     "contribs_per_round", "round_seconds", "hash_every", "lean_replicas", "allowed_peers", "directions",
+    "max_round_contributions", "clip_abs", "clip_median",
 )
 
 
@@ -74,6 +75,16 @@ class RunManifest(BaseModel):
     lean_replicas: int = Field(default=0, ge=0, le=20)
     # private runs: only these public keys (hex) may contribute; None = anyone (a public run)
     allowed_peers: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(default=None, max_length=64)  # the manifest is one DHT value (<= 8 KB)
+    # the robust round rule (docs/PROTOCOL.md §15); all None = protocol v1's rule, unchanged
+    max_round_contributions: int | None = Field(default=None, ge=1, le=1_000_000)
+    clip_abs: float | None = Field(default=None, gt=0)
+    clip_median: float | None = Field(default=None, gt=0)
+
+    @property
+    def rule(self):
+        from onebyte.coordinator_free.agreement import RobustRule
+
+        return RobustRule(self.max_round_contributions, self.clip_abs, self.clip_median)
 
     @model_validator(mode="after")
     def _directions_match_version(self) -> "RunManifest":

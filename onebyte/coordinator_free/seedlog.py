@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from onebyte.coordinator_free.agreement import RoundSet, decide_round
+from onebyte.coordinator_free.agreement import V1_RULE, RobustRule, RoundSet, decide_round
 from onebyte.dht.records import ContributionRecord
 from onebyte.zo.codec import ByteCodec, Float32Codec
 
@@ -62,12 +62,12 @@ def parse_line(line: bytes) -> tuple[int, str, list[tuple[str, bytes]]]:
     return round_, digest, records
 
 
-def replay_set(run_id: str, line: bytes, *, contribs_per_round: int, codec: ByteCodec | Float32Codec) -> RoundSet:
+def replay_set(run_id: str, line: bytes, *, contribs_per_round: int, codec: ByteCodec | Float32Codec, rule: RobustRule = V1_RULE) -> RoundSet:
     """Rebuild a round's set from its log entry through the same rule as live rounds; the digest
     must come out as logged, so a corrupted or altered entry is refused, never applied."""
     round_, digest, records = parse_line(line)
     recs = {p: ContributionRecord(round=round_, published_at=0.0, codes=c) for p, c in records}
-    rs = decide_round(run_id, round_, recs, close_time=math.inf, contribs_per_round=contribs_per_round, codec=codec)
+    rs = decide_round(run_id, round_, recs, close_time=math.inf, contribs_per_round=contribs_per_round, codec=codec, rule=rule)
     if rs.rejected or rs.digest != digest or len(recs) != len(records):
         raise SeedLogError(f"seed-log entry for round {round_} does not reproduce its digest")
     return rs

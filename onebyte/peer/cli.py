@@ -233,7 +233,11 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hash-every", type=_positive_int, default=None, help="publish and compare weight hashes every this many rounds (default: about every 60 s)")
     g.add_argument("--allowed-peers", type=_allowlist, default=None, metavar="FILE",
                    help="private run: only the public keys in FILE (hex, one per line, # comments) may contribute (at most 64)")
-
+    g.add_argument("--max-round-contributions", type=_positive_int, default=None,
+                   help="robust rule (PROTOCOL §15): at most this many contributions count per round (bounds apply work); default: no cap")
+    g.add_argument("--clip-abs", type=_positive_float, default=None, help="robust rule: clip every decoded |g| to this value (default: none)")
+    g.add_argument("--clip-median", type=_positive_float, default=None,
+                   help="robust rule: clip every decoded |g| to this multiple of the round's median |g| (default: none)")
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     import threading

@@ -12,8 +12,10 @@ import logging
 import random
 import time
 
-from onebyte.coordinator_free.agreement import agreed_hash
-from onebyte.coordinator_free.seedlog import SeedLogError, replay_set
+from collections import Counter
+
+from onebyte.coordinator_free.agreement import agreed_hash, decide_round
+from onebyte.coordinator_free.seedlog import SeedLogError, parse_line, replay_set
 from onebyte.dht.client import DHTUnavailable
 from onebyte.dht.wire import clip
 from onebyte.dht.transfer import ServedState, Transfer, TransferError
@@ -92,11 +94,12 @@ class RecoveryMixin:
                 continue
             self.applied, self.hashes[info.round] = info.round, info.sha256
             self.checkpoint, self.last_checkpoint_at = (path, info.round, info.sha256), time.time()
+            self.verified.add((info.round, info.sha256))  # the state this peer resumes from is its base
             break
         first = self.applied + 1
         while (line := self.seedlog.get(self.applied + 1)) is not None and self.applied + 1 <= self.clock.last_final(time.time()):
             try:
-                self._apply_set(replay_set(self.manifest.run_id, line, contribs_per_round=self.manifest.contribs_per_round, codec=self.replica.codec), replayed=True)
+                self._apply_set(replay_set(self.manifest.run_id, line, contribs_per_round=self.manifest.contribs_per_round, codec=self.replica.codec, rule=self.manifest.rule), replayed=True)
             except SeedLogError as e:
                 log.warning("[%s] round=%d own seed log unusable from here: %s", self.tag, self.applied + 1, e)
                 break
@@ -159,9 +162,55 @@ class RecoveryMixin:
         fresh = [s for s in out if not rank((s.peer_id, beats[s.peer_id]))[0]]  # sources that failed lately go only when no other answered
         return (fresh or out)[:MAX_SOURCES], len(failures)
 
-    def _swarm_hash(self, q: int) -> str | None:
-        """The agreed hash for round q among the votes that count (§12), None if there are none."""
-        return agreed_hash([h.sha256 for h in self._hash_votes(q).values()])
+    def _round_contributors(self, q: int) -> frozenset[str]:
+        """Keys in round q's set: this peer's own record if it applied q live, else decided now from
+        the signed records the DHT holds for q (they live LOG_TTL)."""
+        if q in self.voters:
+            return self.voters[q]
+        m = self.manifest
+        records = self.client.read_round(m.run_id, q)
+        rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round,
+                          codec=self.replica.codec, allowed=self.allowed, rule=m.rule)
+        return frozenset(rs.counts)
+
+    def _checkpoint_hash(self, q: int) -> str | None:
+        """The hash a checkpoint of round q must have (§14): voted by more than half of round q's
+        contributors (a contributor that has not voted counts against every hash, so votes that
+        arrive before the others' cannot decide); None if there is no such hash."""
+        contributors = self._round_contributors(q)
+        votes = self._hash_votes(q, voters=contributors)
+        counts = Counter(h.sha256 for p, h in votes.items() if p != self.peer_id)
+        if not counts:
+            return None
+        sha, n = counts.most_common(1)[0]
+        return sha if 2 * n > len(contributors - {self.peer_id}) else None
+
+    def _admit_checkpoint(self, src: catchup.Source, target: int) -> None:
+        """Refuse, before any byte is fetched, a checkpoint this peer cannot check (§14): of a round
+        that is not a hash round, not yet final or past the target, or whose hash is not the strict
+        majority of that round's contributors' votes. A refused offer is never considered again."""
+        ck = src.checkpoint
+        q, sha = int(ck["round"]), str(ck["sha256"])
+        offer = (src.peer_id, q, sha)
+        if offer in self.refused_offers:
+            raise CheckpointError(f"checkpoint of round {q} from {src.peer_id[:8]} was refused before")
+        newest = self.clock.last_final(time.time())
+        agreed = None
+        if q % self.manifest.hash_every:
+            reason = f"round {q} is not a hash round"
+        elif q > newest:
+            reason = f"round {q} is not final yet (newest final round {newest})"
+        elif q > target:
+            reason = f"round {q} is past the round this peer is catching up to ({target})"
+        else:
+            agreed = self._checkpoint_hash(q)
+            reason = None if agreed == sha else (f"its hash {sha[:12]} is not voted by more than half of round {q}'s contributors "
+                                                 f"(such a hash: {(agreed or 'none')[:12]})")
+        if reason:
+            if not (q <= newest and not q % self.manifest.hash_every and agreed is None):
+                self.refused_offers.add(offer)  # not while the votes may still come in: then it is asked again
+            self.stats["checkpoints_refused"] += 1
+            raise CheckpointError(f"checkpoint from {src.peer_id[:8]} refused: {reason}")
 
     def _catch_up(self, target: int, *, trusted: set[str] | None = None, state_valid: bool = True) -> str:
         """Reach ``target`` through the cheapest plan other peers offer: "done", "nobody" (no peer
@@ -176,7 +225,7 @@ class RecoveryMixin:
         for plan in options:
             try:
                 if plan.method == "checkpoint":
-                    self._install_checkpoint(plan.source)
+                    self._install_checkpoint(plan.source, target)
                 self._replay_log(plan.source, target)
             except (TransferError, CheckpointError, SeedLogError, DHTUnavailable) as e:
                 log.warning("[%s] round=%d catch-up by %s from %s failed: %s", self.tag, self.applied, plan.method, plan.source.peer_id[:8], e)
@@ -197,16 +246,19 @@ class RecoveryMixin:
         self._round_log({"event": "catchup", "time": time.time(), "method": plan.method, "from_round": start, "round": self.applied, "seconds": seconds})
         return "done"
 
-    def _install_checkpoint(self, src: catchup.Source) -> None:
+    def _install_checkpoint(self, src: catchup.Source, target: int) -> None:
+        self._admit_checkpoint(src, target)
         t0 = time.time()
         size = src.checkpoint["bytes"]
         meta, tensors = self.transfer.fetch_state(src.p2p_id, timeout=max(60.0, 4 * size / self.bandwidth))
         self.bandwidth = max(1e5, size / max(1e-3, time.time() - t0))
         q, sha = int(meta["round"]), str(meta["sha256"])
-        agreed = self._swarm_hash(q)
-        if agreed != sha:
-            raise CheckpointError(f"checkpoint of round {q} from {src.peer_id[:8]} hashes {sha[:12]}, the swarm reported {(agreed or 'nothing')[:12]}")
+        if (q, sha) != (int(src.checkpoint["round"]), str(src.checkpoint["sha256"])):
+            self.refused_offers.add((src.peer_id, int(src.checkpoint["round"]), str(src.checkpoint["sha256"])))
+            self.stats["checkpoints_refused"] += 1
+            raise CheckpointError(f"peer {src.peer_id[:8]} sent round {q} hash {sha[:12]}, not the checkpoint it offered")
         install_state(tensors, self.replica.params, sha, f"round {q} from peer {src.peer_id[:8]}")
+        self.anchor = (q, sha, {name: t.detach().cpu().clone() for name, t in self.replica.params})
         self.applied, self.hashes[q] = q, sha
         self.hashes = {k: v for k, v in self.hashes.items() if k <= q}
         self.pending_checks = [k for k in self.pending_checks if k <= q]
@@ -224,29 +276,156 @@ class RecoveryMixin:
                 if not lines:
                     raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {self.applied + 1}")
                 for line in lines:
-                    rs = replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec)
+                    rs = replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec, rule=m.rule)
                     if rs.round != self.applied + 1:
                         raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {self.applied} to {rs.round}")
                     self._apply_set(rs, replayed=True)
                     bar.update(1)
 
+    # -- repair by recomputation ------------------------------------------------------------------
+    def _bases(self, q: int):
+        """States this peer can recompute from, newest first, each (round, sha256, load): its own
+        checkpoints whose hash the swarm confirmed, the checkpoint it installed whole, the initial
+        weights (whose hash is in the manifest)."""
+        out = []
+        if self.ckdir:
+            for path in sorted(self.ckdir.glob("ckpt-*.safetensors"), reverse=True):
+                r = int(path.stem.split("-")[1])
+                out += [(r, sha, path) for (vr, sha) in self.verified if vr == r]
+        if self.anchor is not None:
+            out.append(self.anchor)
+        out.append((-1, self.manifest.initial_sha256, None))
+        return sorted([b for b in out if b[0] < q], key=lambda b: -b[0])
+
+    def _load_base(self, base) -> None:
+        r, sha, what = base
+        if what is None:  # the initial weights: rebuilt exactly as at join (once per repair)
+            from onebyte.peer.train import build
+
+            if self._initial is None:
+                self._initial = {name: t.detach().cpu() for name, t in build(self._train_config(self.manifest.model_dump()))[2].params}
+            tensors = self._initial
+        elif isinstance(what, dict):
+            tensors = what
+        else:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(what))
+        install_state(dict(tensors), self.replica.params, sha, f"base state of round {r}")
+
+    def _recompute(self, base, lines: list[bytes]) -> str:
+        """Load ``base`` and apply these seed-log entries (consecutive rounds after it) to the live
+        replica; returns the resulting hash. Nothing else (log, counters, votes) changes."""
+        m = self.manifest
+        self._load_base(base)
+        for line in lines:
+            rs = replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec, rule=m.rule)
+            self.replica.apply(rs.contributions)
+        self.stats["recomputations"] += 1
+        return self.replica.sha256()
+
+    def _genuine(self, line: bytes) -> bool:
+        """Every record of this seed-log entry is a signed, on-time record the DHT holds for its round
+        (read and verified now, §9), with the same codes: nobody can put in a record its key did not
+        sign. Checkable while the round's records live (LOG_TTL)."""
+        m = self.manifest
+        round_, _, records = parse_line(line)
+        held = self.client.read_round(m.run_id, round_)
+        return all(p in held and held[p].codes == codes and held[p].round == round_ and held[p].published_at <= self.clock.close(round_)
+                   and (self.allowed is None or p in self.allowed) for p, codes in records)
+
     def _repair(self) -> None:
-        """This peer lost a hash vote: reinstall the majority's state from a peer that has it."""
+        """This peer lost a hash vote for round q (§12). It installs nothing it has not recomputed
+        itself (§14): from a base state it holds (a confirmed own checkpoint, an installed one, or the
+        initial weights) it replays its own log to q; if that gives the agreed hash, its live weights
+        were damaged and are now repaired. Otherwise it fetches the log of a peer holding the agreed
+        hash, keeps its own entries where they are equal, checks every differing entry record by
+        record against the signed records in the DHT, and replays: only if that reproduces the agreed
+        hash does it adopt that history. Else it keeps the state its own log gives."""
         q, self.repair_round = self.repair_round, None
+        self._initial = None
+        try:
+            self._verify_or_repair(q)
+        finally:
+            self._initial = None
+
+    def _verify_or_repair(self, q: int) -> None:
         votes = self._hash_votes(q)
         majority = agreed_hash([h.sha256 for h in votes.values()])
-        trusted = {p for p, h in votes.items() if h.sha256 == majority}
-        trusted.discard(self.peer_id)
-        target = self.clock.last_final(time.time())
-        if self.cfg.rounds:
-            target = min(target, self.cfg.rounds - 1)
-        log.warning("[%s] round=%d repairing: round %d disagreed with the majority %s; %d peer(s) can help", self.tag, self.applied, q,
-                    (majority or "?")[:12], len(trusted))
-        if majority and trusted and self._catch_up(target, trusted=trusted, state_valid=False) == "done":
-            self.stats["repairs"] += 1
-            self.rechecks.clear()  # votes lost before the repair compared the weights it replaced
-            self.metrics.on_repair()
-            log.warning("[%s] round=%d repaired", self.tag, self.applied)
-        else:
+        before = self.applied
+        own_hash = self.hashes.get(q)
+        if not majority or majority == own_hash:
+            return
+        bases = [b for b in self._bases(q) if all(self.seedlog.get(r) is not None for r in range(b[0] + 1, before + 1))]
+        if not bases:
             self.stats["repair_failed"] += 1
-            log.error("[%s] round=%d repair failed; will try again at the next disagreement", self.tag, self.applied)
+            log.error("[%s] round=%d cannot verify round %d: no base state with a complete own log", self.tag, self.applied, q)
+            return
+        base = bases[0]
+        own = [self.seedlog.get(r) for r in range(base[0] + 1, q + 1)]
+        later = [self.seedlog.get(r) for r in range(q + 1, before + 1)]
+        log.warning("[%s] round=%d verifying round %d by recomputation from round %d (own hash %s, agreed %s)", self.tag, self.applied, q,
+                    base[0], (own_hash or "?")[:12], majority[:12])
+        t0 = time.time()
+        mine = self._recompute(base, own)
+        if mine == majority:
+            self.hashes[q] = mine
+            self._replay_lines(q, later)
+            self._repaired(q, majority, "own log: the live weights had been damaged", t0)
+            return
+        trusted = {p for p, h in votes.items() if h.sha256 == majority} - {self.peer_id}
+        sources, _ = self._sources(trusted)
+        for src in sources:
+            if not src.log or src.log[0] > base[0] + 1 or src.log[1] < q:
+                continue
+            try:
+                theirs = self.transfer.fetch_log(src.p2p_id, base[0] + 1, q)
+                merged = []
+                for r, line in zip(range(base[0] + 1, q + 1), theirs, strict=True):
+                    if parse_line(line)[0] != r:
+                        raise SeedLogError(f"entry for round {parse_line(line)[0]} where round {r} was due")
+                    if line != own[r - base[0] - 1] and not self._genuine(line):
+                        raise SeedLogError(f"its entry for round {r} holds records the DHT does not")
+                    merged.append(line)
+                if self._recompute(base, merged) != majority:
+                    raise SeedLogError("its log does not reproduce the agreed hash")
+            except (TransferError, SeedLogError, DHTUnavailable, ValueError) as e:
+                log.warning("[%s] round=%d log of %s not adopted: %s", self.tag, self.applied, src.peer_id[:8], e)
+                continue
+            for line in merged:
+                self.seedlog.put_line(line)
+            self.verified = {v for v in self.verified if v[0] <= base[0]}
+            if self.anchor is not None and self.anchor[0] > base[0]:
+                self.anchor = None
+            self.applied = q
+            self.hashes = {k: v for k, v in self.hashes.items() if k < q} | {q: majority}
+            self.pending_checks = [k for k in self.pending_checks if k <= q]
+            self._repaired(q, majority, f"log of {src.peer_id[:8]}, differing entries checked against the DHT", t0)
+            return  # the normal loop applies the rounds after q
+        self._load_base(base)  # back to the state this peer's own log gives
+        self._replay_lines(base[0], own)
+        if mine == own_hash:  # confirmed by recomputation: a base for the next dispute
+            self.verified.add((q, mine))
+            if not any(b[0] == q for b in self._bases(q + 1)):  # no checkpoint file of q: keep the state itself
+                self.anchor = (q, mine, {name: t.detach().cpu().clone() for name, t in self.replica.params})
+        self._replay_lines(q, later)
+        self.stats["repairs_refused"] += 1
+        self.rechecks.pop(q, None)
+        log.error("[%s] round=%d kept its state: the hash %s claimed for round %d by %d key(s) is not reproducible from signed records "
+                  "(own log reproduces %s)", self.tag, self.applied, majority[:12], q, len(trusted), mine[:12])
+
+    def _replay_lines(self, after: int, lines: list[bytes]) -> None:
+        """Apply own log entries for rounds after..; the hashes of hash rounds on the way are
+        recomputed (those taken from damaged weights are replaced)."""
+        m = self.manifest
+        for r, line in enumerate(lines, start=after + 1):
+            self.replica.apply(replay_set(m.run_id, line, contribs_per_round=m.contribs_per_round, codec=self.replica.codec, rule=m.rule).contributions)
+            if r in self.hashes:
+                self.hashes[r] = self.replica.sha256()
+
+    def _repaired(self, q: int, sha: str, how: str, t0: float) -> None:
+        self.stats["repairs"] += 1
+        self.rechecks.clear()  # votes lost before the repair compared the weights it replaced
+        self.metrics.on_repair()
+        self.verified.add((q, sha))
+        log.warning("[%s] round=%d repaired by recomputation (%s) in %.2fs", self.tag, self.applied, how, time.time() - t0)

@@ -51,6 +51,7 @@ BEAT_SECONDS = 60.0
 ANNOUNCE_SECONDS = 300.0
 HASH_SECONDS = 60.0
 HASH_READINGS = 4  # most readings of a disputed hash round's votes before deciding on what is there
+VOTER_WINDOWS = 4  # a key votes on hash round q if it contributed to a round in (q - VOTER_WINDOWS * hash_every, q]
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
 CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
 
@@ -93,7 +94,7 @@ def default_manifest_fields() -> dict:
     return dict(model="smollm2-135m", model_kind="causal-lm", dtype="float32", trainable=None, init_seed=0, dataset=DEFAULT_DATASET,
                 task=None, text_column="text", label_column="label", label_words=None, template=None, max_length=64,
                 lr=1e-5, eps=1e-3, weight_decay=0.0, codec="log8:-8:8", table_log2=25, directions="dense", contribs_per_round=4, round_seconds=30.0,
-                hash_every=None, lean_replicas=0, allowed_peers=None)
+                hash_every=None, lean_replicas=0, allowed_peers=None, max_round_contributions=None, clip_abs=None, clip_median=None)
 
 
 class ManifestConflict(ValueError):
@@ -125,6 +126,14 @@ class SwarmPeer(RecoveryMixin):
         self.repair_round: int | None = None  # a hash round where this peer lost the vote
         self.rechecks: dict[int, tuple[float, int]] = {}  # disputed hash round -> (read its votes again at, readings so far)
         self.expected_voters: dict[int, int] = {}
+        self.voters: dict[int, frozenset[str]] = {}  # hash round -> keys whose hash votes count: contributors of its last VOTER_WINDOWS hash intervals
+        self.recent_contributors: set[str] = set()
+        self.contributor_windows: list[frozenset[str]] = []  # contributors of the last VOTER_WINDOWS hash intervals
+        self.digests: dict[int, str] = {}  # hash round -> this peer's set digest of it
+        self.verified: set[tuple[int, str]] = set()  # (round, sha256) of own states the swarm's eligible votes confirmed
+        self.anchor = None  # (round, sha256, tensors or path): a state this peer accepted whole (an installed checkpoint), a base to recompute from
+        self.refused_offers: set[tuple[str, int, str]] = set()  # (peer, round, sha256) of checkpoint offers refused: never fetched again
+        self._initial = None  # the initial weights while a repair needs them
         self.checkpoint: tuple[Path, int, str] | None = None  # newest own checkpoint (path, round, sha256)
         self.last_checkpoint_at = 0.0
         self.next_catchup_at = 0.0
@@ -269,7 +278,8 @@ class SwarmPeer(RecoveryMixin):
             initial_sha256=self.built[2].sha256(), task_description=self.built[1].describe(), ties=self._ties(self.built[2]),
             **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
                                         "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
-                                        "codec", "table_log2", "directions", "contribs_per_round", "lean_replicas", "allowed_peers")},
+                                        "codec", "table_log2", "directions", "contribs_per_round", "lean_replicas", "allowed_peers",
+                                        "max_round_contributions", "clip_abs", "clip_median")},
         )
         if not self.client.publish_manifest(self.cfg.run_id, manifest.record(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")
@@ -429,7 +439,7 @@ class SwarmPeer(RecoveryMixin):
             log.error("[%s] round=%d could not be read from the DHT in 5 tries; trying again in %.0fs", self.tag, q, m.round_seconds)
             return
         rs = decide_round(m.run_id, q, records, close_time=self.clock.close(q), contribs_per_round=m.contribs_per_round, codec=self.replica.codec,
-                          allowed=self.allowed)
+                          allowed=self.allowed, rule=m.rule)
         for reason, n in rs.rejected.items():
             self.stats[f"rejected_{reason}"] += n
             self.metrics.on_rejected(reason, n)
@@ -449,6 +459,7 @@ class SwarmPeer(RecoveryMixin):
         self.applied = q
         self.seedlog.put(q, rs.digest, rs.records)
         self.influence.observe(rs)
+        self.recent_contributors.update(rs.counts)
         mine = rs.counts.get(self.peer_id, 0)
         self.stats["applied_local"] += mine
         self.stats["applied_remote"] += len(rs.contributions) - mine
@@ -460,10 +471,15 @@ class SwarmPeer(RecoveryMixin):
         if q % m.hash_every == 0 or (self.cfg.rounds and q == self.cfg.rounds - 1):
             sha = self.hashes[q] = self.replica.sha256()
             self.expected_voters[q] = len(rs.counts)  # the round's contributors: who should vote on it
+            self.contributor_windows = [*self.contributor_windows[-(VOTER_WINDOWS - 1):], frozenset(self.recent_contributors)]
+            self.voters[q], self.recent_contributors = frozenset().union(*self.contributor_windows), set()
+            self.digests[q] = rs.digest
             for old_q in [k for k in self.hashes if k < q - 1000 * m.hash_every]:
                 self.hashes.pop(old_q)
                 self.expected_voters.pop(old_q, None)
                 self.agreement.pop(old_q, None)
+                self.voters.pop(old_q, None)
+                self.digests.pop(old_q, None)
             try:
                 self.client.publish_hash(m.run_id, HashRecord(round=q, sha256=sha, set_digest=rs.digest, contributions=len(rs.contributions)),
                                          self.clock.close(q) + LOG_TTL)
@@ -489,10 +505,20 @@ class SwarmPeer(RecoveryMixin):
             self.suspects[s.peer_id] = {"reason": s.reason, "saturated_share": s.saturated_share, "median_magnitude": s.median_magnitude,
                                         "swarm_median_magnitude": s.swarm_median_magnitude, "round": q}
 
-    def _hash_votes(self, q: int) -> dict:
-        """Hash records for round q that count: in a private run only its members vote."""
-        return {p: h for p, h in self.client.read_hashes(self.manifest.run_id, q).items()
-                if h.round == q and (self.allowed is None or p in self.allowed)}
+    def _hash_votes(self, q: int, voters: frozenset[str] | None = None) -> dict:
+        """Hash records for round q that count (PROTOCOL §12): only from keys that contributed to a
+        round set in the last VOTER_WINDOWS hash intervals (``voters``; by default this peer's own
+        record of them), and in a private run only from its members. Other keys' votes are counted aside."""
+        voters = self.voters.get(q) if voters is None else voters
+        out = {}
+        for p, h in self.client.read_hashes(self.manifest.run_id, q).items():
+            if h.round != q or (self.allowed is not None and p not in self.allowed):
+                continue
+            if voters is not None and p not in voters and p != self.peer_id:
+                self.stats["votes_ignored"] += 1
+                continue
+            out[p] = h
+        return out
 
     def _check_hashes(self, q: int, readings: int = 0) -> None:
         """Compare with the others' hash records for q. A disagreement is decided only on a later
@@ -501,7 +527,8 @@ class SwarmPeer(RecoveryMixin):
         skewed clock) must neither send a peer that is right to repair towards an early minority
         nor keep one that is wrong from seeing that it lost."""
         try:
-            reported = {p: h.sha256 for p, h in self._hash_votes(q).items() if p != self.peer_id}
+            votes = {p: h for p, h in self._hash_votes(q).items() if p != self.peer_id}
+            reported = {p: h.sha256 for p, h in votes.items()}
         except DHTUnavailable as e:
             log.warning("[%s] round=%d hash check skipped: %s", self.tag, q, e)
             return
@@ -518,12 +545,19 @@ class SwarmPeer(RecoveryMixin):
         again = readings > 1
         self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
         self.metrics.on_hash_check(not rep.disagree)
+        if rep.mine_in_majority and rep.agree:
+            self.verified.add((q, self.hashes[q]))
         if rep.disagree:
             self.stats["hash_mismatches"] += 1
             lost = not rep.mine_in_majority and rep.majority_sha256 is not None
-            log.log(logging.ERROR if lost else logging.WARNING, "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s)%s",
-                    self.tag, q, rep.disagree, len(reported), self.hashes[q][:12], (rep.majority_sha256 or "tied")[:12],
-                    ": repairing" if lost else "")
+            # diagnosis (§12): the same set digest means someone computed round q (or earlier rounds)
+            # differently; another digest means other records were seen
+            other = [h for h in votes.values() if h.sha256 != self.hashes[q]]
+            same_set = sum(1 for h in other if h.set_digest == self.digests.get(q))
+            self.agreement[q]["diagnosis"] = {"same_set_digest": same_set, "other_set_digest": len(other) - same_set}
+            log.log(logging.ERROR if lost else logging.WARNING, "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; "
+                    "%d of them saw the same round set, %d another)%s", self.tag, q, rep.disagree, len(reported), self.hashes[q][:12],
+                    (rep.majority_sha256 or "tied")[:12], same_set, len(other) - same_set, ": verifying by recomputation" if lost else "")
             if lost:
                 self.repair_round = q
         else:
@@ -586,7 +620,9 @@ class SwarmPeer(RecoveryMixin):
             "hash_agreements": self.stats["hash_agreements"], "hash_mismatches": self.stats["hash_mismatches"],
             "repairs": self.stats["repairs"], "repairs_failed": self.stats["repair_failed"],
             "catchups": {"log": self.stats["catchups_log"], "checkpoint": self.stats["catchups_checkpoint"]},
-            "checkpoints_rejected": self.stats["checkpoints_rejected"], "suspects": self.suspects,
+            "checkpoints_rejected": self.stats["checkpoints_rejected"], "checkpoints_refused": self.stats["checkpoints_refused"],
+            "repairs_refused": self.stats["repairs_refused"], "recomputations": self.stats["recomputations"],
+            "votes_ignored": self.stats["votes_ignored"], "suspects": self.suspects,
             "rejected": dict(sum(stages.values(), Counter())), "rejected_by_stage": {k: dict(v) for k, v in stages.items()},
             "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
             "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
