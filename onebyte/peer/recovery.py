@@ -222,6 +222,8 @@ class RecoveryMixin:
                                 bandwidth=self.bandwidth, state_valid=state_valid)
         if self.cfg.catch_up != "auto":
             options = [p for p in options if p.method == self.cfg.catch_up]
+        elif self.applied >= 0:  # a peer with a state of its own replays onto it; only a fresh joiner takes a checkpoint (§14)
+            options = [p for p in options if p.method == "log"]
         for plan in options:
             try:
                 if plan.method == "checkpoint":
