@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--sections", default="apply,step,replay,memory", help="which parts to run (comma-separated)")
     args = p.parse_args()
     if args.mode:
         return memory_child(args)
@@ -115,10 +116,11 @@ def main() -> None:
         return [(contribution_seed("bench", f"p{k % 64}", r, k // 64), codec.decode(0x30 + (k * 37) % 80 | (0x80 if k % 3 else 0))) for k in range(n)]
 
     res: dict = {"trainable_parameters": numel, "threads": args.threads}
+    sections = set(args.sections.split(","))
     # --- apply ----------------------------------------------------------------------------------
     copy_s = _best(copy, max(3, args.reps))
     apply = {"copy_s": copy_s, "v1": {}, "v2": {}}
-    for n in NS:
+    for n in NS if "apply" in sections else ():
         reps = args.reps if n <= 64 else 1
         cs = contribs(n, n)
         if n <= 64:
@@ -127,7 +129,7 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         print(f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f} copies, v2 {apply['v2'][n]:.2f} copies", flush=True)
     copy_s = min(copy_s, _best(copy, max(3, args.reps)))
-    rate = apply["v1"][64] / 64
+    rate = apply["v1"].get(64, float("nan")) / 64
     for n in NS:
         apply["v1"].setdefault(n, None)
     apply["v1_per_contribution_at_64"] = rate
@@ -157,7 +159,7 @@ def main() -> None:
         return run
 
     step_res = {k: [] for k in ("fwd_2b_rows", "two_fwd_b_rows", "v1_step", "v2_step", "v1_estimate", "v2_estimate")}
-    for r in range(args.reps + 1):  # the first is a warm-up
+    for r in range(args.reps + 1 if "step" in sections else 0):  # the first is a warm-up
         rec = {"fwd_2b_rows": _best(fwd_rows, 1), "two_fwd_b_rows": _best(fwd_two, 1), "v1_step": _best(step(v1, r), 1), "v2_step": _best(step(v2, r), 1)}
         seed = contribution_seed("bench", "p", 100 + r, 0)
         rec["v1_estimate"] = _best(lambda: v1.estimate_on(seed, batch, task.loss), 1)
@@ -167,7 +169,7 @@ def main() -> None:
         if r:
             for k, v in rec.items():
                 step_res[k].append(v)
-    best = {k: min(v) for k, v in step_res.items()}
+    best = {k: min(v) if v else float("nan") for k, v in step_res.items()}
     res["step"] = {"batch": [args.batch_size, args.max_length], "seconds_min": best, "samples": step_res,
                    "v1_step_over_one_forward_of_same_rows": best["v1_step"] / best["fwd_2b_rows"],
                    "v2_step_over_one_forward_of_same_rows": best["v2_step"] / best["fwd_2b_rows"],
@@ -176,7 +178,7 @@ def main() -> None:
     # --- replay (catch-up) ------------------------------------------------------------------------
     rounds = 10 if args.quick else 30
     replay = {}
-    for name, rep in (("v1", v1), ("v2", v2)):
+    for name, rep in (("v1", v1), ("v2", v2)) if "replay" in sections else ():
         w, t = time.perf_counter(), time.process_time()
         for r in range(rounds):
             rep.apply(contribs(8, 10_000 + r))
@@ -187,11 +189,11 @@ def main() -> None:
 
     # --- crossing ---------------------------------------------------------------------------------
     make = {"v1": best["v1_estimate"], "v2": best["v2_estimate"]}
-    per = {"v1": apply["v1_per_contribution_at_64"] * copy_s, "v2": apply["v2"][4096] / 4096 * copy_s}
+    per = {"v1": apply["v1_per_contribution_at_64"] * copy_s, "v2": apply["v2"].get(4096, float("nan")) / 4096 * copy_s}
     res["crossing"] = {k: {"make_s": make[k], "apply_one_s": per[k], "N": make[k] / per[k]} for k in make}
 
     # --- memory (children) ------------------------------------------------------------------------
-    if not args.skip_memory:
+    if not args.skip_memory and "memory" in sections:
         mem = {}
         for mode in ("inference", "v1", "v2"):
             cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--threads", str(args.threads),
@@ -205,12 +207,14 @@ def main() -> None:
     res["wall_seconds_min"] = WALL
     path = write_results("v2_compare", {"benchmark": "v2_compare", "config": vars(args), "machine": machine_info(args.threads), "results": res}, args.out)
 
-    rows = [(f"apply n={n} (x copy)", apply["v1"][n] if apply["v1"][n] is not None else f"~{apply['v1_extrapolated'][n]:.0f} (extrapolated)", apply["v2"][n]) for n in NS]
+    rows = [(f"apply n={n} (x copy)", apply["v1"][n] if apply["v1"][n] is not None else f"~{apply['v1_extrapolated'][n]:.0f} (extrapolated)", apply["v2"][n])
+            for n in NS if n in apply["v2"]]
     st = res["step"]
     rows += [("step / one forward of the same rows", st["v1_step_over_one_forward_of_same_rows"], st["v2_step_over_one_forward_of_same_rows"])]
-    rows += [("replay: s per round of 8", replay["v1"]["seconds_per_round_of_8"], replay["v2"]["seconds_per_round_of_8"]),
-             ("replay: 5,000 rounds (s, extrapolated)", replay["v1"]["extrapolated_5000_rounds_s"], replay["v2"]["extrapolated_5000_rounds_s"]),
-             ("crossing N = make / apply one", res["crossing"]["v1"]["N"], res["crossing"]["v2"]["N"])]
+    if replay:
+        rows += [("replay: s per round of 8", replay["v1"]["seconds_per_round_of_8"], replay["v2"]["seconds_per_round_of_8"]),
+                 ("replay: 5,000 rounds (s, extrapolated)", replay["v1"]["extrapolated_5000_rounds_s"], replay["v2"]["extrapolated_5000_rounds_s"])]
+    rows += [("crossing N = make / apply one", res["crossing"]["v1"]["N"], res["crossing"]["v2"]["N"])]
     if "memory_mib" in res:
         rows += [("peak memory / inference", res["memory_mib"]["v1_over_inference"], res["memory_mib"]["v2_over_inference"])]
     print(f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average {min(loads):.1f}..{max(loads):.1f}")

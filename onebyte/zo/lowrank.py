@@ -156,7 +156,11 @@ class InForward:
                     left, right = (b, a) if kind == "linear" else (a, b)
                     u = torch.bmm(x.reshape(P, -1, x.shape[-1]), left)  # (P, N, r)
                 u = (u.view(P, 2, -1, r) * signs).view(P, -1, r)
-                out.add_(torch.bmm(u, right.transpose(1, 2)).view(out.shape))
+                out3 = out.view(P, -1, out.shape[-1])
+                if r == 1:  # the outer product added in one pass, no (rows x out) temporary
+                    out3.addcmul_(u, right.transpose(1, 2))
+                else:
+                    out3.baddbmm_(u, right.transpose(1, 2))
             if bias is not None:
                 self._exercised.add(id(bias))
                 zb = self._dense(self.names[id(bias)], bias.numel(), out)  # (P, out)
