@@ -13,19 +13,16 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import msgpack
 from hivemind.dht import DHT
-from hivemind.dht.protocol import DHTProtocol
 from hivemind.dht.routing import DHTID
 from hivemind.dht.storage import DictionaryDHTValue
-from hivemind.dht.validation import DHTRecord
 from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from onebyte.dht import records as R
 from onebyte.dht import wire
-from onebyte.dht.identity import Identity
+from onebyte.dht.identity import SIGNATURE_BYTES, Identity
 from onebyte.dht.lean import lean_read, lean_store
-from onebyte.dht.validator import Ed25519OwnerValidator, owner_subkey
+from onebyte.dht.validator import MAX_STORED_BYTES, Ed25519OwnerValidator, owner_subkey, subkey_owner
 
 log = logging.getLogger("onebyte.dht")
 
@@ -224,31 +221,32 @@ MAX_SUBKEY_BYTES = 64  # an ob1 subkey is 35 bytes
 
 def _evict_invalid(node, key_id, dropped: dict[str, int]) -> None:
     """Runs inside the DHT process: drop from this node's own storage and cache every entry under
-    ``key_id`` that the validator refuses now. What arrives from other nodes is validated by
-    hivemind, but an entry stored before this node had today's bounds would reach hivemind's own
-    decoder on every get (a registered extension type with bad data leaves the get hanging)."""
-    validator = node.protocol.record_validator
-    if validator is None:
-        return
+    ``key_id`` whose subkey is not an onebyte subkey or whose value does not pass today's bounds
+    (onebyte.dht.wire). What arrives from other nodes is validated by hivemind, but an entry stored
+    before this node had these bounds would reach hivemind's own decoder on every get (a registered
+    extension type with bad data leaves the get hanging). Signatures were checked when the entry
+    was stored; only the bounded decode runs here (no Ed25519 per read)."""
     for store in (node.protocol.storage, node.protocol.cache):
         found = store.get(key_id)
         if found is None:
             continue
         value = found.value
-        if isinstance(value, DictionaryDHTValue):
-            with value.freeze():
-                entries = list(value.items())
-            for subkey, (value_bytes, expiration) in entries:
-                try:
-                    ok = validator.validate(DHTRecord(key_id.to_bytes(), msgpack.packb(subkey, use_bin_type=True), value_bytes, expiration))
-                except Exception:  # noqa: BLE001 - a subkey that cannot even be encoded goes too
-                    ok = False
-                if not ok:
-                    del value[subkey]
-                    dropped["evicted"] = dropped.get("evicted", 0) + 1
-        elif not validator.validate(DHTRecord(key_id.to_bytes(), DHTProtocol.IS_REGULAR_VALUE, value, found.expiration_time)):
+        if not isinstance(value, DictionaryDHTValue):  # onebyte stores no plain values (§9)
             del store[key_id]
             dropped["evicted"] = dropped.get("evicted", 0) + 1
+            continue
+        with value.freeze():
+            entries = list(value.items())
+        for subkey, (value_bytes, _expiration) in entries:
+            ok = subkey_owner(subkey) is not None and isinstance(value_bytes, bytes) and len(value_bytes) > SIGNATURE_BYTES
+            if ok:
+                try:
+                    wire.loads(value_bytes[:-SIGNATURE_BYTES], max_bytes=MAX_STORED_BYTES)
+                except wire.WireError:
+                    ok = False
+            if not ok:
+                del value[subkey]
+                dropped["evicted"] = dropped.get("evicted", 0) + 1
 
 
 async def _bounded_get(key: str, latest: bool, _dht, node) -> tuple[Any, dict[str, int]]:
