@@ -94,11 +94,14 @@ class RunManifest(BaseModel):
         return self
 
     def record(self) -> dict:
-        """The value stored in the DHT: a v1 (dense) manifest has no `directions` field, so peers
-        that only speak v1 read it as before."""
+        """The value stored in the DHT: a v1 (dense) manifest has no `directions` field, and no
+        robust-rule field that is unset, so peers that only speak v1 read it as before."""
         out = self.model_dump()
         if self.directions == "dense":
             out.pop("directions")
+        for k in ("max_round_contributions", "clip_abs", "clip_median"):  # the robust rule (§15): absent when unset, as in v1
+            if out[k] is None:
+                out.pop(k)
         return out
 
     def conflicts(self, local: dict) -> list[str]:

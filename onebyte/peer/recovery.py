@@ -377,33 +377,37 @@ class RecoveryMixin:
             return
         trusted = {p for p, h in votes.items() if h.sha256 == majority} - {self.peer_id}
         sources, _ = self._sources(trusted)
-        for src in sources:
-            if not src.log or src.log[0] > base[0] + 1 or src.log[1] < q:
-                continue
-            try:
-                theirs = self.transfer.fetch_log(src.p2p_id, base[0] + 1, q)
-                merged = []
-                for r, line in zip(range(base[0] + 1, q + 1), theirs, strict=True):
-                    if parse_line(line)[0] != r:
-                        raise SeedLogError(f"entry for round {parse_line(line)[0]} where round {r} was due")
-                    if line != own[r - base[0] - 1] and not self._genuine(line):
-                        raise SeedLogError(f"its entry for round {r} holds records the DHT does not")
-                    merged.append(line)
-                if self._recompute(base, merged) != majority:
-                    raise SeedLogError("its log does not reproduce the agreed hash")
-            except (TransferError, SeedLogError, DHTUnavailable, ValueError) as e:
-                log.warning("[%s] round=%d log of %s not adopted: %s", self.tag, self.applied, src.peer_id[:8], e)
-                continue
-            for line in merged:
-                self.seedlog.put_line(line)
-            self.verified = {v for v in self.verified if v[0] <= base[0]}
-            if self.anchor is not None and self.anchor[0] > base[0]:
-                self.anchor = None
-            self.applied = q
-            self.hashes = {k: v for k, v in self.hashes.items() if k < q} | {q: majority}
-            self.pending_checks = [k for k in self.pending_checks if k <= q]
-            self._repaired(q, majority, f"log of {src.peer_id[:8]}, differing entries checked against the DHT", t0)
-            return  # the normal loop applies the rounds after q
+        # from the newest base, then from the oldest (the histories may have parted before the newest:
+        # a partition both of whose halves confirmed their own states)
+        for start in [base] + ([bases[-1]] if bases[-1] is not base else []):  # (a base may hold tensors: not hashable)
+            mine_from = [self.seedlog.get(r) for r in range(start[0] + 1, q + 1)]
+            for src in sources:
+                if not src.log or src.log[0] > start[0] + 1 or src.log[1] < q:
+                    continue
+                try:
+                    theirs = self.transfer.fetch_log(src.p2p_id, start[0] + 1, q)
+                    merged = []
+                    for r, line in zip(range(start[0] + 1, q + 1), theirs, strict=True):
+                        if parse_line(line)[0] != r:
+                            raise SeedLogError(f"entry for round {parse_line(line)[0]} where round {r} was due")
+                        if line != mine_from[r - start[0] - 1] and not self._genuine(line):
+                            raise SeedLogError(f"its entry for round {r} holds records the DHT does not")
+                        merged.append(line)
+                    if self._recompute(start, merged) != majority:
+                        raise SeedLogError(f"its log from round {start[0] + 1} does not reproduce the agreed hash")
+                except (TransferError, SeedLogError, DHTUnavailable, ValueError) as e:
+                    log.warning("[%s] round=%d log of %s not adopted: %s", self.tag, self.applied, src.peer_id[:8], e)
+                    continue
+                for line in merged:
+                    self.seedlog.put_line(line)
+                self.verified = {v for v in self.verified if v[0] <= start[0]}
+                if self.anchor is not None and self.anchor[0] > start[0]:
+                    self.anchor = None
+                self.applied = q
+                self.hashes = {k: v for k, v in self.hashes.items() if k < q} | {q: majority}
+                self.pending_checks = [k for k in self.pending_checks if k <= q]
+                self._repaired(q, majority, f"log of {src.peer_id[:8]} from round {start[0] + 1}, differing entries checked against the DHT", t0)
+                return  # the normal loop applies the rounds after q
         self._load_base(base)  # back to the state this peer's own log gives
         self._replay_lines(base[0], own)
         if mine == own_hash:  # confirmed by recomputation: a base for the next dispute

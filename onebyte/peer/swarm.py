@@ -51,7 +51,7 @@ BEAT_SECONDS = 60.0
 ANNOUNCE_SECONDS = 300.0
 HASH_SECONDS = 60.0
 HASH_READINGS = 4  # most readings of a disputed hash round's votes before deciding on what is there
-VOTER_WINDOWS = 4  # a key votes on hash round q if it contributed to a round in (q - VOTER_WINDOWS * hash_every, q]
+VOTER_WINDOWS = 16  # a key votes on hash round q if it contributed to a round in (q - VOTER_WINDOWS * hash_every, q]
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
 CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
 
