@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -171,10 +171,10 @@ def _rows(obj, sl: slice, total: int):
     """Rows ``sl`` of a batch, a tensor, or a model output (a ModelOutput, tuple or tensor)."""
     if isinstance(obj, torch.Tensor):
         return obj[sl] if obj.dim() > 0 and obj.shape[0] == total else obj
-    if dataclasses.is_dataclass(obj) and not hasattr(obj, "keys"):
-        return dataclasses.replace(obj, **{f.name: _rows(getattr(obj, f.name), sl, total) for f in dataclasses.fields(obj)})
-    if hasattr(obj, "keys"):  # transformers' ModelOutput
+    if isinstance(obj, Mapping):  # transformers' ModelOutput (an OrderedDict)
         return type(obj)(**{k: _rows(v, sl, total) for k, v in obj.items()})
+    if dataclasses.is_dataclass(obj):  # a task's Batch
+        return dataclasses.replace(obj, **{f.name: _rows(getattr(obj, f.name), sl, total) for f in dataclasses.fields(obj)})
     if isinstance(obj, tuple):
         return tuple(_rows(v, sl, total) for v in obj)
     return obj

@@ -75,15 +75,26 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
         return s
     chunk = min(chunk or rule.chunk, rule.chunk)
     if k <= chunk:
-        return a @ bt
+        return _matmul(a, bt)
     if k > rule.max_terms:
         raise ValueError(f"a round of {k} terms exceeds the exact sum's {rule.max_terms}")
     total = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.int64, device=a.device)
     scale = 2.0 ** -rule.quantum_log2
     for c0 in range(0, k, chunk):
-        part = a[:, c0 : c0 + chunk] @ bt[c0 : c0 + chunk]  # exact
+        part = _matmul(a[:, c0 : c0 + chunk], bt[c0 : c0 + chunk])  # exact
         total += (part * scale).to(torch.int64)  # an exact integer number of quanta
     return total.to(torch.float64) * (2.0 ** rule.quantum_log2)
+
+
+K_SLICE = 512  # terms per product inside an exact sum: keeps that slice of B in cache
+
+
+def _matmul(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+    """a @ bt summed over slices of K_SLICE terms: every partial sum is exact, so slicing changes no bit."""
+    s = a[:, :K_SLICE] @ bt[:K_SLICE]
+    for c0 in range(K_SLICE, a.shape[1], K_SLICE):
+        s.addmm_(a[:, c0 : c0 + K_SLICE], bt[c0 : c0 + K_SLICE])
+    return s
 
 
 def _update(block: torch.Tensor, s: torch.Tensor, c: float, d: float | None, buf: torch.Tensor | None = None) -> None:
@@ -158,7 +169,7 @@ def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_e
             _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
         return
     bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
-    rows = max(1, min(m, block_elems // max(cols, coef.numel())))
+    rows = max(1, min(m, block_elems // cols))
     buf = torch.empty(rows * cols, dtype=torch.float32, device=p.device)
     for i0 in range(0, m, rows):
         i1 = min(m, i0 + rows)
