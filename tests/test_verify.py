@@ -126,12 +126,10 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
     served = info["served"]
     refused = reports["j"]["checkpoints_refused"]
     assert refused >= 1, logs["j"][-3000:]
-    if mode == "votes":  # votes of keys that contributed nothing are not counted at all
-        assert all(r["hash_mismatches"] == 0 for r in reports.values()), {n: r["hash_mismatches"] for n, r in reports.items()}
-        assert all(r["votes_ignored"] > 0 for n, r in reports.items() if n != "j")
-    else:  # counted, tied, lost by the honest on the smallest hash: each verified by recomputation and kept its state
-        assert sum(r["repairs_refused"] for r in reports.values()) >= 1, {n: r["repairs_refused"] for n, r in reports.items()}
-        assert all(r["repairs_failed"] == 0 for r in reports.values())
+    # the votes are counted (a majority, or a tie the smallest hash wins): the honest peers that lost verified
+    # by recomputation and kept their state; the joiner counted only contributors and refused every offer
+    assert sum(r["repairs_refused"] for r in reports.values()) >= 1, {n: r["repairs_refused"] for n, r in reports.items()}
+    assert all(r["repairs_failed"] == 0 for r in reports.values())
     record(f"sybil_votes_{mode}", keys=keys, honest_voters=3, forged_prefix=forged[:4], checkpoint_offers_served=len(served),
            offered_rounds=sorted(set(served))[:6], joiner_refused=refused, repairs=0,
            repairs_refused={n: r["repairs_refused"] for n, r in reports.items()},

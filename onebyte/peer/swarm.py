@@ -130,7 +130,7 @@ class SwarmPeer(RecoveryMixin):
         self.recent_contributors: set[str] = set()
         self.contributor_windows: list[frozenset[str]] = []  # contributors of the last VOTER_WINDOWS hash intervals
         self.digests: dict[int, str] = {}  # hash round -> this peer's set digest of it
-        self.verified: set[tuple[int, str]] = set()  # (round, sha256) of own states the swarm's eligible votes confirmed
+        self.verified: set[tuple[int, str]] = set()  # (round, sha256) of own states another voter or a recomputation confirmed
         self.anchor = None  # (round, sha256, tensors or path): a state this peer accepted whole (an installed checkpoint), a base to recompute from
         self.refused_offers: set[tuple[str, int, str]] = set()  # (peer, round, sha256) of checkpoint offers refused: never fetched again
         self._initial = None  # the initial weights while a repair needs them
@@ -506,10 +506,9 @@ class SwarmPeer(RecoveryMixin):
                                         "swarm_median_magnitude": s.swarm_median_magnitude, "round": q}
 
     def _hash_votes(self, q: int, voters: frozenset[str] | None = None) -> dict:
-        """Hash records for round q that count (PROTOCOL §12): only from keys that contributed to a
-        round set in the last VOTER_WINDOWS hash intervals (``voters``; by default this peer's own
-        record of them), and in a private run only from its members. Other keys' votes are counted aside."""
-        voters = self.voters.get(q) if voters is None else voters
+        """Hash records for round q: in a private run only its members'; with ``voters`` (checkpoint
+        admission, PROTOCOL §14) only those keys', the others counted aside. A vote only makes a peer
+        verify itself by recomputation (§14), so for that every key's counts."""
         out = {}
         for p, h in self.client.read_hashes(self.manifest.run_id, q).items():
             if h.round != q or (self.allowed is not None and p not in self.allowed):
