@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import msgpack
 import psutil
@@ -281,7 +280,6 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
                 assert time.time() < deadline and hostile.poll() is None, (tmp_path / "hostile.log").read_text()[-3000:]
                 time.sleep(1)
             ready_round = max(json.loads(line)["round"] for line in (tmp_path / "a.rounds.jsonl").read_text().splitlines())
-            joined_at = time.time()
             late = swarm.peer("late", *common, "--shard", "1/3")
             rss = {n: 0 for n in (*names, "late")}
             while late.poll() is None:
