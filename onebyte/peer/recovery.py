@@ -352,7 +352,12 @@ class RecoveryMixin:
             self._initial = None
 
     def _verify_or_repair(self, q: int) -> None:
-        votes = self._hash_votes(q)
+        try:
+            votes = self._hash_votes(q)
+        except DHTUnavailable as e:  # nothing changed yet; a failed read must not stop the peer, the next disagreement tries again
+            self.stats["repair_failed"] += 1
+            log.error("[%s] round=%d repair of round %d postponed: the votes could not be read (%s)", self.tag, self.applied, q, e)
+            return
         majority = agreed_hash([h.sha256 for h in votes.values()])
         before = self.applied
         own_hash = self.hashes.get(q)
