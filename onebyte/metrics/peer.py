@@ -46,6 +46,8 @@ class PeerMetrics:
         self.train_loss = Gauge("onebyte_train_loss", "Mean of L+ and L- of the last contribution", registry=r)
         self.eval_accuracy = Gauge("onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", registry=r)
         self.eval_loss = Gauge("onebyte_eval_loss", "Held-out loss at the last evaluation", registry=r)
+        self.eval_balanced_accuracy = Gauge("onebyte_eval_balanced_accuracy_ratio", "Held-out balanced accuracy (mean recall over classes, "
+                                            "0..1) at the last evaluation", registry=r)
         self.made = Counter("onebyte_contributions_made", "Contributions computed by this peer", registry=r)
         self.published = Counter("onebyte_contributions_published", "Contributions published in a signed record", registry=r)
         self.applied = Counter("onebyte_contributions_applied", "Contributions applied to the weights, by origin (local/remote)", ["origin"], registry=r)
@@ -131,9 +133,11 @@ class PeerMetrics:
                 self.rejected.labels(reason=reason, stage=stage).inc(total - seen)
                 self._synced[(reason, stage)] = total
 
-    def on_eval(self, accuracy: float | None, loss: float | None) -> None:
+    def on_eval(self, accuracy: float | None, loss: float | None, balanced_accuracy: float | None = None) -> None:
         if accuracy is not None:
             self.eval_accuracy.set(accuracy)
+        if balanced_accuracy is not None:
+            self.eval_balanced_accuracy.set(balanced_accuracy)
         if loss is not None:
             self.eval_loss.set(loss)
 

@@ -152,34 +152,30 @@ def _loss(ax, data: RunData, smooth: int) -> bool:
 
 
 def _accuracy(ax, data: RunData) -> bool:
+    """Balanced accuracy (solid) and accuracy (dashed) as the run goes, against the zero-shot
+    model's bias-only line (dotted): only what rises above that line was learned, not calibrated."""
     drawn = False
-    ax2 = None
     for i, (name, points) in enumerate(sorted(data.evals.items())):
         points = sorted(points, key=lambda p: p[0])
-        acc = [(x, ev["accuracy"]) for x, ev in points if isinstance(ev.get("accuracy"), (int, float))]
-        loss = [(x, ev["loss"]) for x, ev in points if isinstance(ev.get("loss"), (int, float))]
-        label = data.labels.get(name, name)
-        if acc:
-            xs, ys = zip(*acc)
-            ax.plot(xs, ys, "o-", color=f"C{i % 10}", label=f"{label} accuracy")
-            for x, y in acc:
-                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        label, color = data.labels.get(name, name), f"C{i % 10}"
+        for key, style, what in (("balanced_accuracy", "o-", "balanced accuracy"), ("accuracy", "x--", "accuracy")):
+            pts = [(x, ev[key]) for x, ev in points if isinstance(ev.get(key), (int, float))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, style, color=color, alpha=1.0 if key == "balanced_accuracy" else 0.45, markersize=4, label=f"{label} {what}")
+            if key == "balanced_accuracy":
+                for x, y in (pts[0], pts[-1]):
+                    ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
             drawn = True
-        if loss:
-            ax2 = ax2 or ax.twinx()
-            xs, ys = zip(*loss)
-            ax2.plot(xs, ys, "s--", color=f"C{i % 10}", alpha=0.5, label=f"{label} loss")
-            ax2.set_ylabel("held-out loss")
-            drawn = True
+        line = next((ev["bias_line_balanced_accuracy"] for _, ev in points if isinstance(ev.get("bias_line_balanced_accuracy"), (int, float))), None)
+        if line is not None:
+            ax.axhline(line, color=color, linestyle=":", linewidth=1.2, label=f"bias-only line at start ({line:.3f})")
     ax.set_title("held-out evaluation")
     ax.set_xlabel("rounds applied")
     ax.set_ylabel("accuracy")
     if drawn:
-        handles, labels = ax.get_legend_handles_labels()
-        if ax2 is not None:
-            h2, l2 = ax2.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     return drawn
 
 

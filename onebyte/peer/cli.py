@@ -99,10 +99,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, report=args.report, progress=not args.no_progress,
     )
     report = train(cfg)
-    ev0, ev1 = report["eval_before"], report["eval_after"]
-    acc = f" accuracy {ev0.get('accuracy', float('nan')):.3f} -> {ev1.get('accuracy', float('nan')):.3f}" if "accuracy" in ev0 else ""
-    print(f"trained {report['steps']} steps: eval loss {ev0['loss']:.4f} -> {ev1['loss']:.4f}{acc}; weights sha256 {report['final_sha256']}")
+    print(f"trained {report['steps']} steps: {eval_summary(report['eval_before'], report['eval_after'])}; weights sha256 {report['final_sha256']}")
     return 0
+
+
+def eval_summary(before: dict | None, after: dict | None) -> str:
+    """One line: held-out (balanced) accuracy before -> after, against the zero-shot model's bias-only line."""
+    b, a = before or {}, after or {}
+    if "balanced_accuracy" not in b and "accuracy" not in b:
+        return f"held-out loss {b.get('loss', float('nan')):.4f} -> {a.get('loss', float('nan')):.4f}"
+    return (f"held-out balanced accuracy {b.get('balanced_accuracy', float('nan')):.3f} -> {a.get('balanced_accuracy', float('nan')):.3f} "
+            f"(bias-only line {b.get('bias_line_balanced_accuracy', float('nan')):.3f}), accuracy {b.get('accuracy', float('nan')):.3f} -> "
+            f"{a.get('accuracy', float('nan')):.3f}, loss {b.get('loss', float('nan')):.4f} -> {a.get('loss', float('nan')):.4f}")
 
 
 def _shard(s: str) -> tuple[int, int]:
@@ -239,6 +247,7 @@ def add_swarm_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-median", type=_positive_float, default=None,
                    help="robust rule: clip every decoded |g| to this multiple of the round's median |g| (default: none)")
 
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     import threading
     import time
@@ -300,6 +309,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         identity_path=args.identity, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"], announce_maddrs=args.announce_maddrs,
         num_replicas=args.num_replicas, device=args.device, batch_size=args.batch_size, shard=args.shard, rounds=args.rounds,
         evaluate=args.evaluate, eval_size=args.eval_size, eval_batch_size=args.eval_batch_size, report=args.report, round_log=args.round_log,
+        eval_every=args.eval_every, eval_every_size=args.eval_every_size,
         join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
         metrics_port=args.metrics_port, dht_options=_dht_options(args),
         checkpoint_dir=args.checkpoint_dir, checkpoint_seconds=args.checkpoint_interval, progress=not args.no_progress, catch_up=args.catch_up,
@@ -324,11 +334,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(DemoConfig(peers=args.peers, rounds=args.rounds, run_id=args.run_id, workdir=args.workdir, report=args.report,
                                  peer_args=passthrough, eval_size=args.eval_size, progress=not args.no_progress,
                                  metrics_port=args.metrics_port,
-                                 first_peer_args=[] if args.start_delay is None else ["--start-delay", str(args.start_delay)]))
-    ev0, ev1 = report["eval_before"] or {}, report["eval_after"] or {}
+                                 first_peer_args=[*([] if args.start_delay is None else ["--start-delay", str(args.start_delay)]),
+                                                  *([] if args.eval_every is None else ["--eval-every", str(args.eval_every)]),
+                                                  *([] if args.eval_every_size is None else ["--eval-every-size", str(args.eval_every_size)])]))
     print(f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions; "
-          f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; held-out accuracy {ev0.get('accuracy', float('nan')):.3f} -> "
-          f"{ev1.get('accuracy', float('nan')):.3f}, loss {ev0.get('loss', float('nan')):.4f} -> {ev1.get('loss', float('nan')):.4f}")
+          f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; {eval_summary(report['eval_before'], report['eval_after'])}")
     return 0 if report["all_hashes_equal"] else 1
 
 
@@ -525,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--evaluate", action="store_true", help="evaluate on held-out data before and after")
     g.add_argument("--eval-size", type=_positive_int, default=None)
     g.add_argument("--eval-batch-size", type=_positive_int, default=16)
+    g.add_argument("--eval-every", type=_positive_int, default=None, metavar="ROUNDS",
+                   help="score a small fixed held-out subset after every ROUNDS rounds (metrics, round log, report): the learning curve")
+    g.add_argument("--eval-every-size", type=_positive_int, default=128, help="held-out examples in that subset (default: %(default)s)")
     g.add_argument("--report", type=_output_path, default=None, help="write a JSON summary here when leaving")
     g.add_argument("--round-log", type=_output_path, default=None, help="append one JSON line per applied round here")
     g.add_argument("--checkpoint-dir", default=None, help="keep checkpoints and the seed log here; a restart resumes from them, and other peers catch up from them")
@@ -552,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--num-replicas", type=_positive_int, default=None)
     p.add_argument("--eval-size", type=_positive_int, default=None, help="held-out examples to evaluate (default: all)")
+    p.add_argument("--eval-every", type=_positive_int, default=None, metavar="ROUNDS", help="the first peer also scores a small held-out subset every ROUNDS rounds")
+    p.add_argument("--eval-every-size", type=_positive_int, default=None, help="held-out examples in that subset (default: the peer's, 128)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--metrics-port", type=_positive_int, default=None, help="serve Prometheus metrics: peer i on this port + i (default: off)")
     p.add_argument("--start-delay", type=_nonneg_float, default=None, help="seconds from creating the run to its round 0 (default: the peer's, 20)")

@@ -94,8 +94,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                 args += ["--new-run", "--evaluate", *cfg.peer_args, *cfg.first_peer_args]
                 if cfg.eval_size:
                     args += ["--eval-size", str(cfg.eval_size)]
-            else:
-                args += [a for a in _peer_local_args(cfg.peer_args)]
+            else:  # the creator evaluates before it publishes the run: on a loaded machine that can take minutes
+                args += ["--join-timeout", "900", *_peer_local_args(cfg.peer_args)]
             log_f = open(workdir / f"peer{i}.log", "w")
             procs.append(subprocess.Popen(args, stdout=log_f, stderr=subprocess.STDOUT, env=child_environment() | {"PYTHONUNBUFFERED": "1"}))
             if i == 0:
@@ -169,7 +169,8 @@ def _summarize(workdir: Path, cfg: DemoConfig, run_id: str, codes: list) -> dict
     hashes = {p["final_sha256"] for p in peers}
     report = {
         "run_id": run_id, "peers": peers, "rounds": cfg.rounds, "all_hashes_equal": len(hashes) == 1,
-        "eval_before": first["eval_before"], "eval_after": first["eval_after"], "manifest": first["manifest"],
+        "eval_before": first["eval_before"], "eval_after": first["eval_after"], "eval_curve": first.get("eval_curve", []),
+        "manifest": first["manifest"],
         "contributions_total": sum(p["contributions_published"] for p in peers), "workdir": str(workdir),
     }
     if cfg.report:

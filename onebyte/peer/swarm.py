@@ -88,6 +88,8 @@ class SwarmConfig:
     catch_up: str = "auto"  # "auto" (cheapest), "log" (never download checkpoints) or "checkpoint"
     run_creator: str | None = None  # hex public key: only this key's manifest is the run's (PROTOCOL §11)
     follow_only: bool = False  # never contribute; catch up to the newest final round at join time, then leave (onebyte export)
+    eval_every: int | None = None  # score a small fixed held-out subset after every this many rounds: the learning curve
+    eval_every_size: int = 128
 
 
 def default_manifest_fields() -> dict:
@@ -143,6 +145,7 @@ class SwarmPeer(RecoveryMixin):
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
         self.transfer: Transfer | None = None
         self.suspects: dict[str, dict] = {}
+        self.curve: list[dict] = []  # --eval-every: held-out scores on a fixed subset as the run goes
         self.metrics = PeerMetrics()
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
@@ -493,6 +496,10 @@ class SwarmPeer(RecoveryMixin):
         self._round_log({"event": "applied", "round": q, "time": time.time(), "contributions": len(rs.contributions),
                          "peers": len(rs.counts), "local": mine, "sha256": sha, "loss": getattr(self, "last_loss", None),
                          "apply_seconds": apply_s, "latency_seconds": time.time() - self.clock.close(q)})
+        if self.cfg.eval_every and (q + 1) % self.cfg.eval_every == 0 and not self.stop.is_set():
+            ev = self._evaluate(limit=self.cfg.eval_every_size)
+            self.curve.append({"round": q, **ev})
+            self._round_log({"event": "eval", "round": q, "time": time.time(), "subset": True, **ev})
 
     def _watch_influence(self, q: int) -> None:
         suspects = self.influence.suspects()
@@ -581,13 +588,13 @@ class SwarmPeer(RecoveryMixin):
         except DHTUnavailable as e:
             log.warning("[%s] round=%d heartbeat failed: %s", self.tag, self.applied, e)
 
-    def _evaluate(self, task=None, replica=None) -> dict:
+    def _evaluate(self, task=None, replica=None, limit: int | None = None) -> dict:
         import torch
 
         task, replica = task or self.task, replica or self.replica
         with torch.no_grad():
-            ev = task.evaluate(replica.model, batch_size=self.cfg.eval_batch_size, limit=self.cfg.eval_size)
-        self.metrics.on_eval(ev.get("accuracy"), ev.get("loss"))
+            ev = task.evaluate(replica.model, batch_size=self.cfg.eval_batch_size, limit=limit or self.cfg.eval_size)
+        self.metrics.on_eval(ev.get("accuracy"), ev.get("loss"), ev.get("balanced_accuracy"))
         log.info("[%s] round=%d eval %s", self.tag, self.applied, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
         return ev
 
@@ -624,7 +631,7 @@ class SwarmPeer(RecoveryMixin):
             "votes_ignored": self.stats["votes_ignored"], "suspects": self.suspects,
             "rejected": dict(sum(stages.values(), Counter())), "rejected_by_stage": {k: dict(v) for k, v in stages.items()},
             "final_sha256": final, "hashes": {str(k): v for k, v in sorted(self.hashes.items())}, "agreement": {str(k): v for k, v in self.agreement.items()},
-            "eval_before": before, "eval_after": after, "seconds": seconds, "manifest": self.manifest.model_dump(),
+            "eval_before": before, "eval_after": after, "eval_curve": self.curve, "seconds": seconds, "manifest": self.manifest.model_dump(),
             "mean_train_loss": self.stats["loss_sum"] / self.stats["made"] if self.stats["made"] else None,
         }
         if self.cfg.report:

@@ -87,6 +87,7 @@ def batch_indices(seed: int, peer_id: str, round_: int, index: int, pool: int, b
 def build(cfg: TrainConfig):
     """Load model and task as ``cfg`` says and wrap the model in a Replica."""
     from onebyte.tasks.data import load_task
+    from onebyte.tasks.trunk import FrozenTrunk
     from onebyte.tasks.models import load_model, trainable_parameters
 
     loaded = load_model(cfg.model, kind=cfg.model_kind, dtype=cfg.dtype, device=cfg.device, init_seed=cfg.init_seed)
@@ -102,6 +103,10 @@ def build(cfg: TrainConfig):
         split_seed=cfg.seed,
     )
     params = trainable_parameters(loaded.model, cfg.trainable)
+    trunk = FrozenTrunk.for_params(loaded.model, params) if task.kind == "classification" and cfg.model_kind == "causal-lm" else None
+    if trunk is not None:  # only the head is trained: the frozen trunk runs once per example, not twice per contribution
+        task.use_trunk(trunk)
+        log.info("[%s] only %s is trained: the frozen trunk runs once per example and is cached", cfg.peer_id, trunk.norm_name)
     replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2,
                       directions=cfg.directions)
     return loaded, task, replica

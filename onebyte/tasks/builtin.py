@@ -65,13 +65,15 @@ def _rank(task: str, text: str) -> bytes:
 
 
 def held_out(task: str, rows: Rows, per_class: dict[int, int]) -> tuple[Rows, Rows]:
-    """Split off ``per_class[c]`` examples of each class, chosen by hash of the text; order kept."""
+    """Split off ``per_class[c]`` examples of each class, chosen by hash of the text."""
     chosen: set[int] = set()
     for c, k in per_class.items():
         idx = [i for i, (_, y) in enumerate(rows) if y is not None and y == c]
         chosen.update(sorted(idx, key=lambda i: _rank(task, rows[i][0]))[:k])
     train = [r for i, r in enumerate(rows) if i not in chosen]
-    held = [r for i, r in enumerate(rows) if i in chosen]
+    # held-out examples in hash order, not file order (mr's file is sorted by sentiment): any prefix,
+    # such as the small subset `--eval-every` scores, is then a fair sample of every class
+    held = [rows[i] for i in sorted(chosen, key=lambda i: _rank(task, rows[i][0]))]
     return train, held
 
 

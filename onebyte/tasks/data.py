@@ -229,8 +229,10 @@ def load_task(
             from onebyte.tasks.models import looks_like_repo_id
 
             repo = dataset.partition(":")[0]
-            if path.suffix.lower() in FILE_SUFFIXES or not looks_like_repo_id(repo):
-                raise DataError(f"dataset file or folder {dataset!r} not found")
+            if path.suffix.lower() in FILE_SUFFIXES:
+                raise DataError(f"dataset file {dataset!r} not found")
+            if not looks_like_repo_id(repo):
+                raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), nor a local file or folder (not found)")
             train_t, eval_t, source = _hub_tables(dataset)
 
     where = f"dataset {dataset!r}"

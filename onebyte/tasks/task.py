@@ -36,14 +36,14 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) long, left-padded
     attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
     labels: torch.Tensor  # classification: (B,) class index; lm: (B, T), -100 on padding
+    keys: torch.Tensor | None = None  # (B,) which example each row is (split and index), for a FrozenTrunk cache
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
-        )
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                     None if self.keys is None else self.keys.to(device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +246,11 @@ class ClassificationTask(Task):
         self.label_words = list(label_words)
         self.label_token_ids = list(label_token_ids)
         self.num_classes = len(label_words)
+        self.trunk = None  # a FrozenTrunk when only the head is trained (onebyte.tasks.trunk): see use_trunk
+
+    def use_trunk(self, trunk) -> None:
+        """Score through a FrozenTrunk: the same loss, with the frozen trunk run once per example."""
+        self.trunk = trunk
 
     def _label_lists(self) -> list[list[int]]:
         return [self._train_labels, self._eval_labels]
@@ -262,7 +267,8 @@ class ClassificationTask(Task):
         seqs = self._split(split)
         labels = self._train_labels if split == "train" else self._eval_labels
         ids, mask = self._pad([seqs[i] for i in indices])
-        return Batch(ids, mask, torch.tensor([labels[i] for i in indices], dtype=torch.long))
+        keys = torch.tensor([(split == "eval") << 40 | i for i in indices], dtype=torch.long)
+        return Batch(ids, mask, torch.tensor([labels[i] for i in indices], dtype=torch.long), keys)
 
     def class_logits(self, model, batch: Batch) -> torch.Tensor:
         """(B, num_classes) float32 scores: label-word logits (causal LM) or the head's logits."""
@@ -282,6 +288,8 @@ class ClassificationTask(Task):
                     f"has {self.num_classes} classes; load it with num_labels={self.num_classes}"
                 )
             return logits
+        if self.trunk is not None and batch.keys is not None and model is self.trunk.model:
+            return self.trunk.class_logits(batch, self.label_token_ids)
         logits = _causal_forward(model, batch, last_only=True)[:, -1, :]
         if logits.shape[-1] <= max(self.label_token_ids):
             raise ValueError(
