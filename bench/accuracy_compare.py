@@ -50,25 +50,10 @@ import torch
 
 
 def evaluate(task, model, batch_size: int, limit: int | None) -> dict:
-    """Accuracy, loss, and balanced accuracy (mean per-class recall): with 72% positive reviews,
-    plain accuracy rewards a model that says " positive" more often; balanced accuracy does not."""
-    correct = n = pos = 0
-    loss = 0.0
-    hit, seen = {}, {}
-    with torch.no_grad():
-        for batch in task.eval_batches(batch_size, limit):
-            logits = task.class_logits(model, batch)
-            y = batch.labels.to(logits.device)
-            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            pred = logits.argmax(-1)
-            correct += int((pred == y).sum())
-            pos += int(pred.sum())
-            n += len(y)
-            for c in y.unique().tolist():
-                seen[c] = seen.get(c, 0) + int((y == c).sum())
-                hit[c] = hit.get(c, 0) + int(((y == c) & (pred == c)).sum())
-    balanced = sum(hit[c] / seen[c] for c in seen) / len(seen)
-    return {"n": n, "accuracy": correct / n, "balanced_accuracy": balanced, "loss": loss / n, "predicted_positive": pos / n}
+    """The task's own evaluation: accuracy, balanced accuracy (mean per-class recall, which a model
+    that favours one label word cannot game), loss, and the bias-only line (onebyte.tasks.metrics)."""
+    ev = task.evaluate(model, batch_size=batch_size, limit=limit)
+    return {**ev, "predicted_positive": ev["predicted_share"][-1]}
 
 
 class Bench:
@@ -78,7 +63,7 @@ class Bench:
         from onebyte.peer.train import TrainConfig, build
 
         self.args = args
-        cfg = TrainConfig(model=args.model, dataset=args.dataset, max_length=args.max_length, batch_size=args.batch_size,
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, max_length=args.max_length, batch_size=args.batch_size, train_size=args.train_size,
                           trainable=args.trainable, dtype=args.dtype, eps=args.eps, lr=1e-5, progress=False,
                           text_column=args.text_column, label_column=args.label_column,
                           label_words=args.label_words.split(",") if args.label_words else None)
@@ -281,7 +266,9 @@ def summary_rows(result: dict) -> list[tuple]:
     zs = result["zero_shot"]
     rows = [("majority class", "", "", "", "", f"{result['majority_class']['accuracy']:.3f}", "0.500", "", ""),
             ("zero-shot", "", "", 0, 0, f"{zs['accuracy']:.3f}", f"{zs.get('balanced_accuracy', float('nan')):.3f}",
-             f"{zs['loss']:.4f}", "")]
+             f"{zs['loss']:.4f}", ""),
+            ("bias-only line (zero-shot, best per-class shift)", "", "", 0, 0, f"{zs.get('bias_line_accuracy', float('nan')):.3f}",
+             f"{zs.get('bias_line_balanced_accuracy', float('nan')):.3f}", "", "")]
 
     def stat(v):
         v = np.array(v)
@@ -308,6 +295,7 @@ def main() -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-words", default=None, help="comma-separated, e.g. ' negative, positive'")
     p.add_argument("--trainable", default=None, help="regex over parameter names (all methods alike); default all")
+    p.add_argument("--train-size", type=int, default=None, help="a hash-chosen subset of the training examples (default all)")
     p.add_argument("--samples", type=int, default=160, help="training batches per method (contributions; Adam steps)")
     p.add_argument("--contribs", type=int, default=1, help="contributions per peer per round")
     p.add_argument("--eval-every", type=int, default=40, help="evaluate every this many batches")

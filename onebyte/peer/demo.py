@@ -120,7 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _peer_local_args(args: list[str]) -> list[str]:
     """Options every peer takes (device, batch size); agreed settings come from the manifest."""
-    keep = {"--device", "--batch-size", "--num-replicas"}
+    keep = {"--device", "--batch-size", "--num-replicas", "--max-examples"}
     out, i = [], 0
     while i < len(args):
         if args[i] in keep and i + 1 < len(args):

@@ -12,6 +12,7 @@ other peers' logs or checkpoints when far behind, repair after losing a hash vot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -90,6 +91,7 @@ class SwarmConfig:
     follow_only: bool = False  # never contribute; catch up to the newest final round at join time, then leave (onebyte export)
     eval_every: int | None = None  # score a small fixed held-out subset after every this many rounds: the learning curve
     eval_every_size: int = 128
+    max_examples: int | None = None  # train on at most this many examples of the shard (this peer's data, not agreed)
 
 
 def default_manifest_fields() -> dict:
@@ -237,6 +239,8 @@ class SwarmPeer(RecoveryMixin):
         pool = [i for i in range(self.task.num_train) if i % cfg.shard[1] == cfg.shard[0]]
         if not pool:
             raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {self.task.num_train} training examples is empty")
+        if cfg.max_examples and len(pool) > cfg.max_examples:  # a hash-chosen part of the shard, not its (possibly sorted) head
+            pool = sorted(sorted(pool, key=lambda i: hashlib.sha256(f"{cfg.seed}:{i}".encode()).digest())[: cfg.max_examples])
         self.pool = pool
         self.metrics.on_start(version=__version__, protocol_version=manifest.protocol_version, model=manifest.model, run_id=manifest.run_id,
                               peer_id=self.peer_id, dataset=manifest.dataset)

@@ -55,6 +55,7 @@ class TrainConfig:
     peer_id: str = "peer0"
     init_seed: int = 0
     eval_size: int | None = None  # limit held-out examples (None = all)
+    train_size: int | None = None  # keep a hash-chosen subset of the training examples (None = all)
     eval_batch_size: int = 16
     checkpoint: str | None = None
     report: str | None = None
@@ -101,6 +102,7 @@ def build(cfg: TrainConfig):
         template=cfg.template,
         max_length=cfg.max_length,
         split_seed=cfg.seed,
+        train_size=cfg.train_size,
     )
     params = trainable_parameters(loaded.model, cfg.trainable)
     trunk = FrozenTrunk.for_params(loaded.model, params) if task.kind == "classification" and cfg.model_kind == "causal-lm" else None
