@@ -1,15 +1,22 @@
 """What is trained: models (load, export), tasks (built-in and user data, prompts, label words),
-losses and evaluation. A volunteer's process (onebyte.peer) uses these; they know nothing of it."""
+losses and evaluation. A volunteer's process (onebyte.peer) uses these; they know nothing of it.
 
-from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET
-from onebyte.tasks.data import load_task
-from onebyte.tasks.metrics import balanced_accuracy, bias_only_line, classification_scores
-from onebyte.tasks.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, trainable_parameters
-from onebyte.tasks.sources import DataError
-from onebyte.tasks.task import Batch, ClassificationTask, LMTask, Task
+Names are imported on first use, so that ``import onebyte.tasks.builtin`` (the CLI's defaults)
+does not pull in torch and transformers before a command needs them.
+"""
 
-__all__ = [
-    "BUILTIN_TASKS", "Batch", "ClassificationTask", "DEFAULT_DATASET", "DEFAULT_MODEL", "DataError", "LMTask",
-    "LoadedModel", "ModelLoadError", "Task", "balanced_accuracy", "bias_only_line", "classification_scores",
-    "load_model", "load_task", "trainable_parameters",
-]
+from importlib import import_module
+
+_WHERE = {
+    "BUILTIN_TASKS": "builtin", "DEFAULT_DATASET": "builtin", "load_task": "data", "balanced_accuracy": "metrics",
+    "bias_only_line": "metrics", "classification_scores": "metrics", "DEFAULT_MODEL": "models", "LoadedModel": "models",
+    "ModelLoadError": "models", "load_model": "models", "trainable_parameters": "models", "DataError": "sources",
+    "Batch": "task", "ClassificationTask": "task", "LMTask": "task", "Task": "task",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"onebyte.tasks.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'onebyte.tasks' has no attribute {name!r}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 # (final norm, its base model) by architecture: Llama/Mistral/Qwen-style, GPT-2, GPT-NeoX, OPT
+MAX_CACHE_BYTES = 2 << 30  # 2 GiB: SmolLM2 keeps 2.3 KB per example, a 4096-wide model 16 KB
 _FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
 
 
@@ -27,6 +28,7 @@ class FrozenTrunk:
         self.head = model.get_output_embeddings()
         self.head_trained = head_trained  # then the head runs as a module (its perturbation hooks fire) on the full vocabulary
         self.cache: dict[int, torch.Tensor] = {}
+        self.bytes, self.max_bytes = 0, MAX_CACHE_BYTES
 
     @classmethod
     def for_params(cls, model: torch.nn.Module, params) -> "FrozenTrunk | None":
@@ -46,11 +48,12 @@ class FrozenTrunk:
             return None
         return cls(model, norm_name, head_trained=any(id(p) in {id(q) for q in head.parameters()} for _, p in params))
 
-    def _fill(self, batch, keys: list[int]) -> None:
-        """Run the trunk on the rows whose keys are not cached; keep the final norm's input at the last position."""
+    def _fill(self, batch, keys: list[int]) -> dict[int, torch.Tensor]:
+        """Run the trunk on the rows whose keys are not cached: the final norm's input at the last
+        position, kept while the cache holds less than ``max_bytes`` (past that, recomputed)."""
         missing = [r for r, k in enumerate(keys) if k not in self.cache]
         if not missing:
-            return
+            return {}
         rows = torch.tensor(missing, device=batch.input_ids.device)
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
         keep = int(mask.sum(-1).max())  # drop columns that are padding in every chosen row
@@ -66,14 +69,17 @@ class FrozenTrunk:
                 self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
         finally:
             handle.remove()
-        for r, h in zip(missing, seen["h"]):
-            self.cache[keys[r]] = h
+        fresh = {keys[r]: h for r, h in zip(missing, seen["h"])}
+        if self.bytes < self.max_bytes:
+            self.cache.update(fresh)
+            self.bytes += sum(h.numel() * h.element_size() for h in fresh.values())
+        return fresh
 
     def class_logits(self, batch, label_token_ids: list[int]) -> torch.Tensor:
         """(B, classes) label-word logits from the cached trunk and the (perturbable) head."""
         keys = batch.keys.tolist()
-        self._fill(batch, keys)
-        h = torch.stack([self.cache[k] for k in keys]).unsqueeze(1)  # (B, 1, hidden)
+        fresh = self._fill(batch, keys)
+        h = torch.stack([self.cache.get(k, fresh.get(k)) for k in keys]).unsqueeze(1)  # (B, 1, hidden)
         x = self.norm(h)
         if self.head_trained:
             return self.head(x)[:, -1, label_token_ids].float()
