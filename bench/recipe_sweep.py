@@ -101,7 +101,9 @@ def main() -> None:
                     curve.append({"rounds": r + 1, "samples": (r + 1) * k * args.batch, **s})
             result["runs"].append({"method": "onebyte (emulated on cached trunk outputs)", "lr": lr, "contribs_per_round": k, "rounds": rounds, "curve": curve})
             print(f"lr {lr:g} k {k}: balanced accuracy " + " ".join(f"{c['balanced_accuracy']:.3f}" for c in curve), flush=True)
+    write_results("recipe_sweep", result, args.out)  # the zeroth-order runs, before the first-order line
     # first-order line on the same trainable set
+    torch.set_grad_enabled(True)
     for lr in (1e-2, 3e-2):
         g = g0.clone().requires_grad_(True)
         opt, curve = torch.optim.Adam([g], lr=lr), []
