@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(model="tiny-llama", steps=40, lr=1e-3, eps=1e-3, batch_size=16, eval_size=64, progress=False, table_log2=20)
+    # drugreview (72% positive): a tiny random model can lower its held-out loss in 40 steps by learning the label prior
+    base = dict(model="tiny-llama", dataset="drugreview", steps=40, lr=1e-3, eps=1e-3, batch_size=16, eval_size=64, progress=False, table_log2=20)
     return TrainConfig(**(base | kw))
 
 
