@@ -80,7 +80,7 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
                                  capture_output=True, text=True, timeout=120)
         assert listing.returncode == 0, listing.stderr
         row = next(line for line in listing.stdout.splitlines() if line.startswith("cfg "))
-        assert "tiny-llama" in row and " mr " in f" {row} " and row.split()[-1] == "1"
+        assert "tiny-llama" in row and "drugreview" in row and row.split()[-1] == "1"
         # an operator sees the live peer of the run, its round and its hash
         status = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "status", "--run-id", "cfg",
                                  *sum((["--initial-peers", a] for a in swarm.maddrs), [])], capture_output=True, text=True, timeout=120)
