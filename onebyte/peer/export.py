@@ -83,7 +83,7 @@ def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str |
     files, manifest = find_checkpoint(path, run_id)
     if manifest is not None and run_id is not None and manifest.run_id != run_id:
         raise CheckpointError(f"{path} is a checkpoint of run {manifest.run_id!r}, not {run_id!r}")
-    errors = []
+    errors, loaded = [], None
     for file in files:
         meta = _checkpoint_meta(file)
         if run_id is not None and meta.get("run_id") != run_id:
@@ -92,8 +92,9 @@ def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str |
         name = model or settings.get("model")
         if not name:
             raise CheckpointError(f"{file} does not say which model it belongs to; pass --model")
-        loaded = load_model(name, kind=settings.get("model_kind") or "causal-lm", dtype=settings.get("dtype") or "float32",
-                            device=device, init_seed=settings.get("init_seed") or 0)
+        if loaded is None or loaded.name != name:  # one load for every candidate file: a refused file changes nothing
+            loaded = load_model(name, kind=settings.get("model_kind") or "causal-lm", dtype=settings.get("dtype") or "float32",
+                                device=device, init_seed=settings.get("init_seed") or 0)
         if manifest is not None:
             params = trainable_parameters(loaded.model, manifest.trainable)
             if weights_sha256(params) != manifest.initial_sha256:
