@@ -77,9 +77,10 @@ def test_a_partition_between_two_halves_heals_to_one_agreed_history(tmp_path, ne
         for n in "abcd":
             assert swarm.wait(n, timeout=300) == 0, swarm.log(n)[-3000:]
         reports = {n: swarm.report(n) for n in "abcd"}
-        # the two halves' histories of the cut rounds, as each half applied them
+        # the two halves' histories of the cut rounds, as each half applied them (the first line of each round in its
+        # append-only seed log: the losing half's repair appends the winners' lines after it)
         cut_rounds = range(cut_at + 3, healed_at + 1)  # the cut came as round cut_at + 2 opened, the heal as healed_at + 2 opened
-        apart = {side: {q: seed_log(tmp_path / f"{n}.ck").get(q) for q in cut_rounds} for side, n in (("a", "a"), ("b", "d"))}
+        apart = {side: {q: seed_log(tmp_path / f"{n}.ck", first=True).get(q) for q in cut_rounds} for side, n in (("a", "a"), ("b", "d"))}
     repaired = {side for side in "ab" if all(reports[n]["repairs"] >= 1 for n in "abcd" if sides[n] == side)}
     winner = next(iter({"a", "b"} - repaired), None)
     history = seed_log(tmp_path / ("a.ck" if winner == "a" else "d.ck"))

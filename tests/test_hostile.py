@@ -38,8 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def seed_log(ckdir: Path) -> dict[int, list[tuple[str, str]]]:
-    """A peer's seed log (docs/PROTOCOL.md §14): round -> [(public key hex, codes hex)], later lines win."""
+def seed_log(ckdir: Path, *, first: bool = False) -> dict[int, list[tuple[str, str]]]:
+    """A peer's seed log (docs/PROTOCOL.md §14): round -> [(public key hex, codes hex)]. Later lines
+    win, as in the peer; ``first=True`` keeps the first line of each round instead: the log is
+    append-only, so that is what the peer applied itself before any repair rewrote the round."""
     out: dict[int, list] = {}
     for f in ckdir.glob("*/seedlog.jsonl"):
         for line in f.read_text().splitlines():
@@ -47,7 +49,8 @@ def seed_log(ckdir: Path) -> dict[int, list[tuple[str, str]]]:
                 e = json.loads(line)
             except ValueError:
                 continue
-            out[e["round"]] = [tuple(r) for r in e["records"]]
+            if not (first and e["round"] in out):
+                out[e["round"]] = [tuple(r) for r in e["records"]]
     return out
 
 
