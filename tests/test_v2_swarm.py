@@ -14,7 +14,7 @@ def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tm
         swarm.peer("a", *common, "--new-run", "--start-delay", "25", *TINY, "--directions", "lowrank:1", "--round-seconds", "4",
                    "--contribs-per-round", "2", "--hash-every", "2", "--shard", "0/3")
         time.sleep(2)
-        swarm.peer("b", *common, "--shard", "1/3")
+        swarm.peer("b", *common, "--shard", "1/3", "--population", "2")  # both of its contributions in one batched forward
         swarm.peer("c", *common, "--shard", "2/3")
         swarm.peer("old", "--run-id", "v2", "--join-timeout", "60", launcher=("-m", "tests.v1_only_peer"))
         swarm.peer("dense", "--run-id", "v2", "--directions", "dense", "--join-timeout", "60")
@@ -23,12 +23,13 @@ def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tm
         for name in "abc":
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "abc"}
-        old, dense = swarm.log("old"), swarm.log("dense")
+        old, dense, b_log = swarm.log("old"), swarm.log("dense"), swarm.log("b")
     refusals = [line for line in old.splitlines() if "error:" in line]
     assert len(refusals) == 1 and "run 'v2' uses protocol version 2" in refusals[0] and "upgrade onebyte" in refusals[0], old[-2000:]
     assert "Traceback" not in old
     assert "directions: run has 'lowrank:1', you passed 'dense'" in dense and "Traceback" not in dense
     assert len({r["final_sha256"] for r in reports.values()}) == 1
+    assert "in-forward low-rank evaluation is not possible" not in b_log  # b's population batching ran in one forward
     total = sum(r["contributions_published"] for r in reports.values())
     assert total > 0  # how many each peer makes depends on the machine's load, not on the protocol
     for r in reports.values():

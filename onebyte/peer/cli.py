@@ -309,7 +309,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         identity_path=args.identity, host_maddrs=args.host_maddrs or ["/ip4/127.0.0.1/tcp/0"], announce_maddrs=args.announce_maddrs,
         num_replicas=args.num_replicas, device=args.device, batch_size=args.batch_size, shard=args.shard, rounds=args.rounds,
         evaluate=args.evaluate, eval_size=args.eval_size, eval_batch_size=args.eval_batch_size, report=args.report, round_log=args.round_log,
-        eval_every=args.eval_every, eval_every_size=args.eval_every_size, max_examples=args.max_examples,
+        eval_every=args.eval_every, eval_every_size=args.eval_every_size, max_examples=args.max_examples, population=args.population,
         join_timeout=args.join_timeout, start_delay=args.start_delay, seed=args.seed, threads=args.threads,
         metrics_port=args.metrics_port, dht_options=_dht_options(args),
         checkpoint_dir=args.checkpoint_dir, checkpoint_seconds=args.checkpoint_interval, progress=not args.no_progress, catch_up=args.catch_up,
@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, default=16, help="examples per contribution (default: %(default)s)")
     g.add_argument("--shard", type=_shard, default=(0, 1), help="train on shard I of N of the training data (default: 0/1)")
     g.add_argument("--max-examples", type=_positive_int, default=None, help="train on at most this many examples of the shard, chosen by hash (default: all)")
+    g.add_argument("--population", type=_positive_int, default=1, metavar="K",
+                   help="evaluate K contributions (2K perturbed passes, each on its own batch) in one batched forward: low-rank runs only, "
+                        "others make them one by one; a GPU peer should fill its batch (default: %(default)s)")
     g.add_argument("--rounds", type=_positive_int, default=None, help="leave after applying this many rounds (default: run until Ctrl-C)")
     g.add_argument("--evaluate", action="store_true", help="evaluate on held-out data before and after")
     g.add_argument("--eval-size", type=_positive_int, default=None)

@@ -92,6 +92,7 @@ class SwarmConfig:
     eval_every: int | None = None  # score a small fixed held-out subset after every this many rounds: the learning curve
     eval_every_size: int = 128
     max_examples: int | None = None  # train on at most this many examples of the shard (this peer's data, not agreed)
+    population: int = 1  # contributions evaluated in one batched forward (low-rank runs; a GPU peer fills its batch)
 
 
 def default_manifest_fields() -> dict:
@@ -385,27 +386,36 @@ class SwarmPeer(RecoveryMixin):
                 self.contrib_seconds *= 0.7
             return False  # this contribution would miss the deadline
         t0 = time.perf_counter()
-        index = len(codes)
-        seed = contribution_seed(m.run_id, self.peer_id, r, index)
-        attempt = self.stats["attempts"]  # a retry after a non-finite loss draws another batch
-        self.stats["attempts"] += 1
-        idx = batch_indices(self.cfg.seed, self.peer_id, r, attempt, len(self.pool), self.cfg.batch_size)
-        batch = self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx]))
-        g, lp, lm = self.replica.estimate_on(seed, batch, self.task.loss)
-        wire = self.replica.encode(g)
-        self.contrib_seconds = 0.7 * self.contrib_seconds + 0.3 * (time.perf_counter() - t0) if self.contrib_seconds else time.perf_counter() - t0
+        # the next k indices of this round, each on its own batch; with k > 1 and low-rank directions
+        # all 2k evaluations share one forward (population batching), otherwise they run one by one
+        k = max(1, min(self.cfg.population, m.contribs_per_round - len(codes)))
+        seeds = [contribution_seed(m.run_id, self.peer_id, r, len(codes) + j) for j in range(k)]
+        batches = []
+        for _ in range(k):
+            attempt = self.stats["attempts"]  # a retry after a non-finite loss draws another batch
+            self.stats["attempts"] += 1
+            idx = batch_indices(self.cfg.seed, self.peer_id, r, attempt, len(self.pool), self.cfg.batch_size)
+            batches.append(self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx])))
+        if k == 1:
+            estimates = [self.replica.estimate_on(seeds[0], batches[0], self.task.loss)]
+        else:
+            estimates = self.replica.estimate_many(seeds, batches, self.task.loss)
+        spent = time.perf_counter() - t0
+        self.contrib_seconds = 0.7 * self.contrib_seconds + 0.3 * spent if self.contrib_seconds else spent
         if time.time() > self.clock.publish_by(r) or r in self.published:
-            self.stats["missed_deadline"] += 1
+            self.stats["missed_deadline"] += k
             return True
-        if wire is None:
-            self.stats["skipped_nonfinite"] += 1
-            log.warning("[%s] round=%d contribution skipped: non-finite loss (L+=%s, L-=%s)", self.tag, r, lp, lm)
-            return True
-        codes.append(wire)
-        self.stats["made"] += 1
-        self.stats["loss_sum"] += (lp + lm) / 2
-        self.last_loss = (lp + lm) / 2
-        self.metrics.on_contribution(time.perf_counter() - t0, self.last_loss)
+        for g, lp, lm in estimates:
+            wire = self.replica.encode(g)
+            if wire is None:  # the seeds after it were drawn for later indices: they are made again from this index
+                self.stats["skipped_nonfinite"] += 1
+                log.warning("[%s] round=%d contribution skipped: non-finite loss (L+=%s, L-=%s)", self.tag, r, lp, lm)
+                return True
+            codes.append(wire)
+            self.stats["made"] += 1
+            self.stats["loss_sum"] += (lp + lm) / 2
+            self.last_loss = (lp + lm) / 2
+            self.metrics.on_contribution(spent / k, self.last_loss)
         return True
 
     def _publish(self, r: int) -> None:
