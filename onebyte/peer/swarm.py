@@ -54,7 +54,8 @@ HASH_SECONDS = 60.0
 HASH_READINGS = 4  # most readings of a disputed hash round's votes before deciding on what is there
 VOTER_WINDOWS = 16  # a key votes on hash round q if it contributed to a round in (q - VOTER_WINDOWS * hash_every, q]
 CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
-CATCHUP_RETRIES = 15  # every 2 s, before falling back to reading every missed round from the DHT
+CATCHUP_RETRY_SECONDS = 30.0  # retry a failed catch-up every 2 s for this long, then read the missed rounds from the DHT meanwhile
+# (bounded in time, not in tries: with stalling sources an attempt itself costs a deadline per source)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class SwarmPeer(RecoveryMixin):
         self.next_catchup_at = 0.0
         self.next_read_at = 0.0  # after a round could not be read from the DHT: when to try again
         self.next_announce = 0.0  # the public run list is refreshed every ANNOUNCE_SECONDS, from the first heartbeat on
-        self.catchup_failures = 0
+        self.catchup_failing_since: float | None = None
         self.bandwidth = catchup.DEFAULT_BANDWIDTH
         self.transfer: Transfer | None = None
         self.suspects: dict[str, dict] = {}
@@ -316,13 +317,16 @@ class SwarmPeer(RecoveryMixin):
             newest = min(self.clock.last_final(now), last_round)
             if newest - self.applied > CATCHUP_LAG and now >= self.next_catchup_at:
                 outcome = self._catch_up(newest)
-                if outcome == "failed" and self.catchup_failures < CATCHUP_RETRIES:
-                    self.catchup_failures += 1  # peers exist but did not answer: retry before replaying the DHT
-                    self.next_catchup_at = now + 2.0
-                    self.stop.wait(2.0)
-                    continue
-                self.catchup_failures = 0
-                self.next_catchup_at = now + m.round_seconds * CATCHUP_LAG  # meanwhile read rounds from the DHT
+                if outcome == "failed":  # peers exist but did not answer: retry for a while before replaying the DHT
+                    self.catchup_failing_since = self.catchup_failing_since or now
+                    if time.time() - self.catchup_failing_since < CATCHUP_RETRY_SECONDS:
+                        self.next_catchup_at = time.time() + 2.0
+                        self.stop.wait(2.0)
+                        continue
+                else:  # the next failure after a success (or after "nobody") gets its own retries
+                    self.catchup_failing_since = None
+                # meanwhile read rounds from the DHT (counted from now: the attempt itself may have taken a while)
+                self.next_catchup_at = time.time() + m.round_seconds * CATCHUP_LAG
                 continue
             if self.applied < newest and now >= self.next_read_at:
                 self._apply(self.applied + 1)
