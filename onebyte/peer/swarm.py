@@ -323,8 +323,7 @@ class SwarmPeer(RecoveryMixin):
                         self.next_catchup_at = time.time() + 2.0
                         self.stop.wait(2.0)
                         continue
-                else:  # the next failure after a success (or after "nobody") gets its own retries
-                    self.catchup_failing_since = None
+                self.catchup_failing_since = None  # after this stretch of DHT reads, the next failure gets its own 30 s of retries
                 # meanwhile read rounds from the DHT (counted from now: the attempt itself may have taken a while)
                 self.next_catchup_at = time.time() + m.round_seconds * CATCHUP_LAG
                 continue
