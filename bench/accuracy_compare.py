@@ -86,12 +86,11 @@ class Bench:
         from tqdm import tqdm
 
         task, t0 = self.task, time.perf_counter()
-        train = sorted(range(task.num_train), key=lambda i: len(task._split("train")[i]))  # similar lengths pad least
-        chunks = [("train", train[i:i + 32]) for i in range(0, len(train), 32)]
-        chunks += [("eval", list(range(i, min(task.num_eval, i + 32)))) for i in range(0, task.num_eval, 32)]
+        train = sorted(range(task.num_train), key=lambda i: int(task.train_batch([i]).attention_mask.sum()))  # similar lengths pad least
+        batches = [task.train_batch(train[i:i + 32]) for i in range(0, len(train), 32)] + list(task.eval_batches(32))
         with torch.no_grad():
-            for split, idx in tqdm(chunks, desc="frozen trunk, once per example", unit="batch"):
-                task.class_logits(self.replica.model, task._make_batch(split, idx))
+            for batch in tqdm(batches, desc="frozen trunk, once per example", unit="batch"):
+                task.class_logits(self.replica.model, batch)
         return time.perf_counter() - t0
 
     def reset(self):

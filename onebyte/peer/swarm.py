@@ -399,10 +399,7 @@ class SwarmPeer(RecoveryMixin):
             self.stats["attempts"] += 1
             idx = batch_indices(self.cfg.seed, self.peer_id, r, attempt, len(self.pool), self.cfg.batch_size)
             batches.append(self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx])))
-        if k == 1:
-            estimates = [self.replica.estimate_on(seeds[0], batches[0], self.task.loss)]
-        else:
-            estimates = self.replica.estimate_many(seeds, batches, self.task.loss)
+        estimates = self.replica.estimate_many(seeds, batches, self.task.loss)  # one by one where the run is dense
         spent = time.perf_counter() - t0
         self.contrib_seconds = 0.7 * self.contrib_seconds + 0.3 * spent if self.contrib_seconds else spent
         if time.time() > self.clock.publish_by(r) or r in self.published:
