@@ -122,11 +122,11 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
     # the honest peers saw a disagreement but were never the ones to repair
     assert reports["a"]["repairs"] == reports["b"]["repairs"] == 0
-    # detected at the first or second hash round after the fault (15, or 20 when round 15's votes were not read in
-    # time), repaired then: every later hash round agrees
+    # detected within a few hash rounds of the fault (15, or 20-25 when a round's votes were not read in time on a
+    # loaded machine), repaired then: every later hash round agrees
     agreement = reports["f"]["agreement"]
     lost = sorted(int(q) for q, v in agreement.items() if not v["in_majority"])
-    assert lost and lost[0] <= 20 and all(v["in_majority"] for q, v in agreement.items() if int(q) > lost[0]), agreement
+    assert lost and lost[0] <= 25 and all(v["in_majority"] for q, v in agreement.items() if int(q) > lost[0]), agreement
 
 
 def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
