@@ -199,12 +199,18 @@ def test_bad_export_and_eval_input_is_one_line_and_writes_nothing(trained, args,
 
 # -- the frozen trunk -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, head, body", [("tiny-llama", r"^model\.norm\.weight$", r"layers\.1\."), ("tiny-gpt2", r"^transformer\.ln_f\.", r"h\.1\.")])
+@pytest.mark.parametrize("model, head, body", [
+    ("tiny-llama", r"^model\.norm\.weight$", r"layers\.1\."),
+    ("tiny-gpt2", r"^transformer\.ln_f\.", r"h\.1\."),
+    # the last block's feed-forward half (2-D matrices) is head too; its attention is not
+    ("tiny-llama", r"^model\.norm\.weight$|layers\.1\.(post_attention_layernorm|mlp)\.", r"layers\.1\.(self_attn|mlp)\."),
+    ("tiny-gpt2", r"^transformer\.ln_f\.|h\.1\.(ln_2|mlp)\.", r"h\.1\.(ln_1|mlp)\."),
+], ids=["llama-norm", "gpt2-norm", "llama-feed-forward", "gpt2-feed-forward"])
 def test_a_frozen_trunk_gives_the_same_estimate_as_full_forwards(model, head, body):
     from onebyte.peer.train import TrainConfig, build
 
     _, task, replica = build(TrainConfig(model=model, trainable=head, max_length=32, table_log2=20))
-    assert task.trunk is not None
+    assert task.trunk is not None and (task.trunk.tail is not None) == ("mlp" in head)
     batch = task.train_batch([0, 5, 9, 11])
     cached = replica.estimate_on(123, batch, task.loss)
     assert len(task.trunk.cache) == 4  # one trunk row per example, kept
