@@ -4,8 +4,9 @@
   (lowrank:1), float32 and bfloat16, through Replica.apply (what every peer runs); equal or not;
 * timings on the GPU (SmolLM2-135M's architecture, built from its config: no download), batch
   16 x 64: one forward over the same rows, a v1 and a v2 step (estimate + apply of 1), applying
-  n = 1, 8, 64, 512, 4096 contributions in multiples of one weight copy, and contributions per
-  second with population batching (P directions per forward, P = 1, 4, 16, 64).
+  n = 1, 8, 64, 512, 4096 contributions in multiples of one weight copy (and v2's exact sum by
+  its float64 and its mantissa-grouped float32 route apart), and contributions per second with
+  population batching (P directions per forward, P = 1, 4, 16, 64).
 
 Needs no network and no dataset: random token ids stand in for a batch (timing and agreement do
 not depend on the data). ``--device cpu --small`` runs the same code on a CPU as a smoke test.
@@ -75,7 +76,7 @@ def rounds_of(n_rounds: int, per_round: int):
 
 def check_hashes(device: str, small: bool) -> dict:
     out = {}
-    rounds = rounds_of(12, 24) + rounds_of(1, 1)
+    rounds = rounds_of(12, 24) + rounds_of(1, 1) + rounds_of(1, 100)  # 100 terms: a GPU sums them by the grouped float32 route
     for directions in ("dense", "lowrank:1"):
         for dname, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             hashes = {}
@@ -139,6 +140,20 @@ def timings(device: str, small: bool, batch_size: int, length: int) -> dict:
         apply["v2"][n] = _best(lambda: v2.apply(cs), device, 2 if n <= 512 else 1) / out["copy_s"]
         print(f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f}, v2 {apply['v2'][n]:.2f} copies", flush=True)
     out["apply_over_copy"] = apply
+    # the exact sum's two routes (docs/PROTOCOL.md 16.4): float64 products against mantissa-grouped float32
+    # ones (the default on a GPU from 64 terms); same bits, timed apart
+    from onebyte.zo.exact import apply_round_exact
+
+    routes = {}
+    for n in (512, 4096):
+        cs = rounds_of(1, n)[0]
+        for name, grouped in (("float64", False), ("grouped_float32", True)):
+            def run(cs=cs, grouped=grouped):
+                apply_round_exact(v2.params, cs, v2.lr, v2.noise, v2.directions, v2.exact_rule, v2.weight_decay, v2.decay, grouped=grouped)
+            routes.setdefault(name, {})[n] = _best(run, device, 1) / out["copy_s"]
+        print(f"apply n={n} by route: float64 {routes['float64'][n]:.2f}, grouped float32 {routes['grouped_float32'][n]:.2f} copies",
+              flush=True)
+    out["apply_routes_over_copy"] = routes
     pop = {}
     for P in (1, 4, 16, 64):
         seeds = [contribution_seed("gpu-check", "p", 1, k) for k in range(P)]

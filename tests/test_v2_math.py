@@ -91,18 +91,47 @@ def test_exact_apply_equals_the_definition_with_rationals(dtype, rank):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_apply_is_bitwise_the_same_for_any_chunking_blocking_and_order(dtype):
-    """Exact sums: terms per float64 product (7, 64, 2^14), rows per block and the order of the
-    contributions change nothing; chunks shorter than the round go through int64."""
+    """Exact sums: terms per exact product (7, 64, 2^14), rows per block, the order of the
+    contributions and the route (float64 products, or mantissa-grouped float32 ones as a GPU
+    runs them) change nothing; chunks shorter than the round go through int64."""
     table = NoiseTable(12, 0)  # smaller than the embedding: windows wrap
     contribs = _round(150, seed=1)
     rule = exact_rule(ByteCodec())
     hashes = set()
-    for chunk, block, order in ((None, 1 << 18, 1), (7, 5000, -1), (64, 1 << 14, 1)):
+    for chunk, block, order, grouped in ((None, 1 << 18, 1, False), (7, 5000, -1, False), (64, 1 << 14, 1, False),
+                                         (None, 1 << 18, -1, True), (7, 5000, 1, True)):
         params = named(tiny_llama(dtype))
         decay = frozenset(n for n, p in params if p.dim() == 2)
-        apply_round_exact(params, contribs[::order], 1e-3, table, Directions(1), rule, 0.1, decay, chunk=chunk, block_elems=block)
+        apply_round_exact(params, contribs[::order], 1e-3, table, Directions(1), rule, 0.1, decay, chunk=chunk, block_elems=block,
+                          grouped=grouped)
         hashes.add(weights_sha256(params))
     assert len(hashes) == 1
+
+
+@pytest.mark.parametrize("kind", ["random", "all-largest", "mixed-extremes", "with-zeros"])
+def test_the_grouped_float32_route_gives_the_float64_routes_bits(kind):
+    """PROTOCOL 16.4's fast route: terms grouped by the mantissa of v, float32 products whose partial
+    sums stay integers <= 2^24, group totals scaled in float64. Bit for bit the float64 route's S,
+    for rounds past one float64 chunk (2^14 terms) and codes at both ends of the codec."""
+    from onebyte.zo.exact import exact_matmul, grouped_matmul
+
+    codec, rule = ByteCodec(), exact_rule(ByteCodec())
+    rng = np.random.default_rng(7)
+    for k in (1, 63, 300, 17_000):
+        codes = {"random": rng.integers(0, 256, k), "all-largest": np.full(k, 255), "with-zeros": rng.integers(0, 256, k),
+                 "mixed-extremes": rng.choice([0, 1, 127, 128, 254, 255], k)}[kind]
+        vals = torch.tensor([codec.decode(int(c)) for c in codes], dtype=torch.float64)
+        if kind == "with-zeros":
+            vals[::3] = 0.0
+        a = torch.from_numpy(rng.choice([-1.0, 1.0], (9, k)))
+        bt = torch.from_numpy(rng.choice([-1.0, 1.0], (k, 11)))
+        want = exact_matmul(a * vals, bt, rule)
+        assert torch.equal(exact_matmul(a, bt, rule, coef=vals, grouped=True), want), (kind, k)
+        assert torch.equal(exact_matmul(a.float(), bt.float(), rule, coef=vals, chunk=100, grouped=True), want), (kind, k)
+        if k <= rule.chunk:
+            assert torch.equal(grouped_matmul(a, vals, bt), want)
+        exact = sum(Fraction(float(v)) * int(x) * int(y) for v, x, y in zip(vals[:50], a[0, :50], bt[:50, 0]))  # an exact spot check
+        assert float(exact_matmul(a[:1, :50], bt[:50, :1], rule, coef=vals[:50], grouped=True)) == float(exact)
 
 
 def test_float32_codec_follows_the_sequential_rule():

@@ -65,28 +65,85 @@ def exact_rule(codec) -> ExactRule | None:
     return rule
 
 
-def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chunk: int | None = None) -> torch.Tensor:
-    """S = a @ bt (float64) by the rule: exact (chunked, int64 between chunks) or sequential."""
+def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chunk: int | None = None,
+                 coef: torch.Tensor | None = None, grouped: bool | None = None) -> torch.Tensor:
+    """S = a @ diag(coef) @ bt (float64; coef = 1 when None) by the rule: exact (chunked, int64
+    between chunks) or sequential. ``grouped`` picks the float32 route of ``grouped_matmul`` for a
+    +-1 ``a`` (default: on a GPU from GROUPED_FROM terms on); the route never changes a bit."""
     k = a.shape[1]
     if rule is None:
+        a = a if coef is None else a.to(torch.float64) * coef
         s = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.float64, device=a.device)
         for t in range(k):
-            s.add_(torch.outer(a[:, t], bt[t]))
+            s.add_(torch.outer(a[:, t], bt[t].to(torch.float64)))
         return s
+    if grouped is None:
+        grouped = coef is not None and k >= GROUPED_FROM and a.device.type != "cpu"
+    if grouped and coef is None:
+        raise ValueError("the grouped route needs the coefficients apart from the +-1 factors")
+
+    def product(c0: int, c1: int) -> torch.Tensor:
+        if grouped:
+            return grouped_matmul(a[:, c0:c1], coef[c0:c1], bt[c0:c1])
+        lhs = a[:, c0:c1].to(torch.float64)
+        return _matmul(lhs if coef is None else lhs * coef[c0:c1], bt[c0:c1].to(torch.float64))  # v_k * (+-1): exact
+
     chunk = min(chunk or rule.chunk, rule.chunk)
     if k <= chunk:
-        return _matmul(a, bt)
+        return product(0, k)
     if k > rule.max_terms:
         raise ValueError(f"a round of {k} terms exceeds the exact sum's {rule.max_terms}")
     total = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.int64, device=a.device)
     scale = 2.0 ** -rule.quantum_log2
     for c0 in range(0, k, chunk):
-        part = _matmul(a[:, c0 : c0 + chunk], bt[c0 : c0 + chunk])  # exact
+        part = product(c0, min(k, c0 + chunk))  # exact
         total += (part * scale).to(torch.int64)  # an exact integer number of quanta
     return total.to(torch.float64) * (2.0 ** rule.quantum_log2)
 
 
 K_SLICE = 512  # terms per product inside an exact sum: keeps that slice of B in cache
+# terms from which a GPU uses the mantissa-grouped float32 route (float64 is 1/2 to 1/64 of float32's speed on
+# GPUs); a CPU keeps float64, which is as fast here (bench/v2_compare.py: 0.039 s against 0.054 s for 512 terms
+# over a 576 x 1536 matrix on one thread)
+GROUPED_FROM = 64
+FP32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a binary32 value
+
+
+def grouped_matmul(a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+    """S = a @ diag(coef) @ bt exactly, in float32 products: a (rows, K) and bt (K, cols) hold +-1,
+    coef (K,) binary32 values (float64 tensor). The same bits as the float64 route whenever that
+    one is exact (docs/PROTOCOL.md section 16.4, "a fast exact route").
+
+    Each coef is +-M * 2^e with M in [0.5, 1): terms sharing M form a group (8 for log8), where the
+    coefficient is +-2^(e - e_min) times one common factor M * 2^e_min. +-2^t and +-1 are exact
+    in float32 (and bf16, TF32), so a product over a chunk of the group whose sum of |2^t| stays
+    at most 2^24 has only integer partial sums below 2^24: exact in any order, blocking or device.
+    The chunks' integer sums are added in float64 (exact below 2^53) and scaled by M * 2^e_min;
+    the group totals are multiples of the round's quantum, so their float64 sum is exact too."""
+    out = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.float64, device=a.device)
+    keep = torch.nonzero(coef != 0).flatten()  # a zero term adds nothing (and has no exponent)
+    if keep.numel() == 0:
+        return out
+    a, coef, bt = a[:, keep], coef[keep], bt[keep]
+    mant, expo = torch.frexp(coef.abs())
+    e_min = int(expo.min())
+    unit = torch.ldexp(coef.sign(), expo - e_min)  # +-2^t, exact
+    if float(unit.abs().max()) > FP32_EXACT:
+        raise ValueError("coefficients span more than 24 octaves: use the float64 route")
+    a32 = a.to(torch.float32)
+    bt32 = bt.to(torch.float32)
+    for m in torch.unique(mant).tolist():  # ascending: a fixed order (the sum is exact in any)
+        idx = torch.nonzero(mant == m).flatten()
+        weights = unit[idx].abs().tolist()
+        start, total = 0, 0.0
+        for i, w in enumerate(weights + [math.inf]):  # cut where the chunk's sum of |2^t| would pass 2^24
+            if total + w > FP32_EXACT:
+                cols = idx[start:i]
+                part = (a32[:, cols] * unit[cols].to(torch.float32)) @ bt32[cols]  # integers <= 2^24: exact
+                out.add_(part, alpha=math.ldexp(m, e_min))  # times M * 2^e_min: a multiple of the quantum, exact
+                start, total = i, 0.0
+            total += w
+    return out
 
 
 def _matmul(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
@@ -132,11 +189,13 @@ def apply_round_exact(
     *,
     chunk: int | None = None,
     block_elems: int = BLOCK_ELEMS,
+    grouped: bool | None = None,
 ) -> None:
     """Apply one round (v2): ``contributions`` is the round's list of (seed, decoded v).
 
-    ``chunk`` (terms per float64 product) and ``block_elems`` only change how the work is cut,
-    never a bit of the result (tests/test_v2_apply.py)."""
+    ``chunk`` (terms per exact product), ``block_elems`` and ``grouped`` (the float32 route for
+    matrices; default on a GPU from GROUPED_FROM terms on) only change how the work is done, never a bit
+    of the result (tests/test_v2_math.py)."""
     if not contributions:
         return
     n = len(contributions)
@@ -150,12 +209,12 @@ def apply_round_exact(
             d = shrink if weight_decay and name in decay else None
             vals = torch.tensor([v for _, v in contributions], dtype=torch.float64, device=p.device)
             if directions.is_lowrank(p):
-                _apply_lowrank(p, name, seeds, vals, directions.rank, c, d, noise, rule, chunk, block_elems)
+                _apply_lowrank(p, name, seeds, vals, directions.rank, c, d, noise, rule, chunk, block_elems, grouped)
             else:
                 _apply_dense(p.view(-1), name, seeds, vals, c, d, noise, rule, chunk, block_elems)
 
 
-def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems) -> None:
+def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems, grouped) -> None:
     m, cols = p.shape
     coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
     a_off = factor_offsets(noise, seeds, name, "a", rank)
@@ -168,13 +227,16 @@ def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_e
         for i0 in range(0, m, rows):
             _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
         return
-    bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
+    if rule is not None and grouped is None:
+        grouped = coef.numel() >= GROUPED_FROM and p.device.type != "cpu"
+    fdt = torch.float32 if grouped else torch.float64  # +-1 either way
+    bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=fdt)  # (K, p)
     rows = max(1, min(m, block_elems // cols))
     buf = torch.empty(rows * cols, dtype=torch.float32, device=p.device)
     for i0 in range(0, m, rows):
         i1 = min(m, i0 + rows)
-        a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float64).t()  # (rows, K), entries +-1
-        s = exact_matmul(a * coef, bt, rule, chunk)  # v_k * a exact: +-v_k
+        a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=fdt).t()  # (rows, K), entries +-1
+        s = exact_matmul(a, bt, rule, chunk, coef=coef, grouped=bool(grouped))
         _update(p[i0:i1], s, c, d, buf)
 
 
