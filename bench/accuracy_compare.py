@@ -14,6 +14,9 @@ Every method sees the same number of training samples: ``--samples`` batches of 
   ``contribution_seed(run_id, peer_id, round, index)``) and applied with ``Replica.apply``
   (c_k = -lr * g_k / n). Bit-for-bit what a swarm of N peers applies, without the network. N
   peers therefore take samples / (N * contribs) rounds.
+* ``onebyte-N-v2``: as ``onebyte-N`` with protocol v2's low-rank directions (``lowrank:1``,
+  docs/PROTOCOL.md §16) on every 2-D trainable tensor and v2's exact round apply: v2 against v1 at
+  equal samples (identical to v1 when every trainable tensor is 1-D, e.g. only the final norm).
 * ``adam``: ``torch.optim.Adam`` on the same trainable tensors, loss = the task's own loss, one
   step per batch of one peer's batch sequence.
 
@@ -33,9 +36,11 @@ default) every ``--eval-every`` batches, with the zero-shot bias-only line (the 
 shift of the zero-shot scores reaches: only results above it show learning beyond calibration).
 Results: mean, sd and min..max over ``--seeds``.
 
-When only the final norm is trained (``--trainable '^model\.norm\.weight$'``, the demo's recipe), the
-frozen trunk runs once per example before any method starts (``trunk_seconds``), the cost every
-peer pays once; each method's wall time is then its head-only steps.
+When only the final norm is trained (``--trainable '^model\.norm\.weight$'``, the demo's recipe), or
+the final norm and the last block's feed-forward half (``'^model\.norm\.weight$|layers\.29\.(post_attention_layernorm|mlp)\.'``
+on SmolLM2-135M, onebyte.tasks.trunk), the frozen trunk runs once per example before any method
+starts (``trunk_seconds``), the cost every peer pays once; each method's wall time is then its
+head-only steps.
 
     python bench/accuracy_compare.py [--samples 160] [--max-length 32] [--seeds 0] [--quick]
     # a hub task, where the Hugging Face hub is reachable:
@@ -75,6 +80,7 @@ class Bench:
                           text_column=args.text_column, label_column=args.label_column,
                           label_words=args.label_words.split(",") if args.label_words else None)
         self.loaded, self.task, self.replica = build(cfg)
+        self.replicas = {"dense": self.replica}  # one per direction family, all on the same weights
         self.initial = [t.detach().clone() for _, t in self.replica.params]
         self.initial_sha = self.replica.sha256()
         self.trunk_seconds = self.warm_trunk() if getattr(self.task, "trunk", None) is not None else None
@@ -93,6 +99,16 @@ class Bench:
                 task.class_logits(self.replica.model, batch)
         return time.perf_counter() - t0
 
+    def replica_for(self, directions: str):
+        """A Replica with ``directions`` on the same model and tensors (its hooks only exist while it evaluates)."""
+        from onebyte.peer.replica import Replica
+
+        if directions not in self.replicas:
+            r = self.replica
+            self.replicas[directions] = Replica(r.model, r.params, lr=r.lr, eps=r.eps, weight_decay=r.weight_decay, codec="log8:-8:8",
+                                                table_log2=r.noise.table_log2, table_key=r.noise.table_key, directions=directions)
+        return self.replicas[directions]
+
     def reset(self):
         with torch.no_grad():
             for (_, t), t0 in zip(self.replica.params, self.initial):
@@ -103,7 +119,7 @@ class Bench:
         return evaluate(self.task, self.replica.model, self.args.eval_batch_size, self.args.eval_limit if limit is None else limit)
 
     def zo_run(self, *, peers: int, codec: str, lr: float, eps: float, samples: int, seed: int, eval_every: int | None, eval_limit=None,
-               tag="") -> dict:
+               tag="", directions: str = "dense") -> dict:
         """``samples`` contributions in total by ``peers`` simulated peers, ``contribs`` each per round."""
         from onebyte.coordinator_free.agreement import decide_round, encode_codes
         from onebyte.dht.records import ContributionRecord
@@ -111,7 +127,7 @@ class Bench:
         from onebyte.zo import contribution_seed, make_codec
 
         self.reset()
-        rep, task, k = self.replica, self.task, self.args.contribs
+        rep, task, k = self.replica_for(directions), self.task, self.args.contribs
         rep.lr, rep.eps, rep.codec = float(lr), float(eps), make_codec(codec)
         run_id = f"acc-{seed}"
         # peer ids are hex public keys in a swarm; any distinct 32-byte values behave alike here
@@ -162,7 +178,7 @@ class Bench:
             elif (r + 1) % 10 == 0:
                 print(f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)",
                       flush=True)
-        return {"method": tag, "peers": peers, "contribs_per_peer_per_round": k, "codec": codec, "lr": lr, "eps": rep.eps,
+        return {"method": tag, "peers": peers, "contribs_per_peer_per_round": k, "codec": codec, "directions": directions, "lr": lr, "eps": rep.eps,
                 "seed": seed, "samples": done, "rounds": rounds, "skipped_nonfinite": skipped, "train_seconds": t_train,
                 "swarm_seconds": t_swarm, "curve": curve, **compact(losses, gs), "final_sha256": rep.sha256()}
 
@@ -222,21 +238,23 @@ def compact(losses: list[float], gs: list[float] | None = None, points: int = 64
     return out
 
 
-METHODS = {  # name -> (kind, peers, codec)
+METHODS = {  # name -> (kind, peers, codec[, directions])
     "mezo-f32": ("zo", 1, "float32"),
     "onebyte-1": ("zo", 1, "log8:-8:8"),
     "onebyte-2": ("zo", 2, "log8:-8:8"),
     "onebyte-4": ("zo", 4, "log8:-8:8"),
+    "onebyte-1-v2": ("zo", 1, "log8:-8:8", "lowrank:1"),
+    "onebyte-4-v2": ("zo", 4, "log8:-8:8", "lowrank:1"),
     "adam": ("adam", 1, None),
 }
 
 
 def run_method(b: Bench, name: str, lr: float, eps: float | None, samples: int, seed: int, eval_every, eval_limit=None) -> dict:
-    kind, peers, codec = METHODS[name]
+    kind, peers, codec, *directions = METHODS[name]
     if kind == "adam":
         return b.adam_run(lr=lr, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit, tag=name)
     return b.zo_run(peers=peers, codec=codec, lr=lr, eps=eps, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit,
-                    tag=name)
+                    tag=name, directions=directions[0] if directions else "dense")
 
 
 def by_method(result: dict) -> dict:
