@@ -37,6 +37,7 @@ from onebyte.metrics.peer import PeerMetrics
 from onebyte.peer import catchup
 from onebyte.peer.recovery import RecoveryMixin
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
+from onebyte.tasks.models import warm_imports
 from onebyte.tasks.builtin import DEFAULT_DATASET
 from onebyte.zo import contribution_seed
 from onebyte.zo.directions import Directions
@@ -207,6 +208,9 @@ class SwarmPeer(RecoveryMixin):
         if found is None and cfg.new_run:
             found = self.peer_id, self._create_manifest()
         deadline = time.time() + cfg.join_timeout
+        if found is None:
+            log.info("[%s] round=-1 waiting up to %.0fs for run %s's manifest", self.tag, cfg.join_timeout, cfg.run_id)
+            warm_imports()  # meanwhile: then building the model once the manifest appears takes seconds
         while found is None:
             if time.time() > deadline:
                 by = f" created by {cfg.run_creator[:16]}" if cfg.run_creator else ""

@@ -141,6 +141,18 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
+def warm_imports() -> None:
+    """Import what building any model and task needs (most of the seconds a build takes on a small
+    model are transformers' lazy imports): a peer waiting for a run's manifest calls this, so that
+    it joins seconds after the manifest appears instead of a quarter of a minute."""
+    import importlib
+
+    for name in ("transformers.modeling_utils", "transformers.generation.utils", "transformers.models.auto.modeling_auto",
+                 "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast", "datasets"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def cache_root() -> Path:
     """Root of onebyte's on-disk cache (``$ONEBYTE_CACHE``, else ``~/.cache/onebyte``)."""
     env = os.environ.get("ONEBYTE_CACHE")
