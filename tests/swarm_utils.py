@@ -14,6 +14,11 @@ from onebyte.peer.demo import start_bootstrap
 ROOT = Path(__file__).resolve().parents[1]
 # the small drugreview task (889 reviews) keeps the many peer processes of a swarm test quick to start
 TINY = ["--model", "tiny-llama", "--dataset", "drugreview", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
+# A swarm test starts its members first (with WAIT, they poll the DHT for the run's manifest) and the run's creator once
+# they wait (Swarm.wait_waiting): then a peer's start-up, which takes 5 s on an idle machine and a minute on a loaded
+# one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the model.
+WAIT = ["--join-timeout", "900"]
+START = "25"  # the creator's --start-delay once every member waits (and has warmed its imports: onebyte.tasks.models.warm_imports)
 
 
 class Swarm:
@@ -49,6 +54,17 @@ class Swarm:
             return self.procs[name].wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{name} did not finish in {timeout}s; log tail:\n" + self.log(name)[-3000:]) from None
+
+    def wait_waiting(self, *names: str, timeout: float = 600) -> None:
+        """Until every one of ``names`` has started and polls the DHT for the run's manifest."""
+        deadline = time.time() + timeout
+        for name in names:
+            while "round=-1 waiting up to" not in self.log(name):
+                if self.procs[name].poll() is not None:
+                    raise AssertionError(f"{name} exited early ({self.procs[name].returncode}):\n" + self.log(name)[-3000:])
+                if time.time() > deadline:
+                    raise AssertionError(f"{name} did not start in {timeout}s:\n" + self.log(name)[-3000:])
+                time.sleep(0.5)
 
     def wait_for_round(self, name: str, round_: int, timeout: float) -> None:
         f = self.workdir / f"{name}.rounds.jsonl"

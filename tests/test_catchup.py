@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-every", "5"]
@@ -23,9 +23,10 @@ def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     """A peer that joins after 40 rounds fetches a checkpoint (or the log) from a peer and ends identical."""
     rounds = 100  # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it asks
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "8", *RUN,
+        swarm.peer("b", "--run-id", "late", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/2", "--checkpoint-dir", str(tmp_path / "b.ck"))
+        swarm.wait_waiting("b")
+        swarm.peer("a", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
                    "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/2")
-        swarm.peer("b", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--checkpoint-dir", str(tmp_path / "b.ck"))
         swarm.wait_for_round("a", 40, timeout=240)
         swarm.peer("late", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--shard", "1/2")
         for name in ("a", "b", "late"):
@@ -43,11 +44,12 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
     rounds = 80  # long enough that, on a loaded machine, the restarted peer still finds the others running
     ck = tmp_path / "c.ck"
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", "crash", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "8", *RUN, "--shard", "0/3")
-        swarm.peer("b", "--run-id", "crash", "--rounds", str(rounds), *COMMON, "--shard", "1/3")
+        swarm.peer("b", "--run-id", "crash", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/3")
         c_args = ["--run-id", "crash", "--rounds", str(rounds), *COMMON, "--shard", "2/3", "--checkpoint-dir", str(ck), "--identity", str(tmp_path / "c.pem")]
-        swarm.peer("c", *c_args)
-        swarm.peer("quitter", "--run-id", "crash", *COMMON, "--shard", "2/3")
+        swarm.peer("c", *c_args, *WAIT)
+        swarm.peer("quitter", "--run-id", "crash", *COMMON, *WAIT, "--shard", "2/3")
+        swarm.wait_waiting("b", "c", "quitter")
+        swarm.peer("a", "--run-id", "crash", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN, "--shard", "0/3")
         swarm.wait_for_round("c", 10, timeout=180)
         deadline = time.time() + 180  # a peer that caught up by log writes its first checkpoint at a later hash round
         while not sorted(ck.glob("*/ckpt-*.safetensors")) and time.time() < deadline:
@@ -83,10 +85,11 @@ def test_corrupted_checkpoint_is_detected_and_not_used(tmp_path):
     rounds = 30
     ck = tmp_path / "b.ck"
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", "corrupt", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "8", *RUN,
-                   "--checkpoint-dir", str(tmp_path / "a.ck"))
         b_args = ["--run-id", "corrupt", "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--checkpoint-dir", str(ck)]
-        swarm.peer("b", *b_args)
+        swarm.peer("b", *b_args, *WAIT)
+        swarm.wait_waiting("b")
+        swarm.peer("a", "--run-id", "corrupt", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
+                   "--checkpoint-dir", str(tmp_path / "a.ck"))
         swarm.wait_for_round("b", 16, timeout=180)
         swarm.procs["b"].send_signal(signal.SIGKILL)
         swarm.procs["b"].wait()
@@ -109,10 +112,11 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     reinstalls the majority's state from a peer's checkpoint and log, and ends identical."""
     rounds = 36
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", "repair", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "8", *RUN,
+        swarm.peer("b", "--run-id", "repair", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"))
+        swarm.peer("f", "--run-id", "repair", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "2/3", launcher=("-m", "tests.faulty_peer", "12"))
+        swarm.wait_waiting("b", "f")
+        swarm.peer("a", "--run-id", "repair", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
                    "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/3")
-        swarm.peer("b", "--run-id", "repair", "--rounds", str(rounds), *COMMON, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"))
-        swarm.peer("f", "--run-id", "repair", "--rounds", str(rounds), *COMMON, "--shard", "2/3", launcher=("-m", "tests.faulty_peer", "12"))
         for name in ("a", "b", "f"):
             assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in ("a", "b", "f")}
@@ -137,14 +141,15 @@ def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
     rounds = 36
     names = ("a", "b", "c", "f1", "f2")
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "10", *RUN,
-                   "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5")
         for i, name in enumerate(("b", "c"), start=1):
-            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--shard", f"{i}/5",
+            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", f"{i}/5",
                        "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.late_voter", "1.0"))
         for i, name in enumerate(("f1", "f2"), start=3):
-            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--shard", f"{i}/5",
+            swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", f"{i}/5",
                        launcher=("-m", "tests.faulty_peer", "12"))
+        swarm.wait_waiting("b", "c", "f1", "f2")
+        swarm.peer("a", "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
+                   "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5")
         for name in names:
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in names}

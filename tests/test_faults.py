@@ -17,7 +17,7 @@ import pytest
 
 from tests.figures import record
 from tests.netns_utils import NetnsPair, NetnsUnavailable, NetSwarm
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 from tests.test_hostile import seed_log
 
 COMMON = ["--batch-size", "4", "--threads", "1", "--checkpoint-interval", "0"]
@@ -61,10 +61,11 @@ def test_a_partition_between_two_halves_heals_to_one_agreed_history(tmp_path, ne
     sides = {"3|1": dict(a="a", b="a", c="a", d="b"), "2|2": dict(a="a", b="a", c="b", d="b")}[split]
     with NetSwarm(tmp_path, net) as swarm:
         common = ["--run-id", "part", "--rounds", str(rounds), *COMMON]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "15", *TINY, "--round-seconds", "3", "--contribs-per-round", "2",
-                   "--hash-every", "3", "--checkpoint-dir", str(tmp_path / "a.ck"), side=sides["a"])
         for i, n in enumerate("bcd", start=1):
-            swarm.peer(n, *common, "--checkpoint-dir", str(tmp_path / f"{n}.ck"), "--shard", f"{i}/4", side=sides[n])
+            swarm.peer(n, *common, *WAIT, "--checkpoint-dir", str(tmp_path / f"{n}.ck"), "--shard", f"{i}/4", side=sides[n])
+        swarm.wait_waiting(*"bcd")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", "2",
+                   "--hash-every", "3", "--checkpoint-dir", str(tmp_path / "a.ck"), side=sides["a"])
         for n in "abcd":
             swarm.wait_for_round(n, 3, timeout=180)
         net.partition()
@@ -129,11 +130,12 @@ def test_clock_skew_and_a_slow_peer_do_not_break_agreement(tmp_path, skew):
     rounds = 16
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "skew", "--rounds", str(rounds), *COMMON]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "12", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+        swarm.peer("b", *common, *WAIT, "--shard", "1/4", "--checkpoint-dir", str(tmp_path / "b.ck"))
+        swarm.peer("skewed", *common, *WAIT, "--shard", "2/4", "--checkpoint-dir", str(tmp_path / "skewed.ck"), launcher=("-m", "tests.hostile_peer", "skew", skew))
+        swarm.peer("slow", *common, *WAIT, "--shard", "3/4", "--checkpoint-dir", str(tmp_path / "slow.ck"), launcher=("-m", "tests.hostile_peer", "slow", "4"))
+        swarm.wait_waiting("b", "skewed", "slow")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
                    "--hash-every", "3", "--checkpoint-dir", str(tmp_path / "a.ck"))
-        swarm.peer("b", *common, "--shard", "1/4", "--checkpoint-dir", str(tmp_path / "b.ck"))
-        swarm.peer("skewed", *common, "--shard", "2/4", "--checkpoint-dir", str(tmp_path / "skewed.ck"), launcher=("-m", "tests.hostile_peer", "skew", skew))
-        swarm.peer("slow", *common, "--shard", "3/4", "--checkpoint-dir", str(tmp_path / "slow.ck"), launcher=("-m", "tests.hostile_peer", "slow", "4"))
         names = ("a", "b", "skewed", "slow")
         for n in names:
             assert swarm.wait(n, timeout=300) == 0, swarm.log(n)[-3000:]
@@ -165,10 +167,11 @@ def test_peers_killed_at_random_rounds_the_creator_included(tmp_path):
             return ["--run-id", "kills", "--rounds", str(rounds), *COMMON, "--shard", shard, "--checkpoint-dir", str(tmp_path / f"{name}.ck"),
                     "--identity", str(tmp_path / f"{name}.pem")]
 
-        swarm.peer("a", *args("a", "0/4"), "--new-run", "--start-delay", "12", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
-                   "--hash-every", "3")
         for i, n in enumerate("bcd", start=1):
-            swarm.peer(n, *args(n, f"{i}/4"))
+            swarm.peer(n, *args(n, f"{i}/4"), *WAIT)
+        swarm.wait_waiting(*"bcd")
+        swarm.peer("a", *args("a", "0/4"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+                   "--hash-every", "3")
         victim = rng.choice("bcd")
         schedule = []
 

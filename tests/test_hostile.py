@@ -29,7 +29,7 @@ from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
 from tests.figures import record
 from tests.hostile_client import SER, fetch_raw, known_nodes, signed, store_raw, subkey_of
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
 def free_port() -> int:
@@ -86,10 +86,11 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
     ck = {n: tmp_path / f"{n}.ck" for n in "abc"}
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "10", *TINY, "--round-seconds", "3", "--contribs-per-round", str(k),
+        swarm.peer("b", *common, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(ck["b"]))
+        swarm.peer("c", *common, *WAIT, "--shard", "2/3", "--checkpoint-dir", str(ck["c"]))
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", str(k),
                    "--hash-every", "3", "--shard", "0/3", "--checkpoint-dir", str(ck["a"]), "--metrics-port", str(port))
-        swarm.peer("b", *common, "--shard", "1/3", "--checkpoint-dir", str(ck["b"]))
-        swarm.peer("c", *common, "--shard", "2/3", "--checkpoint-dir", str(ck["c"]))
         swarm.wait_for_round("a", 1, timeout=180)
         attacker, dht, client, m, clock, honest = attach(swarm, run, 3)
         try:
@@ -337,11 +338,12 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     allow.write_text("# the run's members\n" + "".join(f"{key}  # {n}\n" for n, key in members.items()))
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
-        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", "12", *TINY, "--round-seconds", "3",
+        swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/4")
+        swarm.peer("x", *common, *WAIT, "--identity", str(tmp_path / "x.pem"), "--shard", "2/4", launcher=("-m", "tests.hostile_peer", "extreme", "against"))
+        swarm.peer("o", *common, *WAIT, "--identity", str(tmp_path / "o.pem"), "--shard", "3/4")
+        swarm.wait_waiting("b", "x", "o")
+        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3",
                    "--contribs-per-round", str(k), "--hash-every", "2", "--allowed-peers", str(allow), "--checkpoint-dir", str(tmp_path / "a.ck"))
-        swarm.peer("b", *common, "--identity", str(tmp_path / "b.pem"), "--shard", "1/4")
-        swarm.peer("x", *common, "--identity", str(tmp_path / "x.pem"), "--shard", "2/4", launcher=("-m", "tests.hostile_peer", "extreme", "against"))
-        swarm.peer("o", *common, "--identity", str(tmp_path / "o.pem"), "--shard", "3/4")
         for name in "abxo":
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "abxo"}
@@ -399,9 +401,10 @@ def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
     allow.write_text("".join(k + "\n" for k in listed.values()))
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
-        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", "10", *TINY, "--round-seconds", "2",
+        swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/2")
+        swarm.wait_waiting("b")
+        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2",
                    "--contribs-per-round", "2", "--hash-every", "2", "--allowed-peers", str(allow))
-        swarm.peer("b", *common, "--identity", str(tmp_path / "b.pem"), "--shard", "1/2")
         swarm.wait_for_round("a", 0, timeout=180)
         _, dht, client, m, clock, _ = attach(swarm, run, 2)
         try:

@@ -25,7 +25,7 @@ from onebyte.dht.identity import Identity
 from onebyte.dht.records import RUNS_KEY, ContributionRecord, Heartbeat, hash_key, manifest_key, peers_key, round_key
 from tests.figures import record
 from tests.hostile_client import SER, known_nodes, signed, store_raw, subkey_of
-from tests.swarm_utils import ROOT, TINY, Swarm
+from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
 
 DEEP = b"\x91" * 600 + b"\x01"  # an array nested 600 deep: msgpack decodes it, pickle (hivemind's pipe) cannot
 DEEP_MAP = b"\x81\xa1k" * 300 + b"\x01"  # maps nested 300 deep
@@ -248,10 +248,11 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
     names = ("a", "b", "c")
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "10", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+        swarm.peer("b", *common, *WAIT, "--shard", "1/3")
+        swarm.peer("c", *common, *WAIT, "--shard", "2/3", "--checkpoint-dir", str(tmp_path / "c.ck"))
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
                    "--hash-every", "3", "--shard", "0/3", "--checkpoint-dir", str(tmp_path / "a.ck"))
-        swarm.peer("b", *common, "--shard", "1/3")
-        swarm.peer("c", *common, "--shard", "2/3", "--checkpoint-dir", str(tmp_path / "c.ck"))
         peers_arg = [x for m in swarm.maddrs for x in ("--initial-peers", m)]
         # hostile catch-up sources and 60 fake live peers that stall: started now, they wait for a hash round to forge an offer for
         pit = tarpit()

@@ -14,7 +14,7 @@ from hivemind.utils import get_dht_time
 from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
-from tests.swarm_utils import ROOT, TINY, Swarm
+from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-every", "5"]
@@ -31,9 +31,10 @@ def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp
     b_args = ["--run-id", run, "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--checkpoint-dir", str(tmp_path / "b.ck"),
               "--identity", str(tmp_path / "b.pem")]
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "8", *RUN, "--shard", "0/2",
+        swarm.peer("b", *b_args, *WAIT)
+        swarm.wait_waiting("b")
+        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN, "--shard", "0/2",
                    "--identity", str(tmp_path / "a.pem"))
-        swarm.peer("b", *b_args)
         swarm.wait_for_round("b", 3, timeout=180)
         pinned = json.loads((tmp_path / "b.ck" / run / "manifest.json").read_text())
         assert pinned["creator"] == creator

@@ -24,7 +24,7 @@ from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
 from onebyte.metrics import BootstrapMetrics, PeerMetrics
 from onebyte.peer.demo import start_bootstrap
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
 # -- helpers shared with test_deploy ------------------------------------------------------------
@@ -251,10 +251,11 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
     try:
         with _MetricsSwarm(tmp_path, ["--metrics-port", str(ports["boot"])]) as swarm:
             common = ["--run-id", "prom", "--rounds", "14", "--batch-size", "4"]
-            swarm.peer("a", *common, "--new-run", "--start-delay", "8", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
-                       "--metrics-port", str(ports["a"]))
             # the second peer joins in client mode (as behind NAT): it reaches the swarm, nobody reaches it
-            swarm.peer("b", *common, "--shard", "1/2", "--client-mode", "--metrics-port", str(ports["b"]))
+            swarm.peer("b", *common, *WAIT, "--shard", "1/2", "--client-mode", "--metrics-port", str(ports["b"]))
+            swarm.wait_waiting("b")
+            swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+                       "--metrics-port", str(ports["a"]))
             first: dict[str, float] = {}
             advanced: set[str] = set()
             deadline = time.time() + 150

@@ -15,17 +15,17 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
 def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tmp_path):
     rounds = 30
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "t3", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "15", *TINY, "--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3")
-        time.sleep(2)
-        swarm.peer("b", *common, "--shard", "1/3")
-        swarm.peer("c", *common, "--shard", "2/3")
+        swarm.peer("b", *common, *WAIT, "--shard", "1/3")
+        swarm.peer("c", *common, *WAIT, "--shard", "2/3")
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3")
         for name in "abc":
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "abc"}
@@ -46,10 +46,11 @@ def test_lean_round_records_still_reach_every_peer(tmp_path):
     rounds = 12
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "lean", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "12", *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
+        swarm.peer("b", *common, *WAIT, "--shard", "1/3")
+        swarm.peer("c", *common, *WAIT, "--shard", "2/3")
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
                    "--hash-every", "3", "--lean-replicas", "2")
-        swarm.peer("b", *common, "--shard", "1/3")
-        swarm.peer("c", *common, "--shard", "2/3")
         for name in "abc":
             assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "abc"}
@@ -92,8 +93,9 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
     rounds = 14
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "hostile", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "10", *TINY, "--round-seconds", "3", "--contribs-per-round", "2")
-        swarm.peer("b", *common, "--shard", "1/2")
+        swarm.peer("b", *common, *WAIT, "--shard", "1/2")
+        swarm.wait_waiting("b")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", "2")
         swarm.wait_for_round("a", 1, timeout=180)
 
         attacker = Identity()

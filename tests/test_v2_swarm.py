@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
 
-from tests.swarm_utils import TINY, Swarm
+from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
 def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tmp_path):
     rounds = 8
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "v2", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("a", *common, "--new-run", "--start-delay", "25", *TINY, "--directions", "lowrank:1", "--round-seconds", "4",
+        swarm.peer("b", *common, *WAIT, "--shard", "1/3", "--population", "2")  # both of its contributions in one batched forward
+        swarm.peer("c", *common, *WAIT, "--shard", "2/3")
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--directions", "lowrank:1", "--round-seconds", "4",
                    "--contribs-per-round", "2", "--hash-every", "2", "--shard", "0/3")
-        time.sleep(2)
-        swarm.peer("b", *common, "--shard", "1/3", "--population", "2")  # both of its contributions in one batched forward
-        swarm.peer("c", *common, "--shard", "2/3")
         swarm.peer("old", "--run-id", "v2", "--join-timeout", "60", launcher=("-m", "tests.v1_only_peer"))
         swarm.peer("dense", "--run-id", "v2", "--directions", "dense", "--join-timeout", "60")
         assert swarm.wait("old", timeout=180) == 2, swarm.log("old")[-3000:]

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from tests.figures import record
-from tests.swarm_utils import ROOT, TINY, Swarm
+from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 LIGHT = ["--batch-size", "2", "--checkpoint-interval", "0"]  # a contribution costs little on a machine whose cores are busy
@@ -101,10 +101,12 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
     rounds, run = 40, f"sybil-{mode}"
     honest = ("a", "b", "c", "j")
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", "90", *TINY, "--round-seconds", "4",
+        # the members start first and wait for the manifest, so that the run need not wait long for them
+        swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"), "--threads", "1")
+        swarm.peer("c", "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", "2/3", "--threads", "1")
+        swarm.wait_waiting("b", "c")
+        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "4",
                    "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/3", "--threads", "1")
-        swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"), "--threads", "1")
-        swarm.peer("c", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--shard", "2/3", "--threads", "1")
         attacker(swarm, mode, keys, run)
         wait_joined(swarm, ("a", "b", "c"), timeout=300)
         wait_for_text(swarm.workdir / "attacker.log", "SYBIL ATTACKER", timeout=300)
@@ -185,14 +187,15 @@ def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cp
     rounds, run = 30, "late-votes-load"
     names = ("a", "b", "c", "f1", "f2")
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", "60", *TINY, "--round-seconds", "5",
-                   "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5", "--threads", "1")
         for i, name in enumerate(("b", "c"), start=1):
-            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, "--shard", f"{i}/5", "--threads", "1",
+            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
                        "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.late_voter", "1.0"))
         for i, name in enumerate(("f1", "f2"), start=3):
-            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, "--shard", f"{i}/5", "--threads", "1",
+            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
                        launcher=("-m", "tests.faulty_peer", "8"))
+        swarm.wait_waiting("b", "c", "f1", "f2")
+        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "5",
+                   "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5", "--threads", "1")
         wait_joined(swarm, names, timeout=300)
         busy = cpu_load()
         for name in names:
@@ -238,10 +241,11 @@ def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
     contributions was applied, every honest peer flagged the flood keys, and all agree."""
     rounds, run, flood_at, cap = 24, "flood", 14, 32
     with Swarm(tmp_path) as swarm:
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", "25", *TINY, "--round-seconds", "4",
+        swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/2", "--threads", "1")
+        swarm.wait_waiting("b")
+        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "4",
                    "--contribs-per-round", "2", "--hash-every", "4", "--clip-abs", "4", "--max-round-contributions", str(cap),
                    "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/2", "--threads", "1")
-        swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--threads", "1")
         attacker(swarm, "flood", 64, run, str(flood_at))
         for name in ("a", "b"):
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
