@@ -19,17 +19,22 @@ pytestmark = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rank", [1, 2])
-def test_cpu_and_cuda_apply_v2_rounds_to_the_same_bits(dtype, rank):
+@pytest.mark.parametrize("grouped", [None, False, True], ids=["default", "float64", "grouped-tf32"])
+def test_cpu_and_cuda_apply_v2_rounds_to_the_same_bits(dtype, rank, grouped):
+    """The CPU sums by float64 products; CUDA by its default (mantissa-grouped TF32/float32 products
+    from 64 terms, PROTOCOL 16.4), or by either route forced: the same bits, a round of 150 included."""
     codec = ByteCodec()
     rounds = [[(contribution_seed("gpu", f"p{p}", r, i), codec.decode((53 * r + 17 * p + 5 * i) % 256)) for p in range(5) for i in range(7)]
               for r in range(4)] + [[(contribution_seed("gpu", "solo", 9, 0), codec.decode(0x45))]]
+    rounds.append([(contribution_seed("gpu", f"p{i % 9}", 10, i), codec.decode((29 * i + 3) % 256)) for i in range(150)])
     hashes = {}
     for device in ("cpu", "cuda"):
         params = named(tiny_llama(dtype).to(device))
         noise = NoiseTable(20, 0, device)
         decay = frozenset(n for n, p in params if p.dim() >= 2)
         for contribs in rounds:
-            apply_round_exact(params, contribs, 1e-3, noise, Directions(rank), exact_rule(codec), 0.01, decay, chunk=16)
+            apply_round_exact(params, contribs, 1e-3, noise, Directions(rank), exact_rule(codec), 0.01, decay, chunk=16 if len(contribs) < 64 else None,
+                              grouped=grouped if device == "cuda" else False)
         hashes[device] = weights_sha256(params)
     assert hashes["cpu"] == hashes["cuda"]
 
