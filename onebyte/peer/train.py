@@ -108,8 +108,8 @@ def build(cfg: TrainConfig):
     trunk = FrozenTrunk.for_params(loaded.model, params) if task.kind == "classification" and cfg.model_kind == "causal-lm" else None
     if trunk is not None:  # only the head is trained: the frozen trunk runs once per example, not twice per contribution
         task.use_trunk(trunk)
-        head = trunk.norm_name if trunk.tail_names is None else f"{trunk.norm_name} and {trunk.tail_names[1]}"
-        log.info("[%s] only %s is trained: the frozen trunk runs once per example and is cached", cfg.peer_id, head)
+        head = trunk.norm_name if trunk.tail_names is None else f"{trunk.norm_name}, {trunk.tail_names[0]} and {trunk.tail_names[1]}"
+        log.info("[%s] only %s are trained: the frozen trunk runs once per example and is cached", cfg.peer_id, head)
     replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2,
                       directions=cfg.directions)
     return loaded, task, replica
