@@ -109,7 +109,8 @@ def build(cfg: TrainConfig):
     if trunk is not None:  # only the head is trained: the frozen trunk runs once per example, not twice per contribution
         task.use_trunk(trunk)
         head = trunk.norm_name if trunk.tail_names is None else f"{trunk.norm_name}, {trunk.tail_names[0]} and {trunk.tail_names[1]}"
-        log.info("[%s] only %s are trained: the frozen trunk runs once per example and is cached", cfg.peer_id, head)
+        log.info("[%s] only %s %s trained: the frozen trunk runs once per example and is cached", cfg.peer_id, head,
+                 "is" if trunk.tail_names is None else "are")
     replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2,
                       directions=cfg.directions)
     return loaded, task, replica
