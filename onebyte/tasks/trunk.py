@@ -77,7 +77,8 @@ class FrozenTrunk:
 
     def _fill(self, batch, keys: list[int]) -> dict[int, torch.Tensor]:
         """Run the trunk on the rows whose keys are not cached: the cache point's input (the final
-        norm's, or the last block's post-attention norm's) at the last position, kept while the cache holds less than ``max_bytes`` (past that, recomputed)."""
+        norm's, or the last block's post-attention norm's) at the last position, kept while the
+        cache holds less than ``max_bytes`` (past that, recomputed)."""
         missing = [r for r, k in enumerate(keys) if k not in self.cache]
         if not missing:
             return {}

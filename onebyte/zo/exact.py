@@ -79,7 +79,7 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
             s.add_(torch.outer(a[:, t], bt[t].to(torch.float64)))
         return s
     if grouped is None:
-        grouped = coef is not None and k >= GROUPED_FROM and a.device.type != "cpu"
+        grouped = coef is not None and default_grouped(k, a.device)
     if grouped and coef is None:
         raise ValueError("the grouped route needs the coefficients apart from the +-1 factors")
 
@@ -108,6 +108,11 @@ K_SLICE = 512  # terms per product inside an exact sum: keeps that slice of B in
 # over a 576 x 1536 matrix on one thread)
 GROUPED_FROM = 64
 FP32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a binary32 value
+
+
+def default_grouped(terms: int, device: torch.device) -> bool:
+    """Whether a sum of ``terms`` takes the grouped float32 route by default (a GPU, from GROUPED_FROM terms)."""
+    return terms >= GROUPED_FROM and device.type != "cpu"
 
 
 def grouped_matmul(a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
@@ -250,7 +255,7 @@ def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_e
             _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
         return
     if rule is not None and grouped is None:
-        grouped = coef.numel() >= GROUPED_FROM and p.device.type != "cpu"
+        grouped = default_grouped(coef.numel(), p.device)
     fdt = torch.float32 if grouped else torch.float64  # +-1 either way
     bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=fdt)  # (K, p)
     rows = max(1, min(m, block_elems // cols))
