@@ -111,6 +111,7 @@ def main() -> None:
     setup_torch(args.threads)
     from onebyte.peer.train import TrainConfig, build
     from onebyte.zo import ByteCodec, contribution_seed
+    from onebyte.zo.exact import apply_round_exact
 
     loaded, task, _ = build(TrainConfig(model=args.model, max_length=args.max_length, progress=False))
     model, params = loaded.model, _.params
@@ -138,8 +139,14 @@ def main() -> None:
         if n <= 64:
             apply["v1"][n] = _best(lambda: v1.apply(cs), reps, f"v1_apply_{n}") / copy_s
         apply["v2"][n] = _best(lambda: v2.apply(cs), reps, f"v2_apply_{n}") / copy_s
+        if n >= 64:  # the exact sum's two routes (PROTOCOL 16.4) apart; v2.apply takes default_grouped's
+            for route, grouped in (("float64", False), ("grouped_float32", True)):
+                apply.setdefault("v2_routes", {}).setdefault(route, {})[n] = _best(
+                    lambda: apply_round_exact(v2.params, cs, v2.lr, v2.noise, v2.directions, v2.exact_rule,
+                                              v2.weight_decay, v2.decay, grouped=grouped), reps, f"v2_{route}_{n}") / copy_s
         loads.append(os.getloadavg()[0])
-        print(f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f} copies, v2 {apply['v2'][n]:.2f} copies", flush=True)
+        routes = " ".join(f"{k} {v[n]:.2f}" for k, v in apply.get("v2_routes", {}).items() if n in v)
+        print(f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f} copies, v2 {apply['v2'][n]:.2f} copies {routes}", flush=True)
     copy_s = min(copy_s, _best(copy, max(3, args.reps)))
     rate = apply["v1"].get(64, float("nan")) / 64
     copy_s_first = apply["copy_s"]

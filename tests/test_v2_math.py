@@ -13,8 +13,9 @@ import torch
 
 from onebyte.zo import ByteCodec, NoiseTable, contribution_seed, weights_sha256
 from onebyte.zo.codec import Float32Codec
-from onebyte.zo.directions import Directions, factor_offset, factors, lowrank_direction
+from onebyte.zo.directions import Directions, factor_offset, factor_offsets, factors, lowrank_direction
 from onebyte.zo.exact import apply_round_exact, exact_rule
+from onebyte.zo.noise import tensor_offset, tensor_offsets
 from tests.test_zo import named, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,15 +77,28 @@ def _small_params(dtype):
     return [("layer.bias", torch.linspace(-1, 1, 8, dtype=torch.float64).to(dtype)), ("layer.weight", w)]
 
 
+def test_a_rounds_offsets_computed_together_equal_each_ones_definition():
+    """A round's apply computes every seed's offsets at once (numpy); they are section 3's and 16.2's, seed by seed."""
+    seeds = [contribution_seed("r", f"p{i}", 3, i) for i in range(40)] + [0, 1, 2**63, 2**64 - 1]
+    table = NoiseTable(12, 0)
+    for rank in (1, 3):
+        want = [factor_offset(s, "layer.weight", f, l, 12) for f in ("a", "b") for s in seeds for l in range(rank)]
+        got = torch.cat([factor_offsets(table, seeds, "layer.weight", f, rank) for f in ("a", "b")])
+        assert got.tolist() == want
+    assert tensor_offsets(seeds, "layer.bias", 25).tolist() == [tensor_offset(s, "layer.bias", 25) for s in seeds]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rank", [1, 3])
-def test_exact_apply_equals_the_definition_with_rationals(dtype, rank):
+@pytest.mark.parametrize("grouped", [False, True], ids=["float64", "grouped"])
+def test_exact_apply_equals_the_definition_with_rationals(dtype, rank, grouped):
     table = NoiseTable(12, 0)
     params = _small_params(dtype)
     contribs = _round(9)
+    contribs[4] = (contribs[4][0], 0.0)  # a zero code: no term in the grouped route's plan
     decay = frozenset({"layer.weight"})
     want = reference_exact(params, contribs, 1e-2, table, rank, 0.1, decay)
-    apply_round_exact(params, contribs, 1e-2, table, Directions(rank), exact_rule(ByteCodec()), 0.1, decay)
+    apply_round_exact(params, contribs, 1e-2, table, Directions(rank), exact_rule(ByteCodec()), 0.1, decay, grouped=grouped)
     for (name, got), (_, exp) in zip(params, want):
         assert torch.equal(got, exp), name
 
@@ -128,8 +142,7 @@ def test_the_grouped_float32_route_gives_the_float64_routes_bits(kind):
         want = exact_matmul(a * vals, bt, rule)
         assert torch.equal(exact_matmul(a, bt, rule, coef=vals, grouped=True), want), (kind, k)
         assert torch.equal(exact_matmul(a.float(), bt.float(), rule, coef=vals, chunk=100, grouped=True), want), (kind, k)
-        if k <= rule.chunk:
-            assert torch.equal(grouped_matmul(a, vals, bt), want)
+        assert torch.equal(grouped_matmul(a, vals, bt, rule), want)  # past 2^14 terms: slices added as int64
         exact = sum(Fraction(float(v)) * int(x) * int(y) for v, x, y in zip(vals[:50], a[0, :50], bt[:50, 0]))  # an exact spot check
         assert float(exact_matmul(a[:1, :50], bt[:50, :1], rule, coef=vals[:50], grouped=True)) == float(exact)
 
@@ -168,6 +181,7 @@ torch.set_num_threads({threads})
 from onebyte.zo import ByteCodec, NoiseTable, weights_sha256
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
+from onebyte.zo.noise import tensor_offset, tensor_offsets
 from tests.test_zo import named, tiny_llama
 from tests.test_v2_math import _round
 for dtype in (torch.float32, torch.bfloat16, torch.float16):

@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from onebyte.zo.noise import NoiseTable, mix64, name_key
+from onebyte.zo.noise import NoiseTable, mix64, mix64_array, name_key
 
 MAX_RANK = 16
 _PATTERN = re.compile(r"^(dense|lowrank:([1-9][0-9]*))$")
@@ -70,13 +71,30 @@ def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -
         starts = [(int(o) + start) & (noise.size - 1) for o in offsets.tolist()]
         if all(s + length <= noise.size for s in starts):
             return torch.stack([noise.signs[s : s + length] for s in starts]) if starts else noise.signs[:0].view(0, length)
-    idx = offsets.to(noise.device).view(-1, 1) + torch.arange(start, start + length, dtype=torch.int64, device=noise.device).view(1, -1)
+    starts = (offsets.to(noise.device) + start) & (noise.size - 1)
+    if length <= noise.size:
+        # row o of this overlapping view is the window at o: one row copy per window, no per-element index
+        rows = noise.signs.as_strided((noise.size - length + 1, length), (1, 1))
+        inside = starts <= noise.size - length
+        if bool(inside.all()):
+            return rows.index_select(0, starts)
+        out = torch.empty(len(starts), length, dtype=noise.signs.dtype, device=noise.device)
+        out[inside] = rows.index_select(0, starts[inside])
+        wrap = torch.nonzero(~inside).flatten()
+        out[wrap] = noise.signs[(starts[wrap].view(-1, 1) + torch.arange(length, device=noise.device)) & (noise.size - 1)]
+        return out
+    idx = starts.view(-1, 1) + torch.arange(length, dtype=torch.int64, device=noise.device).view(1, -1)
     return noise.signs[idx & (noise.size - 1)]
 
 
 def factor_offsets(noise: NoiseTable, seeds: list[int], name: str, factor: str, rank: int) -> torch.Tensor:
     """Offsets of every (seed, l) factor, seed-major: entry k*rank + l."""
-    return torch.tensor([factor_offset(s, name, factor, l, noise.table_log2) for s in seeds for l in range(rank)], dtype=torch.int64)
+    if len(seeds) * rank <= 16:
+        return torch.tensor([factor_offset(s, name, factor, l, noise.table_log2) for s in seeds for l in range(rank)], dtype=torch.int64)
+    keys = np.array([name_key(f"{name}/{factor}/{l}") for l in range(rank)], dtype=np.uint64)
+    with np.errstate(over="ignore"):  # the same finalizer as factor_offset, vectorized (a round applies every seed)
+        mixed = mix64_array(np.array(seeds, dtype=np.uint64).reshape(-1, 1) ^ keys.reshape(1, -1))
+    return torch.from_numpy((mixed & np.uint64(noise.size - 1)).astype(np.int64).reshape(-1))
 
 
 def factors(noise: NoiseTable, seed: int, name: str, shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:

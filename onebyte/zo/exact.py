@@ -16,6 +16,10 @@ Nothing depends on the order of the contributions.
 The float32 codec has no such bound: it follows a sequential rule instead, s = fl64(s + v_k z_k)
 over k in canonical order (and l = 0..r-1 within a contribution), one correctly rounded addition
 per term; it is a baseline, slow on purpose.
+
+Two routes compute the exact sum and give the same bits: float64 products, and float32 products
+over terms grouped by the mantissa of v (GroupPlan), about twice as fast on a CPU from a few
+hundred terms and the only fast one on most GPUs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from onebyte.zo.directions import Directions, factor_offsets, windows
-from onebyte.zo.noise import NoiseTable
+from onebyte.zo.noise import NoiseTable, tensor_offsets
 
 MAX_BITS = 43  # codecs whose values need more bits leave fewer than 2^20 terms to int64
 BLOCK_ELEMS = 1 << 18  # float64 elements of S per block: stays in cache
@@ -70,7 +74,7 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
                  coef: torch.Tensor | None = None, grouped: bool | None = None) -> torch.Tensor:
     """S = a @ diag(coef) @ bt (float64; coef = 1 when None) by the rule: exact (chunked, int64
     between chunks) or sequential. ``grouped`` picks the float32 route of ``grouped_matmul`` for a
-    +-1 ``a`` (default: on a GPU from GROUPED_FROM terms on); the route never changes a bit."""
+    +-1 ``a`` (default: ``default_grouped``); the route never changes a bit."""
     k = a.shape[1]
     if rule is None:
         a = a if coef is None else a.to(torch.float64) * coef
@@ -82,18 +86,18 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
         grouped = coef is not None and default_grouped(k, a.device)
     if grouped and coef is None:
         raise ValueError("the grouped route needs the coefficients apart from the +-1 factors")
+    if k > rule.max_terms:
+        raise ValueError(f"a round of {k} terms exceeds the exact sum's {rule.max_terms}")
+    if grouped:
+        return grouped_matmul(a, coef, bt, rule, chunk)
 
     def product(c0: int, c1: int) -> torch.Tensor:
-        if grouped:
-            return grouped_matmul(a[:, c0:c1], coef[c0:c1], bt[c0:c1])
         lhs = a[:, c0:c1].to(torch.float64)
         return _matmul(lhs if coef is None else lhs * coef[c0:c1], bt[c0:c1].to(torch.float64))  # v_k * (+-1): exact
 
     chunk = min(chunk or rule.chunk, rule.chunk)
     if k <= chunk:
         return product(0, k)
-    if k > rule.max_terms:
-        raise ValueError(f"a round of {k} terms exceeds the exact sum's {rule.max_terms}")
     total = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.int64, device=a.device)
     scale = 2.0 ** -rule.quantum_log2
     for c0 in range(0, k, chunk):
@@ -103,44 +107,97 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
 
 
 K_SLICE = 512  # terms per product inside an exact sum: keeps that slice of B in cache
-# terms from which a GPU uses the mantissa-grouped float32 route (float64 is 1/2 to 1/64 of float32's speed on
-# GPUs); a CPU keeps float64, which is as fast here (bench/v2_compare.py: 0.039 s against 0.054 s for 512 terms
-# over a 576 x 1536 matrix on one thread)
-GROUPED_FROM = 64
+# terms from which the mantissa-grouped float32 route is the default. A GPU's float64 runs at 1/2 to 1/64 of its
+# float32 rate; on a CPU the grouped route's per-group passes cost more than they save below ~256 terms, and from
+# there its float32 products run ~2x float64's (bench/v2_compare.py, BENCHMARKS.md "Protocol v2")
+GROUPED_FROM_GPU = 64
+GROUPED_FROM_CPU = 256
 FP32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a binary32 value
 
 
 def default_grouped(terms: int, device: torch.device) -> bool:
-    """Whether a sum of ``terms`` takes the grouped float32 route by default (a GPU, from GROUPED_FROM terms)."""
-    return terms >= GROUPED_FROM and device.type != "cpu"
+    """Whether a sum of ``terms`` takes the grouped float32 route by default (it never changes a bit)."""
+    return terms >= (GROUPED_FROM_CPU if device.type == "cpu" else GROUPED_FROM_GPU)
 
 
-def grouped_matmul(a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
-    """S = a @ diag(coef) @ bt exactly, in float32 products: a (rows, K) and bt (K, cols) hold +-1,
-    coef (K,) binary32 values (float64 tensor). The same bits as the float64 route whenever that
-    one is exact (docs/PROTOCOL.md section 16.4, "a fast exact route").
+@dataclass(frozen=True)
+class GroupPlan:
+    """A round's terms arranged for exact float32 products (section 16.4); made once per round.
 
-    Each coef is +-M * 2^e with M in [0.5, 1): terms sharing M form a group (8 for log8), where the
-    coefficient is +-2^(e - e_min) times one common factor M * 2^e_min. +-2^t and +-1 are exact
-    in float32 (and bf16, TF32), so a product over a chunk of the group whose sum of |2^t| stays
-    at most 2^24 has only integer partial sums below 2^24: exact in any order, blocking or device.
-    The chunks' integer sums are added in float64 (exact below 2^53) and scaled by M * 2^e_min;
-    the group totals are multiples of the round's quantum, so their float64 sum is exact too."""
-    out = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.float64, device=a.device)
-    keep = torch.nonzero(coef != 0).flatten()  # a zero term adds nothing (and has no exponent)
-    if keep.numel() == 0:
-        return out
-    a, coef, bt = a[:, keep], coef[keep], bt[keep]
-    mant, expo = torch.frexp(coef.abs())
-    e_min = int(expo.min())
-    unit = torch.ldexp(coef.sign(), expo - e_min)  # +-2^t, exact
-    if float(unit.abs().max()) > FP32_EXACT:
-        raise ValueError("coefficients span more than 24 octaves: use the float64 route")
-    a32 = a.to(torch.float32)
-    bt32 = bt.to(torch.float32)
-    with _tensor_cores(a.device):
-        _grouped_into(out, a32, bt32, mant, unit, e_min)
-    return out
+    Each coefficient is +-M * 2^e with M in [0.5, 1). ``order`` lists the nonzero terms sorted by
+    M (8 values for log8), ``unit`` the exact +-2^(e - e_min) of each term in that order, and a
+    chunk (start, end, scale) a run of terms sharing M whose sum of |unit| is at most 2^24: a
+    float32 product of +-1 factors and these units then has only integer partial sums below 2^24
+    (exact in any order, blocking or device, TF32 included), and times scale = M * 2^e_min it is
+    an exact multiple of the round's quantum. Chunks form slices of at most ``rule.chunk`` terms
+    whose float64 sum is exact; slices are added as int64 quanta."""
+
+    order: torch.Tensor  # int64 (K',): indices of the nonzero terms
+    unit: torch.Tensor  # float64 (K',): +-2^t in that order
+    slices: tuple[tuple[tuple[int, int, float], ...], ...]
+    quantum_log2: int
+
+    @classmethod
+    def of(cls, coef: torch.Tensor, rule: ExactRule, chunk: int | None = None) -> "GroupPlan":
+        coef = coef.detach().to("cpu", torch.float64)
+        keep = torch.nonzero(coef != 0).flatten()  # a zero term adds nothing (and has no exponent)
+        mant, expo = torch.frexp(coef[keep].abs())
+        order = torch.argsort(mant, stable=True)
+        mant, expo, keep = mant[order], expo[order], keep[order]
+        e_min = int(expo.min()) if len(keep) else 0
+        unit = torch.ldexp(coef[keep].sign(), expo - e_min)
+        if len(keep) and float(unit.abs().max()) > FP32_EXACT:
+            raise ValueError("coefficients span more than 24 octaves: use the float64 route")
+        per_chunk = min(chunk or rule.chunk, rule.chunk)
+        ms, ws = mant.tolist(), unit.abs().tolist()
+        chunks, start, weight = [], 0, 0.0
+        for i in range(len(ms)):
+            if i > start and (ms[i] != ms[start] or weight + ws[i] > FP32_EXACT or i - start == per_chunk):
+                chunks.append((start, i, math.ldexp(ms[start], e_min)))
+                start, weight = i, 0.0
+            weight += ws[i]
+        if len(ms) > start:
+            chunks.append((start, len(ms), math.ldexp(ms[start], e_min)))
+        slices, current, terms = [], [], 0
+        for c0, c1, scale in chunks:
+            if terms + c1 - c0 > rule.chunk:
+                slices.append(tuple(current))
+                current, terms = [], 0
+            current.append((c0, c1, scale))
+            terms += c1 - c0
+        if current:
+            slices.append(tuple(current))
+        return cls(keep, unit, tuple(slices), rule.quantum_log2)
+
+    def matmul(self, a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+        """S (float64) from a (rows, K') of +-1 and bt (K', cols) of +-1 times ``unit``, both float32
+        and already in plan order."""
+        rows, cols = a.shape[0], bt.shape[1]
+        total = None
+        buf = torch.empty(rows, cols, dtype=torch.float32, device=a.device)
+        with _tensor_cores(a.device):
+            for chunks in self.slices:
+                s = torch.zeros(rows, cols, dtype=torch.float64, device=a.device)
+                for c0, c1, scale in chunks:
+                    torch.mm(a[:, c0:c1], bt[c0:c1], out=buf)  # integers <= 2^24: exact
+                    s.add_(buf, alpha=scale)  # a multiple of the quantum: exact
+                if len(self.slices) == 1:
+                    return s
+                part = (s * 2.0 ** -self.quantum_log2).to(torch.int64)
+                total = part if total is None else total.add_(part)
+        if total is None:
+            return torch.zeros(rows, cols, dtype=torch.float64, device=a.device)
+        return total.to(torch.float64) * 2.0 ** self.quantum_log2
+
+
+def grouped_matmul(a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor, rule: ExactRule, chunk: int | None = None) -> torch.Tensor:
+    """S = a @ diag(coef) @ bt exactly, in float32 products (GroupPlan): a (rows, K) and bt (K, cols)
+    hold +-1, coef (K,) the decoded values. The same bits as the float64 route."""
+    plan = GroupPlan.of(coef, rule, chunk)
+    idx = plan.order.to(a.device)
+    a32 = a.index_select(1, idx).to(torch.float32)
+    bt32 = bt.index_select(0, idx).to(torch.float32).mul_(plan.unit.to(device=a.device, dtype=torch.float32).view(-1, 1))
+    return plan.matmul(a32, bt32)
 
 
 @contextlib.contextmanager
@@ -157,20 +214,6 @@ def _tensor_cores(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def _grouped_into(out: torch.Tensor, a32: torch.Tensor, bt32: torch.Tensor, mant: torch.Tensor, unit: torch.Tensor, e_min: int) -> None:
-    for m in torch.unique(mant).tolist():  # ascending: a fixed order (the sum is exact in any)
-        idx = torch.nonzero(mant == m).flatten()
-        weights = unit[idx].abs().tolist()
-        start, total = 0, 0.0
-        for i, w in enumerate(weights + [math.inf]):  # cut where the chunk's sum of |2^t| would pass 2^24
-            if total + w > FP32_EXACT:
-                cols = idx[start:i]
-                part = (a32[:, cols] * unit[cols].to(torch.float32)) @ bt32[cols]  # integers <= 2^24: exact
-                out.add_(part, alpha=math.ldexp(m, e_min))  # times M * 2^e_min: a multiple of the quantum, exact
-                start, total = i, 0.0
-            total += w
 
 
 def _matmul(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
@@ -221,7 +264,7 @@ def apply_round_exact(
     """Apply one round (v2): ``contributions`` is the round's list of (seed, decoded v).
 
     ``chunk`` (terms per exact product), ``block_elems`` and ``grouped`` (the float32 route for
-    matrices; default on a GPU from GROUPED_FROM terms on) only change how the work is done, never a bit
+    matrices; default: ``default_grouped``) only change how the work is done, never a bit
     of the result (tests/test_v2_math.py)."""
     if not contributions:
         return
@@ -229,46 +272,56 @@ def apply_round_exact(
     seeds = [s for s, _ in contributions]
     c = -float(lr) / n
     shrink = float(np.float32(1.0 - lr * weight_decay))
+    vals = torch.tensor([v for _, v in contributions], dtype=torch.float64)
+    plans: dict[int, GroupPlan] = {}  # by rank: the grouped route's plan depends only on the round's values
     with torch.no_grad():
         for name, p in params:
             if not p.is_contiguous():
                 raise ValueError(f"trainable tensor {name} is not contiguous")
             d = shrink if weight_decay and name in decay else None
-            vals = torch.tensor([v for _, v in contributions], dtype=torch.float64, device=p.device)
             if directions.is_lowrank(p):
-                _apply_lowrank(p, name, seeds, vals, directions.rank, c, d, noise, rule, chunk, block_elems, grouped)
+                r = directions.rank
+                route = default_grouped(n * r, p.device) if grouped is None else grouped
+                plan = None
+                if route and rule is not None and n * r > 1:
+                    plan = plans.get(r) or plans.setdefault(r, GroupPlan.of(vals.repeat_interleave(r), rule, chunk))
+                _apply_lowrank(p, name, seeds, vals.to(p.device), r, c, d, noise, rule, chunk, block_elems, plan)
             else:
-                _apply_dense(p.view(-1), name, seeds, vals, c, d, noise, rule, chunk, block_elems)
+                _apply_dense(p.view(-1), name, seeds, vals.to(p.device), c, d, noise, rule, chunk, block_elems)
 
 
-def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems, grouped) -> None:
+def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems, plan: GroupPlan | None) -> None:
     m, cols = p.shape
-    coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
     a_off = factor_offsets(noise, seeds, name, "a", rank)
     b_off = factor_offsets(noise, seeds, name, "b", rank)
-    if coef.numel() == 1 and rule is not None:
+    rows = max(1, min(m, block_elems // cols))
+    if len(seeds) * rank == 1 and rule is not None:
         d0 = float(np.float32(c * float(vals[0])))
         a = windows(noise, a_off, 0, m)[0].to(device=p.device, dtype=torch.float32)
         b = windows(noise, b_off, 0, cols)[0].to(device=p.device, dtype=torch.float32)
-        rows = max(1, min(m, block_elems // cols))
         for i0 in range(0, m, rows):
             _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
         return
-    if rule is not None and grouped is None:
-        grouped = default_grouped(coef.numel(), p.device)
-    fdt = torch.float32 if grouped else torch.float64  # +-1 either way
-    bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=fdt)  # (K, p)
-    rows = max(1, min(m, block_elems // cols))
     buf = torch.empty(rows * cols, dtype=torch.float32, device=p.device)
+    if plan is not None:  # float32 products (section 16.4): terms in the plan's order, its units folded into B
+        a_off, b_off = a_off[plan.order], b_off[plan.order]
+        bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float32)
+        bt.mul_(plan.unit.to(device=p.device, dtype=torch.float32).view(-1, 1))  # +-2^t: exact
+        for i0 in range(0, m, rows):
+            i1 = min(m, i0 + rows)
+            a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float32).t()  # (rows, K'), +-1
+            _update(p[i0:i1], plan.matmul(a, bt), c, d, buf)
+        return
+    coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
+    bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
     for i0 in range(0, m, rows):
         i1 = min(m, i0 + rows)
-        a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=fdt).t()  # (rows, K), entries +-1
-        s = exact_matmul(a, bt, rule, chunk, coef=coef, grouped=bool(grouped))
-        _update(p[i0:i1], s, c, d, buf)
+        a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float64).t()  # (rows, K), entries +-1
+        _update(p[i0:i1], exact_matmul(a, bt, rule, chunk, coef=coef, grouped=False), c, d, buf)
 
 
 def _apply_dense(flat, name, seeds, vals, c, d, noise, rule, chunk, block_elems) -> None:
-    offsets = torch.tensor([noise.offset(s, name) for s in seeds], dtype=torch.int64)
+    offsets = tensor_offsets(seeds, name, noise.table_log2)
     step = max(1, block_elems // max(1, len(seeds)))
     for a0 in range(0, flat.numel(), step):
         a1 = min(flat.numel(), a0 + step)

@@ -34,7 +34,8 @@ def mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _mix64_np(x: np.ndarray) -> np.ndarray:
+def mix64_array(x: np.ndarray) -> np.ndarray:
+    """mix64 on every element of a uint64 array (wrapping multiplies: call under np.errstate(over="ignore"))."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> np.uint64(27))
@@ -65,6 +66,13 @@ def tensor_offset(seed: int, name: str, table_log2: int) -> int:
     return mix64(seed ^ name_key(name)) & ((1 << table_log2) - 1)
 
 
+def tensor_offsets(seeds: list[int], name: str, table_log2: int) -> torch.Tensor:
+    """tensor_offset for every seed of a round at once (int64): a round applies every seed to every tensor."""
+    with np.errstate(over="ignore"):
+        mixed = mix64_array(np.array(seeds, dtype=np.uint64) ^ np.uint64(name_key(name)))
+    return torch.from_numpy((mixed & np.uint64((1 << table_log2) - 1)).astype(np.int64))
+
+
 @lru_cache(maxsize=2)
 def _table_cpu(table_log2: int, table_key: int) -> torch.Tensor:
     if not MIN_TABLE_LOG2 <= table_log2 <= MAX_TABLE_LOG2:
@@ -73,7 +81,7 @@ def _table_cpu(table_log2: int, table_key: int) -> torch.Tensor:
     with np.errstate(over="ignore"):
         j = np.arange(1, words + 1, dtype=np.uint64)
         state = np.uint64(table_key & MASK64) + j * np.uint64(GOLDEN)
-        w = _mix64_np(state)
+        w = mix64_array(state)
     bits = np.unpackbits(w.astype("<u8").view(np.uint8), bitorder="little")
     signs = bits.astype(np.int8) * np.int8(2) - np.int8(1)
     return torch.from_numpy(signs)
