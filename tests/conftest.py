@@ -37,3 +37,25 @@ def kill_leftover_daemons():
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: the shares are those of the tests that run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` (swarm tests of several minutes) first on every xdist worker.
+
+    pytest-xdist's worksteal scheduler hands each of its w workers one contiguous share of the
+    collection and later moves tests from the tail of the longest queue to an idle worker. Dealing
+    the long tests round-robin to the front of each share means every worker starts on long tests
+    and the steals at the end move short ones, instead of one worker ending on a long test alone."""
+    workers = max(1, int(getattr(config, "workerinput", {}).get("workercount", 1)))  # set on xdist's workers
+    long = [i for i in items if i.get_closest_marker("long")]
+    short = [i for i in items if not i.get_closest_marker("long")]
+    ordered, left = [], len(items)
+    for w in range(workers):
+        size = left // (workers - w)  # the share worksteal sends this worker first
+        mine = long[w::workers]
+        take = max(0, size - len(mine))
+        ordered += mine + short[:take]
+        short = short[take:]
+        left -= size
+    items[:] = ordered + short

@@ -7,6 +7,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from tests.swarm_utils import START, TINY, WAIT, Swarm
 
@@ -19,6 +20,7 @@ def events(swarm: Swarm, name: str, kind: str) -> list[dict]:
     return [e for e in map(json.loads, f.read_text().splitlines()) if e.get("event") == kind] if f.exists() else []
 
 
+@pytest.mark.long
 def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     """A peer that joins after 40 rounds fetches a checkpoint (or the log) from a peer and ends identical."""
     rounds = 100  # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it asks
@@ -38,6 +40,7 @@ def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     assert reports["late"]["hash_mismatches"] == 0 and reports["late"]["hash_agreements"] >= 1
 
 
+@pytest.mark.long
 def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes(tmp_path):
     """SIGKILL a peer mid-run and restart it with its --checkpoint-dir: it resumes and ends identical.
     Killing it and then the bootstrap node stalls nobody; Ctrl-C leaves cleanly and says so."""
@@ -80,6 +83,7 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
     assert "left the run on request" in quit_log and "Traceback" not in quit_log
 
 
+@pytest.mark.long
 def test_corrupted_checkpoint_is_detected_and_not_used(tmp_path):
     """A truncated newest checkpoint is refused; the peer falls back to the older one and catches up."""
     rounds = 30
@@ -107,6 +111,7 @@ def test_corrupted_checkpoint_is_detected_and_not_used(tmp_path):
     assert reports["a"]["final_sha256"] == reports["b2"]["final_sha256"]
 
 
+@pytest.mark.long
 def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     """One weight of a peer is changed behind its back: at the next hash round it loses the vote,
     reinstalls the majority's state from a peer's checkpoint and log, and ends identical."""
@@ -133,6 +138,7 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     assert lost and lost[0] <= 25 and all(v["in_majority"] for q, v in agreement.items() if int(q) > lost[0]), agreement
 
 
+@pytest.mark.long
 def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
     """Two peers share the same wrong weights (altered at round 12) and vote on time; two honest
     peers' hash records reach the DHT about a round late. At the first reading an honest peer sees

@@ -52,6 +52,7 @@ def net():
         "a 3|1 split heals by the usual strict-majority repair (as in tests/test_catchup.py); bench/reliability.py runs it "
         "(ONEBYTE_RELIABILITY=1), the suite keeps to the 2|2 tie"))),
 ])
+@pytest.mark.long
 def test_a_partition_between_two_halves_heals_to_one_agreed_history(tmp_path, net, split):
     """Bootstrap and peer a in namespace a; the link to namespace b is cut for ~8 rounds, then healed.
     Both halves keep applying rounds apart; after healing, every hash round compares the two
@@ -157,6 +158,7 @@ def test_clock_skew_and_a_slow_peer_do_not_break_agreement(tmp_path, skew):
     assert reports["slow"]["missed_deadline"] >= 1, reports["slow"]
 
 
+@pytest.mark.long
 def test_peers_killed_at_random_rounds_the_creator_included(tmp_path):
     """SIGKILL a random peer at a random round and restart it from its checkpoint dir, SIGKILL it again,
     then SIGKILL the run's creator for good, and let a new peer join after the creator is gone."""

@@ -80,6 +80,7 @@ def attach(swarm: Swarm, run_id: str, peers: int):
     return attacker, dht, client, m, RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds), sorted(honest)
 
 
+@pytest.mark.long
 def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and_change_nothing(tmp_path):
     run, rounds, k = "hostile6", 15, 2
     port = free_port()
@@ -327,6 +328,7 @@ def identity_key(path: Path) -> str:
     return r.stdout.strip()
 
 
+@pytest.mark.long
 def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     """A private run of three members, one of which (x) always sends the largest byte against its
     estimate, and an outsider (o) that follows the run and publishes too. x is bounded by

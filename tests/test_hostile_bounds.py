@@ -16,6 +16,7 @@ from functools import partial
 
 import msgpack
 import psutil
+import pytest
 from hivemind.dht import DHT
 from hivemind.dht.routing import DHTID
 from hivemind.utils import get_dht_time
@@ -235,6 +236,7 @@ def suppressed(text: str) -> int:
     return sum(int(n) for n in re.findall(r"\[\+(\d+) similar lines suppressed", text))
 
 
+@pytest.mark.long
 def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash(tmp_path):
     """Three honest peers; a DHT node without a validator that holds, under every key they read,
     records nested 600 deep, maps nested 300 deep, values full of extension objects and 2,000

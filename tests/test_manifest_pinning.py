@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from hivemind.utils import get_dht_time
 
 from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
@@ -24,6 +25,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onebyte.peer.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.long
 def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp_path):
     run, rounds = "squat", 40
     creator = cli("identity", "--identity", str(tmp_path / "a.pem")).stdout.strip()

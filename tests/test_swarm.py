@@ -18,6 +18,7 @@ from onebyte.dht.validator import owner_subkey
 from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
+@pytest.mark.long
 def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tmp_path):
     rounds = 30
     with Swarm(tmp_path) as swarm:

@@ -96,6 +96,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.long
 def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_peer_did(tmp_path):
     from transformers import AutoModelForCausalLM, pipeline
 

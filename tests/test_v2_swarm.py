@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 
 from tests.swarm_utils import START, TINY, WAIT, Swarm
 
 
+@pytest.mark.long
 def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tmp_path):
     rounds = 8
     with Swarm(tmp_path) as swarm:

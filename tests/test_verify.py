@@ -90,6 +90,7 @@ def attacker_info(swarm: Swarm) -> dict:
     return json.loads((swarm.workdir / "attacker.json").read_text())
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mode,keys", [("votes", 5), ("contribute", 3)])
 def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tmp_path, mode, keys):
     """Three honest peers; an attacker whose keys vote for a forged state ground to a hash starting with "0"
@@ -178,6 +179,7 @@ def wait_joined(swarm: Swarm, names, timeout: float) -> None:
     raise AssertionError("not joined: " + ", ".join(n for n in names if " joined run " not in swarm.log(n)))
 
 
+@pytest.mark.long
 def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cpu_load):
     """tests/test_catchup.py's late-votes scenario with every core busy once the peers have loaded:
     two peers share the same wrong weights and vote on time, three honest peers (two voting late).
@@ -233,6 +235,7 @@ def round_moves(history: dict[int, list], manifest: dict, rule) -> dict[int, dic
     return out
 
 
+@pytest.mark.long
 def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
     """A public run with the robust rule (PROTOCOL §15: --clip-abs, --max-round-contributions):
     64 fresh keys send the largest byte, contribs_per_round codes each, in two rounds. Replaying
