@@ -17,7 +17,7 @@ Every method sees the same number of training samples: ``--samples`` batches of 
 * ``onebyte-N-v2``: as ``onebyte-N`` with protocol v2's low-rank directions (``lowrank:1``,
   docs/PROTOCOL.md §16) on every 2-D trainable tensor and v2's exact round apply: v2 against v1 at
   equal samples (identical to v1 when every trainable tensor is 1-D, e.g. only the final norm);
-  ``onebyte-1-v2r4`` with ``lowrank:4``.
+  ``onebyte-1-v2r2`` and ``onebyte-1-v2r4`` with ``lowrank:2`` and ``lowrank:4``.
 * ``adam``: ``torch.optim.Adam`` on the same trainable tensors, loss = the task's own loss, one
   step per batch of one peer's batch sequence.
 
@@ -246,6 +246,7 @@ METHODS = {  # name -> (kind, peers, codec[, directions])
     "onebyte-4": ("zo", 4, "log8:-8:8"),
     "onebyte-1-v2": ("zo", 1, "log8:-8:8", "lowrank:1"),
     "onebyte-4-v2": ("zo", 4, "log8:-8:8", "lowrank:1"),
+    "onebyte-1-v2r2": ("zo", 1, "log8:-8:8", "lowrank:2"),
     "onebyte-1-v2r4": ("zo", 1, "log8:-8:8", "lowrank:4"),
     "adam": ("adam", 1, None),
 }
