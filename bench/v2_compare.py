@@ -241,6 +241,7 @@ def main() -> None:
     rows += [("crossing N = make / apply one", res["crossing"]["v1"]["N"], res["crossing"]["v2"]["N"])]
     if "memory_mib" in res:
         rows += [("peak memory / inference", res["memory_mib"]["v1_over_inference"], res["memory_mib"]["v2_over_inference"])]
+    loads = loads or [os.getloadavg()[0]]  # a memory-only run times nothing in this process
     print(f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average {min(loads):.1f}..{max(loads):.1f}")
     print(table(rows, ("what", "v1 (dense)", "v2 (lowrank:1)")))
     print(f"\nwrote {path}")
