@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from onebyte.zo.noise import NoiseTable, mix64, mix64_array, name_key
+from onebyte.zo.noise import NoiseTable, tensor_offset, tensor_offsets
 
 MAX_RANK = 16
 _PATTERN = re.compile(r"^(dense|lowrank:([1-9][0-9]*))$")
@@ -61,16 +60,13 @@ class Directions:
 
 
 def factor_offset(seed: int, name: str, factor: str, l: int, table_log2: int) -> int:
-    """Start of factor ``factor`` ("a": rows, "b": columns) number ``l`` of tensor ``name``."""
-    return mix64(seed ^ name_key(f"{name}/{factor}/{l}")) & ((1 << table_log2) - 1)
+    """Start of factor ``factor`` ("a": rows, "b": columns) number ``l`` of tensor ``name``: the
+    dense offset (section 3) of the name ``name/factor/l``."""
+    return tensor_offset(seed, f"{name}/{factor}/{l}", table_log2)
 
 
 def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """(len(offsets), length) int8: row k is the table window at offsets[k], elements start..start+length."""
-    if len(offsets) <= 16:  # a few windows: slices of the table (no index tensor) unless they wrap
-        starts = [(int(o) + start) & (noise.size - 1) for o in offsets.tolist()]
-        if all(s + length <= noise.size for s in starts):
-            return torch.stack([noise.signs[s : s + length] for s in starts]) if starts else noise.signs[:0].view(0, length)
     starts = (offsets.to(noise.device) + start) & (noise.size - 1)
     if length <= noise.size:
         # row o of this overlapping view is the window at o: one row copy per window, no per-element index
@@ -89,12 +85,7 @@ def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -
 
 def factor_offsets(noise: NoiseTable, seeds: list[int], name: str, factor: str, rank: int) -> torch.Tensor:
     """Offsets of every (seed, l) factor, seed-major: entry k*rank + l."""
-    if len(seeds) * rank <= 16:
-        return torch.tensor([factor_offset(s, name, factor, l, noise.table_log2) for s in seeds for l in range(rank)], dtype=torch.int64)
-    keys = np.array([name_key(f"{name}/{factor}/{l}") for l in range(rank)], dtype=np.uint64)
-    with np.errstate(over="ignore"):  # the same finalizer as factor_offset, vectorized (a round applies every seed)
-        mixed = mix64_array(np.array(seeds, dtype=np.uint64).reshape(-1, 1) ^ keys.reshape(1, -1))
-    return torch.from_numpy((mixed & np.uint64(noise.size - 1)).astype(np.int64).reshape(-1))
+    return torch.stack([tensor_offsets(seeds, f"{name}/{factor}/{l}", noise.table_log2) for l in range(rank)], 1).reshape(-1)
 
 
 def factors(noise: NoiseTable, seed: int, name: str, shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -273,21 +273,24 @@ def apply_round_exact(
     c = -float(lr) / n
     shrink = float(np.float32(1.0 - lr * weight_decay))
     vals = torch.tensor([v for _, v in contributions], dtype=torch.float64)
-    plans: dict[int, GroupPlan] = {}  # by rank: the grouped route's plan depends only on the round's values
+    on_device = {vals.device: vals}  # the round's values, copied once to each device that holds a tensor
+    terms = n * directions.rank
+    plan = None  # the grouped route's plan depends only on the round's values: made once, for every matrix
     with torch.no_grad():
         for name, p in params:
             if not p.is_contiguous():
                 raise ValueError(f"trainable tensor {name} is not contiguous")
             d = shrink if weight_decay and name in decay else None
+            v = on_device.get(p.device)
+            if v is None:
+                v = on_device[p.device] = vals.to(p.device)
             if directions.is_lowrank(p):
-                r = directions.rank
-                route = default_grouped(n * r, p.device) if grouped is None else grouped
-                plan = None
-                if route and rule is not None and n * r > 1:
-                    plan = plans.get(r) or plans.setdefault(r, GroupPlan.of(vals.repeat_interleave(r), rule, chunk))
-                _apply_lowrank(p, name, seeds, vals.to(p.device), r, c, d, noise, rule, chunk, block_elems, plan)
+                route = default_grouped(terms, p.device) if grouped is None else grouped
+                if route and plan is None and rule is not None and terms > 1:
+                    plan = GroupPlan.of(vals.repeat_interleave(directions.rank), rule, chunk)
+                _apply_lowrank(p, name, seeds, v, directions.rank, c, d, noise, rule, chunk, block_elems, plan if route else None)
             else:
-                _apply_dense(p.view(-1), name, seeds, vals.to(p.device), c, d, noise, rule, chunk, block_elems)
+                _apply_dense(p.view(-1), name, seeds, v, c, d, noise, rule, chunk, block_elems)
 
 
 def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems, plan: GroupPlan | None) -> None:

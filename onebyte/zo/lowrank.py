@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from onebyte.zo.directions import Directions, factor_offsets, lowrank_direction, windows
-from onebyte.zo.noise import NoiseTable
+from onebyte.zo.noise import NoiseTable, tensor_offsets
 from onebyte.zo.perturb import perturbed_copy
 
 
@@ -141,8 +141,7 @@ class InForward:
     def _dense(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
         key = ("z", name, like.dtype)
         if key not in self._cache:
-            offs = torch.tensor([self.noise.offset(s, name) for s in self.seeds], dtype=torch.int64)
-            self._cache[key] = windows(self.noise, offs, 0, numel).to(device=like.device, dtype=like.dtype)
+            self._cache[key] = windows(self.noise, tensor_offsets(self.seeds, name, self.noise.table_log2), 0, numel).to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
     def _check_rows(self, t: torch.Tensor, where: str) -> None:
