@@ -122,7 +122,8 @@ class Bench:
     def zo_run(self, *, peers: int, codec: str, lr: float, eps: float, samples: int, seed: int, eval_every: int | None, eval_limit=None,
                tag="", directions: str = "dense") -> dict:
         """``samples`` contributions in total by ``peers`` simulated peers, ``contribs`` each per round."""
-        from onebyte.coordinator_free.agreement import decide_round, encode_codes
+        from onebyte.coordinator_free.agreement import decide_round
+        from onebyte.zo.codec import encode_codes
         from onebyte.dht.records import ContributionRecord
         from onebyte.peer.train import batch_indices
         from onebyte.zo import contribution_seed, make_codec

@@ -18,7 +18,7 @@ For the longest history a second joiner is forced to replay the log (--catch-up 
 the checkpoint saves. Goal (issue 4): the R = 5,000 case within 2x of the R = 50 case.
 
 Checkpoint transfer. A second process serves a SmolLM2-135M checkpoint (all 134.5 M weights, fp32)
-through onebyte.dht.transfer (hivemind's p2p, two p2pd daemons over loopback TCP); this process
+through onebyte.p2p.transfer (hivemind's p2p, two p2pd daemons over loopback TCP); this process
 downloads it, verifies its SHA-256 and installs it into a freshly loaded model. Median of 3.
 
     python bench/catchup.py                     # R = 50, 500, 5000 + SmolLM transfer (~6 min)
@@ -202,12 +202,12 @@ def one_length(R: int, workdir: Path, force_log_too: bool) -> dict:
 
 # -- SmolLM2-135M checkpoint over p2p -------------------------------------------------------------
 def serve_checkpoint(path: str, info_out: str) -> None:
-    """Child process: a DHT node serving one checkpoint through onebyte.dht.transfer."""
+    """Child process: a DHT node serving one checkpoint through onebyte.p2p.transfer."""
     from safetensors import safe_open
 
     from onebyte.dht.client import start_dht
     from onebyte.dht.identity import Identity
-    from onebyte.dht.transfer import ServedState, Transfer
+    from onebyte.p2p.transfer import ServedState, Transfer
 
     with safe_open(path, "pt") as f:
         meta = f.metadata()
@@ -224,7 +224,7 @@ def smollm_transfer(workdir: Path, reps: int) -> dict:
 
     from onebyte.dht.client import start_dht
     from onebyte.dht.identity import Identity
-    from onebyte.dht.transfer import Transfer
+    from onebyte.p2p.transfer import Transfer
     from onebyte.peer.checkpoint import install_state, save_checkpoint
     from onebyte.peer.train import TrainConfig, build
 

@@ -1,6 +1,6 @@
 """Hostile catch-up sources for tests: python -m tests.hostile_transfer --run-id R --initial-peers M ... --out F.
 
-Real hivemind DHT nodes and real libp2p handlers (the ones onebyte.dht.transfer calls), each
+Real hivemind DHT nodes and real libp2p handlers (the ones onebyte.p2p.transfer calls), each
 advertised by a validly signed heartbeat of its own key, so a joiner lists it among the run's
 live peers and asks it for .info, .log and .state. Each node misbehaves in one way:
 
@@ -36,7 +36,7 @@ from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import Heartbeat, peers_key
-from onebyte.dht.transfer import Transfer, handler_prefix
+from onebyte.p2p.transfer import Transfer, handler_prefix
 from tests.hostile_client import SER, store_raw, subkey_of
 
 CRASH_SHAPES = [

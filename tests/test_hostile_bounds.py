@@ -150,7 +150,7 @@ def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
     import threading
 
     from onebyte.coordinator_free.seedlog import SeedLog, entry_line
-    from onebyte.dht.transfer import STATE_SLACK_BYTES, ServedState, Transfer, TransferError
+    from onebyte.p2p.transfer import STATE_SLACK_BYTES, ServedState, Transfer, TransferError
     from tests.hostile_transfer import CRASH_SHAPES, Node, random_peer_id
 
     boot_id = Identity()

@@ -4,7 +4,7 @@ import json
 import pathlib
 import re
 
-from onebyte.zo.vectors import compute_vectors
+from onebyte.spec.vectors import compute_vectors
 
 PROTOCOL = pathlib.Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 

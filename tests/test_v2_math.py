@@ -223,7 +223,7 @@ def test_code_matches_the_documented_v2_vectors():
     import json
     import re
 
-    from onebyte.zo.vectors import compute_v2_vectors
+    from onebyte.spec.vectors import compute_v2_vectors
 
     text = (ROOT / "docs" / "PROTOCOL.md").read_text()
     m = re.search(r"<!-- vectors-v2:begin -->\s*```json\n(.*?)```\s*<!-- vectors-v2:end -->", text, re.S)

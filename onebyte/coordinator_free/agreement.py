@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from onebyte.dht.records import ContributionRecord
 from onebyte.zo import contribution_seed
-from onebyte.zo.codec import ByteCodec, Float32Codec
+from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes
 
 
 @dataclass
@@ -28,23 +28,6 @@ class RoundSet:
     digest: str  # SHA-256 of the canonical list of (peer, codes)
     rejected: Counter = field(default_factory=Counter)
     records: list[tuple[str, bytes]] = field(default_factory=list)  # accepted (peer, codes), canonical order: the seed-log entry
-
-
-def decode_codes(codes: bytes, codec: ByteCodec | Float32Codec) -> list[float]:
-    if isinstance(codec, Float32Codec):
-        if len(codes) % 4:
-            raise ValueError("float32 codes must be a multiple of 4 bytes")
-        values = [codec.decode(v) for v in struct.unpack(f"<{len(codes) // 4}f", codes)]
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError("non-finite float32 code")
-        return values
-    return [codec.decode(b) for b in codes]
-
-
-def encode_codes(values: list, codec: ByteCodec | Float32Codec) -> bytes:
-    if isinstance(codec, Float32Codec):
-        return struct.pack(f"<{len(values)}f", *values)
-    return bytes(values)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 
-from onebyte.coordinator_free.agreement import RoundSet, decode_codes
+from onebyte.coordinator_free.agreement import RoundSet
+from onebyte.zo.codec import decode_codes
 from onebyte.zo.codec import ByteCodec, Float32Codec
 
 WINDOW = 256  # recent codes kept per peer

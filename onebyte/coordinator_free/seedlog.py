@@ -3,7 +3,7 @@
 hivemind's DHT neither persists nor republishes values, so the contribution records of a round
 are gone once their expiration passes or the nodes holding them leave. Each peer therefore keeps
 the log of what it applied (a few dozen bytes per contribution), on disk next to its checkpoints,
-and serves it to peers that catch up (onebyte.dht.transfer). A log entry is enough to replay a
+and serves it to peers that catch up (onebyte.p2p.transfer). A log entry is enough to replay a
 round: the seeds follow from (run, peer, round, index) and the coefficients from the codes.
 
 One entry per line (JSON, docs/PROTOCOL.md §14):
@@ -30,7 +30,7 @@ log = logging.getLogger("onebyte.seedlog")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-MAX_LINE_BYTES = 1024 * 1024  # one entry (a round of ~10,000 records); onebyte.dht.transfer reads no longer line
+MAX_LINE_BYTES = 1024 * 1024  # one entry (a round of ~10,000 records); onebyte.p2p.transfer reads no longer line
 
 
 class SeedLogError(ValueError):

@@ -1,6 +1,6 @@
 """How a peer that is behind (or wrong) chooses its way back to the swarm's exact weights.
 
-Two ways, from other peers over p2p (onebyte.dht.transfer):
+Two ways, from other peers over p2p (onebyte.p2p.transfer):
   log         replay every missed round from a peer's seed log: cost grows with the gap;
   checkpoint  download a peer's newest checkpoint, check its hash against the swarm's hash
               records, then replay only the rounds after it: cost is about flat in the gap.

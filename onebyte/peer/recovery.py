@@ -18,7 +18,7 @@ from onebyte.coordinator_free.agreement import agreed_hash, decide_round
 from onebyte.coordinator_free.seedlog import SeedLogError, parse_line, replay_set
 from onebyte.dht.client import DHTUnavailable
 from onebyte.dht.wire import clip
-from onebyte.dht.transfer import ServedState, Transfer, TransferError
+from onebyte.p2p.transfer import ServedState, Transfer, TransferError
 from onebyte.peer import catchup
 from onebyte.peer.checkpoint import CheckpointError, install_state, load_checkpoint, save_checkpoint
 

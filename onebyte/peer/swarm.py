@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onebyte import __version__
-from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round, encode_codes
+from onebyte.coordinator_free.agreement import RoundSet, compare_hashes, decide_round
+from onebyte.zo.codec import encode_codes
 from onebyte.coordinator_free.influence import InfluenceMonitor
 from onebyte.coordinator_free.manifest import RunManifest, parse_manifest, pick_manifest, refusal, tied_names
 from onebyte.coordinator_free.rounds import RoundClock
@@ -32,7 +33,7 @@ from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable, RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, HashRecord, Heartbeat, RunAnnouncement
-from onebyte.dht.transfer import Transfer
+from onebyte.p2p.transfer import Transfer
 from onebyte.metrics.peer import PeerMetrics
 from onebyte.peer import catchup
 from onebyte.peer.recovery import RecoveryMixin

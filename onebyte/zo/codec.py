@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -106,3 +107,21 @@ class Float32Codec:
 
 def make_codec(name: str) -> ByteCodec | Float32Codec:
     return Float32Codec() if name == "float32" else ByteCodec.parse(name)
+
+
+def decode_codes(codes: bytes, codec: ByteCodec | Float32Codec) -> list[float]:
+    """A record's code bytes as values (PROTOCOL §6): one byte each, or 4-byte little-endian float32s."""
+    if isinstance(codec, Float32Codec):
+        if len(codes) % 4:
+            raise ValueError("float32 codes must be a multiple of 4 bytes")
+        values = [codec.decode(v) for v in struct.unpack(f"<{len(codes) // 4}f", codes)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("non-finite float32 code")
+        return values
+    return [codec.decode(b) for b in codes]
+
+
+def encode_codes(values: list, codec: ByteCodec | Float32Codec) -> bytes:
+    if isinstance(codec, Float32Codec):
+        return struct.pack(f"<{len(values)}f", *values)
+    return bytes(values)

@@ -1,4 +1,4 @@
-"""Test vectors for docs/PROTOCOL.md: ``python -m onebyte.zo.vectors`` prints them as JSON.
+"""Test vectors for docs/PROTOCOL.md: ``python -m onebyte.spec.vectors`` prints them as JSON.
 
 tests/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
 so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's

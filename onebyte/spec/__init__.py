@@ -1,0 +1,1 @@
+"""The specification's executable parts: test vectors for docs/PROTOCOL.md."""
