@@ -9,21 +9,23 @@ import sys
 
 import torch
 
-from onebyte.peer import cli, swarm
+from onebyte.peer import applier, cli
 
 ALTER_AT = int(sys.argv.pop(1))
-_apply_set = swarm.SwarmPeer._apply_set
+_apply = applier.RoundApplier.apply
+_altered = []
 
 
-def altered_apply_set(self, rs, *, replayed=False):
-    _apply_set(self, rs, replayed=replayed)
-    if rs.round == ALTER_AT and not getattr(self, "_altered", False):
-        self._altered = True
+def altered_apply(self, rs, *, live):
+    seconds = _apply(self, rs, live=live)
+    if rs.round == ALTER_AT and not _altered:
+        _altered.append(rs.round)
         with torch.no_grad():
-            self.replica.params[0][1].view(-1)[0] += 0.25
+            self.state.replica.params[0][1].view(-1)[0] += 0.25
         logging.getLogger("onebyte.peer").warning("[%s] round=%d FAULT INJECTED: one weight altered", self.tag, rs.round)
+    return seconds
 
 
-swarm.SwarmPeer._apply_set = altered_apply_set
+applier.RoundApplier.apply = altered_apply
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

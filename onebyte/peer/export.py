@@ -119,17 +119,15 @@ def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str |
 
 def from_live_run(swarm_cfg) -> Trained:
     """Join a run without contributing, catch up to its newest final round, and keep the result."""
-    from onebyte.peer.swarm import SwarmPeer
+    from onebyte.peer.swarm import run_peer
 
     swarm_cfg.follow_only = True
-    peer = SwarmPeer(swarm_cfg)
-    try:
-        report = peer.run()
-    finally:
-        peer.close()
+    kept = []
+    report = run_peer(swarm_cfg, keep=kept)
+    peer = kept[0]
     if peer.applied < 0:
         raise CheckpointError(f"caught up with no round of run {swarm_cfg.run_id!r}: nothing to export yet")
-    loaded = peer.built[0]
+    loaded = peer.joined.loaded
     info = {"source": "live run", "run_id": swarm_cfg.run_id, "round": peer.applied, "sha256": report.get("final_sha256"),
             "model": peer.manifest.model}
     return Trained(loaded, peer.manifest, info, {k: getattr(peer.manifest, k) for k in TASK_FIELDS})
