@@ -124,7 +124,8 @@ class Veth:
         self.ns = {"a": a, "b": b}
         self.addr = {"a": ip_a, "b": ip_b}
         self.dev = {"a": (dev_a or f"{a.name}v")[:15], "b": (dev_b or f"{b.name}v")[:15]}  # IFNAMSIZ - 1
-        ip("link", "add", self.dev["a"], "netns", a.name, "type", "veth", "peer", "name", self.dev["b"], "netns", b.name)
+        ip("link", "add", self.dev["a"], "netns", a.name, "type", "veth",
+           "peer", "name", self.dev["b"], "netns", b.name)
         for side in "ab":
             self.ns[side].ip("addr", "add", f"{self.addr[side]}/{prefix_len}", "dev", self.dev[side])
             self.up(side)
