@@ -25,7 +25,8 @@ import json
 import math
 import time
 
-from _common import RESULTS, add_common_args, machine_info, setup_torch, table, write_results
+from _common import add_common_args, setup_torch
+from harness import RESULTS, machine_info, results_path, table, write_results
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ def main() -> None:
         first, last = r["losses"][: max(1, len(r['losses']) // 5)], r["losses"][-max(1, len(r['losses']) // 5):]
         print(f"{codec}: train loss first 20% {np.mean(first):.4f} -> last 20% {np.mean(last):.4f}; codec: "
               + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items() if k != "codec"))
-    print(f"\nwrote {RESULTS / (out_name + '.json') if not args.out else args.out}")
+    print(f"\nwrote {results_path(out_name, args.out)}")
 
 
 if __name__ == "__main__":

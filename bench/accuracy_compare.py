@@ -56,7 +56,8 @@ import math
 import time
 from pathlib import Path
 
-from _common import RESULTS, add_common_args, machine_info, setup_torch, table, write_results
+from _common import add_common_args, setup_torch
+from harness import machine_info, results_path, table, write_results
 
 import numpy as np
 import torch
@@ -490,7 +491,7 @@ def main() -> None:
     result["total_seconds"] = time.perf_counter() - t0
     save()
     print(table(summary_rows(result), SUMMARY_HEADER))
-    out = Path(args.out) if args.out else RESULTS / "accuracy_compare.json"
+    out = results_path("accuracy_compare", args.out)
     plot([result], str(out.with_suffix(".png")))
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from _common import add_common_args, build_default, machine_info, median, setup_torch, table, timed, write_results
+from _common import add_common_args, build_default, setup_torch
+from harness import machine_info, median, table, timed, write_results
 
 import torch
 

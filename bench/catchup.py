@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine_info  # noqa: E402
+from harness import log, machine_info, write_results  # noqa: E402
 
 TINY = dict(model="tiny-llama", model_kind="causal-lm", dtype="float32", trainable=r"layers\.", init_seed=0, dataset="drugreview", task=None,
             text_column="text", label_column="label", label_words=None, template=None, max_length=32, lr=1e-4, eps=1e-3,
@@ -49,10 +49,6 @@ ROUND_SECONDS = 2.0
 HASH_EVERY = 5
 HIST_PEERS, K = 2, 4
 LIVE_ROUNDS = 8
-
-
-def log(msg: str) -> None:
-    print(f"[catchup {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def env() -> dict:
@@ -291,7 +287,7 @@ def main() -> int:
     results["goal"] = {"text": f"R={hi} within 2x of R={lo}", "ratio": by[hi] / by[lo], "met": by[hi] <= 2 * by[lo]}
     if not args.no_smollm:
         results["smollm2_135m_transfer"] = smollm_transfer(workdir, 1 if args.quick else 3)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_results("catchup", results, args.out)
     print()
     print(f"{'R':>5}  {'method':>10}  {'catch-up s':>10}  {'launch->caught up s':>19}  identical")
     for x in results["lengths"]:

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from harness import ROOT, write_results
 
 
 @dataclasses.dataclass
@@ -193,8 +190,7 @@ def main() -> None:
     res["all_hashes_equal"] = all(v["equal"] for v in res["hashes"].values())
     res["timings"] = timings(args.device, args.small, args.batch_size, args.length)
     res["seconds"] = time.time() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
+    write_results("gpu_check", res, args.out)
     print(f"wrote {args.out} ({res['seconds']:.0f} s); CPU and {args.device} hashes {'all equal' if res['all_hashes_equal'] else 'DIFFER'}")
 
 

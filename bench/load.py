@@ -38,22 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import RESULTS, machine_info  # noqa: E402
+from harness import RESULTS, log, machine_info, percentile, write_results  # noqa: E402
 
 from onebyte.peer.demo import child_environment, start_bootstrap  # noqa: E402
 
 TINY = ["--model", "tiny-llama", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
 
 
-def log(msg: str) -> None:
-    print(f"[load {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    """Nearest-rank percentile, None for no samples (as load.json has always reported it)."""
+    return percentile(xs, q, nearest=True, empty=None)
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -213,8 +207,7 @@ def main() -> int:
         results.append(run_swarm(n, args, workdir / f"n{n}"))
     out = {"benchmark": "load", "config": vars(args) | {"model": "tiny-llama", "trainable_parameters": 3227968}, "machine": machine_info(1),
            "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_results("load", out, args.out)
     log(f"wrote {args.out} (logs in {workdir})")
     return 0 if all(r["all_hashes_equal"] and r["every_round_applied_by_every_peer"] for r in results) else 1
 

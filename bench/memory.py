@@ -30,7 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import add_common_args, machine_info, setup_torch, table, write_results
+from _common import add_common_args, setup_torch
+from harness import machine_info, table, write_results
 
 
 def _status_kib(field: str) -> int:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import machine_info, setup_torch, write_results
+from _common import setup_torch
+from harness import machine_info, write_results
 
 import numpy as np
 import torch

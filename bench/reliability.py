@@ -30,8 +30,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from harness import RESULTS, ROOT, cpu_name, git_head, log, md_table, write_results
+
 TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py", "tests/test_hostile_bounds.py", "tests/test_verify.py"]
 
 # what each attack of tests/test_hostile.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
@@ -75,10 +75,6 @@ EXPECTED = {  # how each stored-then-rejected attack is counted by readers
 }
 
 
-def log(msg: str) -> None:
-    print(f"[reliability {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def run_tests(workdir: Path, extra: list[str]) -> dict:
     junit = workdir / "junit.xml"
     out = workdir / "pytest.out"
@@ -114,13 +110,8 @@ def run_tests(workdir: Path, extra: list[str]) -> dict:
 
 
 def machine() -> dict:
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    except OSError:
-        cpu = platform.processor()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "git_head": head, "loadavg_at_end": os.getloadavg(),
-            "root": os.geteuid() == 0 if hasattr(os, "geteuid") else None}
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "git_head": git_head(mark_dirty=False),
+            "loadavg_at_end": os.getloadavg(), "root": os.geteuid() == 0 if hasattr(os, "geteuid") else None}
 
 
 # -- RELIABILITY.md ------------------------------------------------------------------------------------------------
@@ -135,12 +126,6 @@ def outcome(data: dict, pattern: str) -> str:
         return "not run"
     kinds = sorted({t["outcome"] for t in hits})
     return "/".join(kinds) + (f" ({len(hits)})" if len(hits) > 1 else "")
-
-
-def table(rows: list[list], head: list[str]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def render(data: dict) -> str:
@@ -188,7 +173,7 @@ def render(data: dict) -> str:
         rows.append(["load", f"{big['peers']} peers on {m['cpu_count']} cores: every round applied by every peer {big['every_round_applied_by_every_peer']}, "
                      f"hashes equal {big['all_hashes_equal']}, round latency median {big['latency_seconds']['median']:.2f} s, "
                      f"CPU {big['cpu_cores_per_peer']['mean']:.2f} cores per peer"])
-    L += [table(rows, ["", ""]), ""]
+    L += [md_table(rows, ["", ""]), ""]
 
     # -- attacks
     L += ["## Attacks on the records (tests/test_hostile.py)", "",
@@ -201,18 +186,18 @@ def render(data: dict) -> str:
         fl = hostile["flood"]
         rows.append(["flood", f"one key: {fl['stores']} stores ({fl['rounds']} future rounds, then 40 re-stores of one) in {fl['seconds']:.1f} s",
                      "every read one was rejected (too_many_codes); rounds kept closing"])
-        L += [table(rows, ["attack", "what", "outcome"]), ""]
+        L += [md_table(rows, ["attack", "what", "outcome"]), ""]
         peers = sorted(hostile["rejected_per_peer"])
         reasons = sorted({k for p in hostile["rejected_per_peer"].values() for k in p})
         L += ["Rejections counted by each honest peer (report `rejected`; rounds "
               f"{hostile['target_round']} onwards):", "",
-              table([[r, *[hostile["rejected_per_peer"][p].get(r, 0) for p in peers]] for r in reasons], ["reason", *peers]), "",
+              md_table([[r, *[hostile["rejected_per_peer"][p].get(r, 0) for p in peers]] for r in reasons], ["reason", *peers]), "",
               "Peer a's metrics `onebyte_records_rejected_total` by reason/stage: " + ", ".join(f"`{k}` {v:g}" for k, v in sorted(hostile["metrics_peer_a"].items())) + ".", "",
               f"The swarm: {hostile['distinct_final_hashes']} distinct final hash(es), {hostile['hash_mismatches']} hash mismatches, every peer at round "
               f"{max(hostile['last_rounds'].values())} of {hostile['rounds'] - 1}; contributions published {hostile['contributions_published']}.", ""]
 
     L += ["Records that used to break peers (found by these tests and fixed; each has a test with real DHT nodes):", "",
-          table([["a validly signed value that is not msgpack", outcome(data, "not_msgpack")],
+          md_table([["a validly signed value that is not msgpack", outcome(data, "not_msgpack")],
                  ["an unsigned plain value over a round's key (erased and blocked the round)", outcome(data, "plain_value")],
                  ["outsiders' hash votes in a private run", outcome(data, "outsiders_cannot_vote")]], ["attack", "test"]), ""]
     out = (fig(data, "outsider_hash_votes") or [None])[0]
@@ -227,7 +212,7 @@ def render(data: dict) -> str:
               f"A private run of 3 members (K = {ext['contribs_per_round']}, lr = {ext['lr']}) in which member x always sends the largest "
               f"byte (g_max = {ext['g_max']:.2f}) against its estimate, plus an outsider. Replaying the agreed history, x's own part of each "
               "round's update against the bound `K·lr·g_max/n` (docs/PROTOCOL.md §15):", "",
-              table([[r["round"], r["n"], r["attacker_codes"], f"{r['max_move']:.6g}", f"{r['bound']:.6g}", f"{r['max_move'] / r['bound']:.6f}"]
+              md_table([[r["round"], r["n"], r["attacker_codes"], f"{r['max_move']:.6g}", f"{r['bound']:.6g}", f"{r['max_move'] / r['bound']:.6f}"]
                      for r in ext["rounds"]], ["round", "n", "x's codes", "max move of one weight", "bound", "ratio"]), "",
               "Flagged: " + "; ".join(f"peer {n}: " + ", ".join(f"{p[:8]} ({v['reason']}, {100 * v['saturated_share']:.0f}% saturated, median |g| "
                                                               f"{v['median_magnitude']:.3g} vs the swarm's {v['swarm_median_magnitude']:.3g})" for p, v in s.items())
@@ -257,7 +242,7 @@ def render(data: dict) -> str:
                      + "; the creator's kill is final; a new peer joins after it",
                      "survivors " + ", ".join(f"{n} (repairs {v['repairs']}, catch-ups {v['catchups']})" for n, v in f["peers"].items()),
                      "0 for the survivors (each applied every round)", f["distinct_final_hashes"]])
-    L += [table(rows, ["fault", "what happened", "rounds / contributions lost", "distinct final hashes"]) if rows else "No fault scenario ran.", ""]
+    L += [md_table(rows, ["fault", "what happened", "rounds / contributions lost", "distinct final hashes"]) if rows else "No fault scenario ran.", ""]
     skipped = [t for t in tests if t["outcome"] == "skipped" and "test_faults" in t["file"]]
     for t in skipped:
         L += [f"Skipped: `{t['name']}`: {t['message']}", ""]
@@ -279,7 +264,7 @@ def render(data: dict) -> str:
                      f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: {f['v1_move_vs_normal']}x); applied "
                      f"{f['applied_in_flood_rounds']} contributions; flagged {f['flagged']}", "bounded", "1"])
     L += ["## Verify, don't count (tests/test_verify.py)", "",
-          table(rows, ["attack", "what happened", "bound", "distinct final hashes"]) if rows else "not run", ""]
+          md_table(rows, ["attack", "what happened", "bound", "distinct final hashes"]) if rows else "not run", ""]
 
     # -- bounded parsing and resources (tests/test_hostile_bounds.py)
     rows = []
@@ -312,13 +297,13 @@ def render(data: dict) -> str:
                      + "; hivemind warnings suppressed " + ", ".join(f"{n} {v}" for n, v in f["unknown_ext_lines_suppressed"].items())
                      + "; peak RSS MB " + ", ".join(f"{n} {v:.0f}" for n, v in f["peak_rss_mb"].items())])
     L += ["## Bounded parsing and resources (tests/test_hostile_bounds.py)", "",
-          table(rows, ["attack", "what happened", "bound"]) if rows else "not run", ""]
+          md_table(rows, ["attack", "what happened", "bound"]) if rows else "not run", ""]
 
     # -- bad input
     bad = [t for t in tests if "test_bad_input" in t["file"]]
     L += ["## Bad local input (tests/test_bad_input.py)", "",
           "Each must give one clear error line (exit code 2, no traceback) or skip the contribution, and never leave a corrupted checkpoint:", "",
-          table([[re.sub(r"^test_", "", t["name"]), t["outcome"]] for t in bad], ["case", "outcome"]) if bad else "not run", ""]
+          md_table([[re.sub(r"^test_", "", t["name"]), t["outcome"]] for t in bad], ["case", "outcome"]) if bad else "not run", ""]
 
     # -- load
     if load:
@@ -326,7 +311,7 @@ def render(data: dict) -> str:
               f"Tiny-model peers (tiny-llama, 3.2 M weights, 1 torch thread each) on loopback, {load['config']['rounds']} rounds of "
               f"{load['config']['round_seconds']} s, K = {load['config']['contribs']}; latency = from a round's close to the moment a peer applied it "
               "(the settle window, reading the round from the DHT, applying it); CPU = the peer's process tree (python, DHT process, p2p daemon).", "",
-              table([[r["peers"], f"{r['peers_finished']}/{r['peers']}", r["every_round_applied_by_every_peer"], r["all_hashes_equal"],
+              md_table([[r["peers"], f"{r['peers_finished']}/{r['peers']}", r["every_round_applied_by_every_peer"], r["all_hashes_equal"],
                       r["hash_mismatches_total"], r["contributions_per_round_median"],
                       f"{r['latency_seconds']['median']:.2f} / {r['latency_seconds']['p90']:.2f} / {r['latency_seconds']['max']:.2f}",
                       f"{r['settle_seconds']:.0f}", f"{r['cpu_cores_per_peer']['mean']:.3f} (max {r['cpu_cores_per_peer']['max']:.3f})",
@@ -337,7 +322,7 @@ def render(data: dict) -> str:
               "Memory, not CPU, is what limits the number of peers here: each peer is a python process, a forked DHT process and a "
               "p2p daemon.", ""]
 
-    L += ["## Every test", "", table([[t["file"], t["name"], t["outcome"], f"{t['seconds']:.0f}"] for t in tests], ["file", "test", "outcome", "seconds"]), ""]
+    L += ["## Every test", "", md_table([[t["file"], t["name"], t["outcome"], f"{t['seconds']:.0f}"] for t in tests], ["file", "test", "outcome", "seconds"]), ""]
     return "\n".join(L)
 
 
@@ -361,8 +346,7 @@ def main() -> int:
         load_json = RESULTS / "load.json"
         data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "run": run,
                 "load": json.loads(load_json.read_text()) if load_json.exists() else None}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        write_results("reliability", data, args.json)
         log(f"wrote {args.json} (pytest output in {workdir})")
     Path(args.out).write_text(render(data) + "\n")
     log(f"wrote {args.out}")

@@ -24,7 +24,8 @@ import math
 import statistics
 import time
 
-from _common import machine_info, setup_torch, write_results
+from _common import setup_torch
+from harness import machine_info, write_results
 
 import accuracy_compare as ac
 import torch

@@ -25,7 +25,8 @@ import random
 import statistics
 import time
 
-from _common import add_common_args, machine_info, setup_torch, write_results
+from _common import add_common_args, setup_torch
+from harness import machine_info, results_path, write_results
 
 import torch
 
@@ -145,9 +146,8 @@ def main() -> None:
         args.peers, args.codes, args.ns, args.reps = "10,100", "1,64", "1,100", 1
     setup_torch(args.threads)
     import json
-    from pathlib import Path
 
-    path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "scaling_sim.json"
+    path = results_path("scaling_sim", args.out)
     result = json.loads(path.read_text()) if path.exists() else {}
     result.update({"benchmark": "scaling_sim", "config": vars(args)})
     if not args.skip_records:

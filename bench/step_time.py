@@ -20,8 +20,8 @@ import argparse
 import os
 import time
 
-from _common import (add_common_args, build_default, fixed_batch, machine_info, median, setup_torch,
-                     table, timed, write_results)
+from _common import add_common_args, build_default, fixed_batch, setup_torch
+from harness import machine_info, median, table, timed, write_results
 
 import torch
 

@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, add_common_args, fixed_batch, machine_info, setup_torch, table, write_results
+from _common import add_common_args, fixed_batch, setup_torch
+from harness import ROOT, machine_info, table, write_results
 
 import torch
 

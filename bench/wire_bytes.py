@@ -53,14 +53,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from harness import ROOT, log, percentile, uptime, write_results
+from harness.netns import Namespace, available
+from wire_breakdown import (HEADER_BYTES_PER_PACKET, HIVEMIND_DEFAULT_REPLICAS, breakdown_worker, hivemind_computed,
+                            peer_env, run_breakdown)
+from wire_report import plot, print_table
 
 NAIVE_BYTES_PER_CONTRIBUTION = 10_800  # anchors.md: one DHT record per 1-byte contribution, unsigned
 GOAL_BYTES_PER_CONTRIBUTION = 64  # at N = 8, every peer receiving every contribution
-HIVEMIND_DEFAULT_REPLICAS = 5
-SMOLLM2_135M_PARAMS = 134_515_008  # 49152*576 (tied embeddings) + 30 * 3,540,096 (layers) + 576 (final norm)
-HEADER_BYTES_PER_PACKET = 66  # on lo: Ethernet 14 + IPv4 20 + TCP 20 + timestamps option 12
 
 SAMPLER = r"""
 import sys, time
@@ -78,113 +78,7 @@ while True:
 """
 
 
-def log(msg: str) -> None:
-    print(f"[wire_bytes {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "load average: %.2f, %.2f, %.2f" % os.getloadavg()
-
-
-# -- the namespace and the processes in it ------------------------------------------------------
-class NetNS:
-    """A network namespace with only ``lo`` (up). close() kills whatever runs in it and deletes it."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.procs: list[subprocess.Popen] = []
-        self.created = False
-
-    def create(self) -> "NetNS":
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.created = True
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
-        return self
-
-    def popen(self, argv: list[str], **kw) -> subprocess.Popen:
-        # ip netns exec execs the command: the Popen's pid is the command itself. A new session keeps a
-        # terminal's Ctrl-C away from it (the benchmark stops everything itself, in order).
-        p = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], start_new_session=True, **kw)
-        self.procs.append(p)
-        return p
-
-    def counters(self) -> tuple[int, int]:
-        out = subprocess.run(["ip", "netns", "exec", self.name, "cat", "/sys/class/net/lo/statistics/tx_bytes",
-                              "/sys/class/net/lo/statistics/tx_packets"], capture_output=True, text=True, check=True).stdout.split()
-        return int(out[0]), int(out[1])
-
-    def pids(self) -> list[int]:
-        if not self.created:
-            return []
-        r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
-        return [int(x) for x in r.stdout.split() if x.strip().isdigit()]
-
-    def __enter__(self) -> "NetNS":
-        return self.create()
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.close()
-        except KeyboardInterrupt:  # a signal during clean-up: finish it (further signals are ignored), then unwind
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Terminate our processes (gracefully first), then anything left in the namespace, then delete it."""
-        for p in self.procs:
-            if p.poll() is None:
-                _signal(p.pid, signal.SIGTERM)
-        deadline = time.time() + 15
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-        for p in self.procs:
-            if p.poll() is None:
-                _killpg(p.pid)
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-        for pid in self.pids():  # p2pd daemons and anything else started inside our namespace
-            _signal(pid, signal.SIGTERM)
-        deadline = time.time() + 5
-        while self.pids() and time.time() < deadline:
-            time.sleep(0.2)
-        for pid in self.pids():
-            _signal(pid, signal.SIGKILL)
-        if self.created:
-            for _ in range(10):
-                if subprocess.run(["ip", "netns", "del", self.name], capture_output=True).returncode == 0:
-                    self.created = False
-                    break
-                time.sleep(0.5)
-            if self.created:
-                log(f"WARNING: could not delete network namespace {self.name}; run: ip netns del {self.name}")
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _killpg(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        _signal(pid, signal.SIGKILL)
-
-
-def peer_env() -> dict:
-    return os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
+# -- the processes in the namespace -------------------------------------------------------------
 def cli() -> list[str]:
     return [sys.executable, "-m", "onebyte.peer.cli"]
 
@@ -192,7 +86,7 @@ def cli() -> list[str]:
 # -- one configuration ----------------------------------------------------------------------------
 def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
-    ns = NetNS(f"onebyte-bench-{os.getpid()}-{idx}")
+    ns = Namespace(f"onebyte-bench-{os.getpid()}-{idx}")
     rounds = args.rounds
     start_delay = args.start_delay if args.start_delay is not None else args.startup_allowance + args.startup_per_peer * n + args.idle_seconds
     label = f"N={n} K={k} replicas={replicas or f'default({HIVEMIND_DEFAULT_REPLICAS})'}"
@@ -292,15 +186,6 @@ def _at(samples, t: float) -> tuple[float, float]:
     return float(samples[-1][1]), float(samples[-1][2])
 
 
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, joined: dict[int, float], end_counters, args,
             load_before: str, wall: float) -> dict:
     reports = [json.loads((workdir / f"peer{i}.json").read_text()) for i in range(n)]
@@ -362,7 +247,7 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
         "fill": win_contribs / (nrounds * n * k),
         "idle": idle,
         "idle_bytes_in_window_share": (idle["bytes_per_second"] * (t1 - t0) / win_bytes) if idle["bytes_per_second"] and win_bytes else None,
-        "latency_seconds_by_round": lats, "latency_median_s": _pct(lats, 0.5), "latency_p95_s": _pct(lats, 0.95), "latency_max_s": max(lats) if lats else None,
+        "latency_seconds_by_round": lats, "latency_median_s": percentile(lats, 0.5), "latency_p95_s": percentile(lats, 0.95), "latency_max_s": max(lats) if lats else None,
         "every_peer_received_every_contribution": all_received, "per_round_counts_equal": counts_equal,
         "applied_per_peer": applied, "published_total": published, "made_total": made,
         "missed_deadline_total": sum(r["missed_deadline"] for r in reports), "rejected": [r["rejected"] for r in reports],
@@ -372,185 +257,6 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
                       "bytes_per_contribution": end_counters[0] / published if published else None},
         "wall_seconds": wall, "load_before": load_before, "load_after": uptime(),
     }
-    return res
-
-
-# -- hivemind first-order averaging: computed ------------------------------------------------------
-def hivemind_computed(ns: list[int], params: int = SMOLLM2_135M_PARAMS) -> dict:
-    """Bytes per optimizer step of hivemind's butterfly all-reduce (hivemind/averaging/allreduce.py).
-
-    Each of N peers owns 1/N of the flattened vector (TensorPartContainer, split into parts of
-    DEFAULT_PART_SIZE_BYTES = 2**19 bytes after compression). Peer i sends each other peer j its copy of
-    j's 1/N (rpc_aggregate_part stream of AveragingData), and j streams back the averaged delta of the
-    same size. So each peer sends (N-1)/N * P values as inputs and (N-1)/N * P values as averaged
-    outputs, and receives the same: 2 (N-1)/N * P * bytes_per_value each way; over the whole swarm
-    N * 2 (N-1)/N * P * b = 2 (N-1) P b bytes cross the network per step.
-    Framing (computed, upper bounds): per 512 KiB part one AveragingData protobuf (tensor_part: buffer
-    tag+len 4, size 4, dtype 'float32' 9, compression 2, chunks 2; weight 9; code/group_id on the
-    first part ~40) ~ 40 bytes + a varint length prefix = < 0.01 %; yamux 12-byte header per frame of
-    <= 64 KiB (0.02 %); TLS 1.3 records (p2pd -tls=1) 22 bytes per 16 KiB record (0.13 %); TCP/IP/Ethernet
-    headers 66 bytes per 1448-byte segment on a 1500-MTU link (4.6 %) plus the reverse ACKs (about one
-    66-byte ACK per two segments: 2.3 % of the data, on the receiving side's tx). Matchmaking (DHT
-    declare + join/leader RPCs) is a few KB per step, negligible here.
-    """
-    part = 2 ** 19
-    out = {"method": "computed from hivemind 1.1.12's all-reduce wire format, NOT measured", "params": params,
-           "model": "SmolLM2-135M", "part_size_bytes": part, "per_n": []}
-    frame = 40 / part + 12 / 65536 + 22 / 16384
-    tcp = HEADER_BYTES_PER_PACKET / 1448 + 0.5 * HEADER_BYTES_PER_PACKET / 1448
-    for n in ns:
-        row = {"n": n}
-        for name, bpv in (("fp16", 2), ("fp32", 4)):
-            payload_per_peer_sent = 2 * (n - 1) / n * params * bpv
-            swarm = n * payload_per_peer_sent
-            row[name] = {
-                "payload_bytes_sent_per_peer_per_step": payload_per_peer_sent,
-                "payload_bytes_per_step_swarm": swarm,
-                "wire_bytes_per_step_swarm": swarm * (1 + frame + tcp),
-                "wire_bytes_per_peer_per_step": swarm * (1 + frame + tcp) / n,
-                # one step averages N gradients (one per peer): the nearest thing to a 'contribution'
-                "wire_bytes_per_gradient": swarm * (1 + frame + tcp) / n,
-            }
-        out["per_n"].append(row)
-    out["overhead_factor"] = {"framing": frame, "tcp_ip_1500mtu_incl_acks": tcp}
-    out["notes"] = ("fp16 = Float16Compression as hivemind's examples configure it (the 2 bytes/parameter of anchors.md); "
-                    "fp32 = hivemind.Optimizer's default grad_compression=NoCompression(). hivemind.Optimizer also averages "
-                    "parameters/optimizer state periodically (average_state_every), not counted here.")
-    return out
-
-
-# -- per-operation breakdown (runs inside its own namespace) -----------------------------------------
-# One process starts a bootstrap DHT and N peer DHTs (onebyte's start_dht/RecordClient, Ed25519-signed
-# records, the same record schemas and sizes as a real peer) and performs each operation a peer does
-# per round, one kind at a time, N peers in turn, reading the lo counters around each batch and
-# subtracting the background rate measured on the same swarm at rest. It also measures two leaner
-# ways to move the same records over the same DHT (see _lean_store/_lean_read).
-async def _lean_store(key, subkey, value, expiration, k_rep, dht, node):
-    """onebyte.dht.lean.lean_store: one signed subkey to the k_rep nearest known nodes, no crawl."""
-    from onebyte.dht.lean import lean_store
-
-    return await lean_store(key, subkey, value, expiration, k_rep, dht, node)
-
-
-async def _lean_read(key, k_rep, dht, node):
-    """onebyte.dht.lean.lean_read from the k_rep nearest known nodes; returns how many subkeys it merged."""
-    from onebyte.dht.lean import lean_read
-
-    return len((await lean_read(key, k_rep, dht, node))[0])
-
-
-def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: list[int]) -> None:
-    sys.path.insert(0, str(ROOT))
-    from functools import partial
-
-    from onebyte import PROTOCOL_VERSION, __version__
-    from onebyte.dht import records as Rec
-    from onebyte.dht.client import RecordClient, start_dht
-    from onebyte.dht.identity import Identity
-
-    def ctr() -> tuple[int, int]:
-        with open("/sys/class/net/lo/statistics/tx_bytes") as fb, open("/sys/class/net/lo/statistics/tx_packets") as fp:
-            return int(fb.read()), int(fp.read())
-
-    boot = start_dht(Identity(), [])
-    maddrs = [str(a) for a in boot.get_visible_maddrs(latest=True)]
-    idents = [Identity() for _ in range(n)]
-    clients = []
-    for ident in idents:
-        clients.append(RecordClient(start_dht(ident, maddrs, num_replicas=replicas), ident))
-    run = "breakdown"
-    # let every node meet every other, as in a swarm that has run for a while
-    for c in clients:
-        c.publish_heartbeat(run, Rec.Heartbeat(version=__version__, round=-1, sha256="", made=0, rate=0.0), 60)
-    time.sleep(3.0)
-    b0, t0 = ctr(), time.time()
-    time.sleep(8.0)
-    b1, t1 = ctr(), time.time()
-    bg = ((b1[0] - b0[0]) / (t1 - t0), (b1[1] - b0[1]) / (t1 - t0))
-    results: dict = {"n": n, "k": k, "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS, "background_bytes_per_second": bg[0],
-                     "background_packets_per_second": bg[1], "ops": {}}
-
-    def batch(name: str, fns: list) -> None:
-        time.sleep(0.3)
-        c0, t0 = ctr(), time.time()
-        outs = [fn() for fn in fns]
-        time.sleep(0.7)  # trailing ACKs and follow-up work the operation triggered (e.g. a cache refresh)
-        c1, t1 = ctr(), time.time()
-        by, pk = (c1[0] - c0[0]) - bg[0] * (t1 - t0), (c1[1] - c0[1]) - bg[1] * (t1 - t0)
-        results["ops"].setdefault(name, []).append({"bytes_per_op": by / len(fns), "packets_per_op": pk / len(fns), "results": outs})
-
-    sha = "ab" * 32
-    for r in (10, 11):  # two rounds; the second is the steady state (routing tables and connections warm)
-        hb = Rec.Heartbeat(version=__version__, round=r - 1, sha256=sha, made=123 * r, rate=1.2345)
-        ann = Rec.RunAnnouncement(run_id=run, model="tiny-llama", task="drugreview", round=r - 1, protocol_version=PROTOCOL_VERSION)
-        batch("heartbeat_store", [partial(c.publish_heartbeat, run, hb, 34.0) for c in clients])
-        batch("announce_store", [partial(c.announce_run, ann, 34.0) for c in clients])
-        exp = time.time() + 3600
-        batch("contribution_store", [partial(c.publish_contributions, run, Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)), exp)
-                                     for c in clients])
-        batch("round_read", [lambda c=c: len(c.read_round(run, r)) for c in clients])
-        hr = Rec.HashRecord(round=r, sha256=sha, set_digest="cd" * 32, contributions=n * k)
-        batch("hash_store", [partial(c.publish_hash, run, hr, exp) for c in clients])
-        batch("hash_read", [lambda c=c: len(c.read_hashes(run, r)) for c in clients])
-    for rep, r in [(rep, base + rep) for base in (100, 200) for rep in lean_reps]:  # twice; the second pass is reported
-        key = Rec.round_key(run, r)
-        exp = time.time() + 3600
-        batch(f"lean_store_r{rep}", [
-            lambda c=c: c.dht.run_coroutine(partial(_lean_store, key, c.subkey,
-                                                    Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)).pack(), exp, rep))
-            for c in clients])
-        batch(f"lean_read_r{rep}", [lambda c=c: c.dht.run_coroutine(partial(_lean_read, key, rep)) for c in clients])
-    # the record itself, as stored: msgpack value + Ed25519 signature, msgpack subkey
-    from hivemind.utils import MSGPackSerializer as M
-
-    rec = Rec.ContributionRecord(round=11, published_at=time.time(), codes=os.urandom(k)).pack()
-    results["record_bytes"] = {"codes": k, "value_msgpack": len(M.dumps(rec)), "signature": 64, "subkey_msgpack": len(M.dumps(clients[0].subkey)),
-                               "heartbeat_msgpack": len(M.dumps(hb.model_dump())), "hash_msgpack": len(M.dumps(hr.model_dump())),
-                               "announce_msgpack": len(M.dumps(ann.model_dump()))}
-    # steady state = the second round's batches
-    results["per_op"] = {name: v[-1]["bytes_per_op"] for name, v in results["ops"].items()}
-    results["per_op_packets"] = {name: v[-1]["packets_per_op"] for name, v in results["ops"].items()}
-    results["reads_complete"] = {name: [x["results"] for x in v] for name, v in results["ops"].items() if "read" in name}
-    Path(out).write_text(json.dumps(results, indent=2, default=str))
-    for c in clients:
-        c.dht.shutdown()
-    boot.shutdown()
-
-
-def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds: float, workdir: Path, lean_reps: list[int]) -> dict:
-    workdir.mkdir(parents=True, exist_ok=True)
-    ns = NetNS(f"onebyte-bench-{os.getpid()}-b{idx}")
-    out = workdir / f"breakdown-n{n}.json"
-    log(f"breakdown N={n} K={k}: per-operation bytes in namespace {ns.name}")
-    with ns:
-        p = ns.popen([sys.executable, str(Path(__file__).resolve()), "--_breakdown-worker", json.dumps([n, k, replicas, str(out), lean_reps])],
-                     stdout=open(workdir / f"breakdown-n{n}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env())
-        try:
-            p.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError("breakdown worker did not finish in 300 s") from None
-        if p.returncode != 0 or not out.exists():
-            tail = (workdir / f"breakdown-n{n}.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"breakdown worker failed ({p.returncode}): " + " | ".join(tail))
-    res = json.loads(out.read_text())
-    op = res["per_op"]
-    # what one round costs, op by op, as the peer loop does it (swarm.py): per peer and round one heartbeat
-    # (2 stores: peers key + runs key), one contribution store, one round read, one hash store, one hash read
-    # (hash_every = 1 for rounds >= 5 s), plus the background of the swarm at rest
-    per_round = {name: n * op[name] for name in ("heartbeat_store", "announce_store", "contribution_store", "round_read", "hash_store", "hash_read")}
-    per_round["background"] = res["background_bytes_per_second"] * round_seconds
-    total = sum(per_round.values())
-    res["model_per_round"] = per_round
-    res["model_bytes_per_round"] = total
-    res["model_bytes_per_contribution"] = total / (n * k)
-    res["model_share"] = {name: v / total for name, v in per_round.items()}
-    res["lean"] = {}
-    for rep in lean_reps:
-        if f"lean_store_r{rep}" in op:
-            lean = n * (op[f"lean_store_r{rep}"] + op[f"lean_read_r{rep}"])
-            res["lean"][f"r{rep}"] = {"bytes_per_round": lean, "bytes_per_contribution": lean / (n * k),
-                                      "store_per_op": op[f"lean_store_r{rep}"], "read_per_op": op[f"lean_read_r{rep}"],
-                                      "reads_complete": all(x == n for v in res["reads_complete"][f"lean_read_r{rep}"] for x in v)}
     return res
 
 
@@ -564,54 +270,6 @@ def _fit(rows: list[dict]) -> dict | None:
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     return {"marginal_bytes_per_contribution": slope, "fixed_bytes_per_round": my - slope * mx,
             "fixed_bytes_per_peer_per_round": (my - slope * mx) / rows[0]["n"], "points": len(xs)}
-
-
-def plot(results: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    runs = results["runs"]
-    if not runs:
-        return False
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5.6))
-    series: dict = {}
-    for r in runs:
-        if r.get("bytes_per_contribution"):
-            series.setdefault((r["k"], r["replicas"]), []).append((r["n"], r["bytes_per_contribution"]))
-    for (k, rep), pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"onebyte K={k}, replicas={rep}")
-    for rep, marker in (("r2", "x"), ("r1", "+")):
-        pts = sorted((b["n"], b["lean"][rep]["bytes_per_contribution"]) for b in results.get("breakdown", []) if rep in b.get("lean", {}))
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, ls=":", color="black", ms=8,
-                    label=f"no-crawl store+read on {rep[1:]} nearest node(s), K={results['breakdown'][0]['k']} (per-op measured)")
-    ax.axhline(NAIVE_BYTES_PER_CONTRIBUTION, color="gray", ls="--", label="naive: one DHT record per contribution")
-    ax.axhline(GOAL_BYTES_PER_CONTRIBUTION, color="green", ls=":", label="goal: 64 B at N=8")
-    ax.set_yscale("log")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({r["n"] for r in runs}), [str(x) for x in sorted({r["n"] for r in runs})])
-    ax.set_xlabel("peers N")
-    ax.set_ylabel("bytes on the wire per contribution")
-    ax.set_title("wire bytes per contribution (all overhead)")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
-    by_n = results["latency_by_n"]
-    ns = sorted(int(x) for x in by_n)
-    ax2.bar([str(x) for x in ns], [by_n[str(x)]["median_s"] for x in ns], label="median")
-    ax2.scatter([str(x) for x in ns], [by_n[str(x)]["p95_s"] for x in ns], color="red", zorder=3, label="p95")
-    settle = runs[0]["settle_seconds"]
-    ax2.axhline(settle, color="gray", ls="--", label=f"settle floor {settle:g}s")
-    ax2.set_xlabel("peers N")
-    ax2.set_ylabel("seconds after round close until every peer applied it")
-    ax2.set_title("round latency")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
 
 
 def main() -> int:
@@ -650,7 +308,7 @@ def main() -> int:
         args.peers, args.configs, args.contribs, args.rounds = "2,8", "64:0", None, 6
     if args.rounds < 5:
         p.error("--rounds must be at least 5 (the steady window is rounds 2..R-2)")
-    if os.geteuid() != 0 or shutil.which("ip") is None:
+    if not available():
         p.error("needs root and iproute2 (it creates a network namespace with `ip netns add`)")
     ns_list = [int(x) for x in args.peers.split(",") if x]
     if args.contribs:
@@ -722,7 +380,7 @@ def main() -> int:
     latency_by_n = {}
     for n in sorted({r["n"] for r in runs}):
         lat = [x for r in runs if r["n"] == n for x in r["latency_seconds_by_round"]]
-        latency_by_n[str(n)] = {"median_s": _pct(lat, 0.5), "p95_s": _pct(lat, 0.95), "max_s": max(lat), "rounds": len(lat),
+        latency_by_n[str(n)] = {"median_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95), "max_s": max(lat), "rounds": len(lat),
                                 "settle_floor_s": runs[0]["settle_seconds"]}
     at_goal_n = [r for r in runs if r["n"] == 8 and r["every_peer_received_every_contribution"] and r["bytes_per_contribution"]]
     best8 = min(at_goal_n, key=lambda r: r["bytes_per_contribution"]) if at_goal_n else None
@@ -755,64 +413,12 @@ def main() -> int:
         "breakdown": breakdowns,
         "hivemind_first_order": hivemind_computed(sorted(set(ns_list) | {2, 4, 8})),
     }
-    out = Path(args.out) if args.out else RESULTS / "wire_bytes.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(out)
+    out = write_results("wire_bytes", results, args.out)
     print_table(results)
     if plot(results, out.with_suffix(".png")):
         print(f"plot: {out.with_suffix('.png')}")
     print(f"results: {out}")
     return 0 if runs and not failures else 1
-
-
-def _f(x, fmt: str) -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def print_table(res: dict) -> None:
-    hdr = ("N", "K", "repl", "fill", "contribs", "bytes", "packets", "B/contrib", "B/peer/round", "idle B/s", "lat med", "lat p95", "all recv")
-    rows = []
-    for r in res["runs"]:
-        rows.append((r["n"], r["k"], r["replicas"], f"{r['fill']:.2f}", r["contributions"], f"{r['bytes']:.0f}", f"{r['packets']:.0f}",
-                     _f(r["bytes_per_contribution"], ".1f"), f"{r['bytes_per_peer_per_round']:.0f}",
-                     "n/a" if r["idle"]["bytes_per_second"] is None else f"{r['idle']['bytes_per_second']:.0f}",
-                     f"{r['latency_median_s']:.2f}", f"{r['latency_p95_s']:.2f}", "yes" if r["every_peer_received_every_contribution"] else "NO"))
-    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
-    print()
-    print("  ".join(str(h).rjust(w) for h, w in zip(hdr, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
-    if res["fits"]:
-        print("\nlinear fit per (N, replicas): bytes/round = fixed + marginal * contributions/round")
-        for f in res["fits"]:
-            print(f"  N={f['n']} replicas={f['replicas']}: marginal {f['marginal_bytes_per_contribution']:.1f} B/contribution, "
-                  f"fixed {f['fixed_bytes_per_peer_per_round']:.0f} B/peer/round")
-    for b in res.get("breakdown", []):
-        op, n = b["per_op"], b["n"]
-        print(f"\nper-operation bytes, N={n}, K={b['k']}, replicas={b['replicas']} (measured one kind at a time, background subtracted):")
-        for name in ("heartbeat_store", "announce_store", "contribution_store", "round_read", "hash_store", "hash_read"):
-            print(f"  {name:<20} {op[name]:>9.0f} B/op  x{n} peers = {b['model_per_round'][name]:>9.0f} B/round  "
-                  f"({100 * b['model_share'][name]:.0f}%)")
-        print(f"  {'background':<20} {b['background_bytes_per_second']:>9.0f} B/s  = {b['model_per_round']['background']:>9.0f} B/round  "
-              f"({100 * b['model_share']['background']:.0f}%)")
-        print(f"  sum {b['model_bytes_per_round']:.0f} B/round = {b['model_bytes_per_contribution']:.1f} B/contribution; "
-              f"record: {b['record_bytes']['value_msgpack']} B value + 64 B signature + {b['record_bytes']['subkey_msgpack']} B subkey")
-        for name, lean in b["lean"].items():
-            print(f"  lean store+read on the {name[1:]} nearest node(s), no crawl: {lean['store_per_op']:.0f} + {lean['read_per_op']:.0f} B/peer/round "
-                  f"= {lean['bytes_per_contribution']:.1f} B/contribution (reads complete: {lean['reads_complete']})")
-    print("\nround latency (max over peers of applied - close), all configurations per N:")
-    for n, v in res["latency_by_n"].items():
-        print(f"  N={n}: median {v['median_s']:.2f}s, p95 {v['p95_s']:.2f}s over {v['rounds']} rounds (settle floor {v['settle_floor_s']:g}s)")
-    print("\nhivemind first-order all-reduce, SmolLM2-135M (COMPUTED from its wire format, not measured):")
-    for row in res["hivemind_first_order"]["per_n"]:
-        print(f"  N={row['n']}: fp16 {row['fp16']['wire_bytes_per_step_swarm'] / 1e9:.2f} GB/step for the swarm, "
-              f"{row['fp16']['wire_bytes_per_peer_per_step'] / 1e6:.0f} MB per peer per step (= per gradient); fp32 x2")
-    g = res["goal"]
-    print(f"\ngoal <= {g['bytes_per_contribution_at_n8']} B/contribution at N=8: {'MET' if g['met'] else 'missed'}; best {g['best_at_n8']}")
-    print(f"load: start {res['machine']['load_at_start']} | end {res['machine']['load_at_end']}")
 
 
 if __name__ == "__main__":
