@@ -35,7 +35,7 @@ from onebyte.peer.contributor import Contributor
 from onebyte.peer.join import JoinedRun, Joiner, ManifestConflict, evaluate, train_config
 from onebyte.peer.node import Node
 from onebyte.peer.repair import Repair
-from onebyte.peer.report import RoundLog, peer_report, write_report
+from onebyte.peer.report import PeerReport, RoundLog, write_report
 from onebyte.peer.state import ReplicaState
 from onebyte.peer.swarm_config import SwarmConfig
 from onebyte.peer.train import build
@@ -226,12 +226,12 @@ class SwarmPeer:
                      node.stats["rounds_applied"])
         stages = {"round": Counter({k.removeprefix("rejected_"): v for k, v in node.stats.items() if k.startswith("rejected_")}),
                   "parse": Counter(node.client.rejected), "validator": Counter(node.client.validator_rejections())}
-        report = peer_report(peer_id=node.peer_id, manifest=self.manifest, run_creator=self.joined.creator, interrupted=interrupted,
+        report = PeerReport.of(peer_id=node.peer_id, manifest=self.manifest, run_creator=self.joined.creator, interrupted=interrupted,
                              applied=self.applied, stats=node.stats, rejected_by_stage=stages, suspects=self.suspects,
                              final_sha256=self.replica.sha256(), hashes=self.state.hashes, agreement=self.voting.agreement,
                              before=before, after=after, curve=self.curve, seconds=seconds)
         write_report(self.cfg.report, report)
-        return report
+        return report.model_dump()
 
     def close(self) -> None:
         if self.transfer is not None:
