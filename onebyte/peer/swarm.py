@@ -39,7 +39,7 @@ from onebyte.peer import catchup
 from onebyte.peer.recovery import RecoveryMixin
 from onebyte.peer.train import TrainConfig, batch_indices, build, write_json_atomic
 from onebyte.tasks.builtin import DEFAULT_DATASET
-from onebyte.tasks.models import warm_imports
+from onebyte.tasks.pretrained import warm_imports
 from onebyte.zo import contribution_seed
 from onebyte.zo.directions import Directions
 

@@ -226,7 +226,7 @@ def load_task(
             source = {"type": "files", "train_files": train_t.files,
                       "eval_files": eval_t.files if eval_t else None}
         else:
-            from onebyte.tasks.models import looks_like_repo_id
+            from onebyte.tasks.hub import looks_like_repo_id
 
             repo = dataset.partition(":")[0]
             if path.suffix.lower() in FILE_SUFFIXES:
