@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET
+from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET, BuiltinTask
 from onebyte.tasks.sources import FILE_SUFFIXES, DataError, _hub_tables, _local_tables, _Table
 from onebyte.tasks.task import Batch, ClassificationTask, LMTask, Task
 
@@ -194,6 +195,40 @@ def load_task(
 
     Raises :class:`DataError` (a ``ValueError``) with a clear message on any problem.
     """
+    kind = _check_arguments(dataset, tokenizer, task, max_length, eval_size, train_size)
+    tables = _read_tables(dataset, text_column, label_column)
+    if tables.builtin is not None and kind == "classification":
+        label_words = list(tables.builtin.label_words) if label_words is None else label_words
+        template = tables.builtin.template if template is None else template
+    where = f"dataset {dataset!r}"
+    _check_columns(tables, kind, where)
+    dropped: dict[str, int] = {}
+    train_rows = _usable_rows(tables.train, tables, kind, dropped)
+    eval_rows = _usable_rows(tables.eval, tables, kind, dropped) if tables.eval is not None else None
+    train_rows, eval_rows, split = _split(train_rows, eval_rows, eval_size, train_size, split_seed, where)
+    info: dict[str, Any] = {
+        "task": kind,
+        "dataset": tables.builtin.name if tables.builtin else dataset,
+        "source": tables.source,
+        "split": split,
+        "dropped": dict(sorted(dropped.items())),
+        "max_length": max_length,
+        "tokenizer_vocab": len(tokenizer),
+    }
+    if kind == "lm":
+        if template is not None or label_words is not None:
+            raise DataError("the lm task uses only the text column: drop template/label_words")
+        return _lm_task(tokenizer, train_rows, eval_rows, max_length, info, tables.text_column, where)
+    return _classification_task(tokenizer, train_rows, eval_rows, label_words, template, max_length, info,
+                                tables, where)
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of load_task
+
+
+def _check_arguments(dataset, tokenizer, task, max_length, eval_size, train_size) -> str:
+    """Refuse bad arguments before reading any data; the task kind (``classification`` or ``lm``)."""
     kind = {None: "classification", "classification": "classification", "cls": "classification",
             "lm": "lm"}.get(task if task is None else str(task).lower())
     if kind is None:
@@ -207,63 +242,78 @@ def load_task(
             raise DataError(f"{nm} must be a positive integer or None, got {v!r}")
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"dataset must be a non-empty string, got {dataset!r}")
+    return kind
 
-    # ---- read the tables ----------------------------------------------------------------
+
+@dataclass
+class _Tables:
+    """A dataset's raw tables, the columns to read from them, and where they came from."""
+
+    train: _Table
+    eval: _Table | None  # None: one table, split by hash
+    text_column: str
+    label_column: str
+    source: dict  # for describe()
+    builtin: BuiltinTask | None
+
+
+def _read_tables(dataset: str, text_column: str, label_column: str) -> _Tables:
+    """A built-in by name first, then a local file or folder, then a hub id: the first that exists
+    wins, so a local folder named like a hub id is read from disk. Built-ins have fixed columns."""
     builtin = BUILTIN_TASKS.get(dataset.strip().lower())
     if builtin is not None:
         train_rows, eval_rows, source = builtin.read(builtin)
         train_t, eval_t = (_Table([{"text": t, "label": y} for t, y in rs], ["text", "label"], [builtin.name])
                            for rs in (train_rows, eval_rows))
-        text_col, label_col = "text", "label"
-        if kind == "classification":
-            label_words = list(builtin.label_words) if label_words is None else label_words
-            template = builtin.template if template is None else template
-    else:
-        text_col, label_col = text_column, label_column
-        path = Path(dataset).expanduser()
-        if path.exists():
-            train_t, eval_t = _local_tables(dataset, path)
-            source = {"type": "files", "train_files": train_t.files,
-                      "eval_files": eval_t.files if eval_t else None}
-        else:
-            from onebyte.tasks.hub import looks_like_repo_id
+        return _Tables(train_t, eval_t, "text", "label", source, builtin)
+    path = Path(dataset).expanduser()
+    if path.exists():
+        train_t, eval_t = _local_tables(dataset, path)
+        source = {"type": "files", "train_files": train_t.files, "eval_files": eval_t.files if eval_t else None}
+        return _Tables(train_t, eval_t, text_column, label_column, source, None)
+    from onebyte.tasks.hub import looks_like_repo_id
 
-            repo = dataset.partition(":")[0]
-            if path.suffix.lower() in FILE_SUFFIXES:
-                raise DataError(f"dataset file {dataset!r} not found")
-            if not looks_like_repo_id(repo):
-                raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), nor a local file or folder (not found)")
-            train_t, eval_t, source = _hub_tables(dataset)
+    repo = dataset.partition(":")[0]
+    if path.suffix.lower() in FILE_SUFFIXES:
+        raise DataError(f"dataset file {dataset!r} not found")
+    if not looks_like_repo_id(repo):
+        raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), "
+                        "nor a local file or folder (not found)")
+    train_t, eval_t, source = _hub_tables(dataset)
+    return _Tables(train_t, eval_t, text_column, label_column, source, None)
 
-    where = f"dataset {dataset!r}"
-    for t in (train_t, eval_t):
+
+def _check_columns(tables: _Tables, kind: str, where: str) -> None:
+    """A missing column is named with the columns that do exist, before any row is read."""
+    for t in (tables.train, tables.eval):
         if t is not None:
-            _require_column(t, text_col, "text", where)
+            _require_column(t, tables.text_column, "text", where)
             if kind == "classification":
-                _require_column(t, label_col, "label", where)
+                _require_column(t, tables.label_column, "label", where)
 
-    # ---- rows -> (text, label) -----------------------------------------------------------
-    dropped: dict[str, int] = {}
 
-    def rows(table: _Table) -> list[tuple[str, Any]]:
-        out = []
-        for r in table.rows:
-            text = _as_text(r.get(text_col))
-            label = _norm_label(r.get(label_col)) if kind == "classification" else None
-            if not text:
-                dropped["empty_text"] = dropped.get("empty_text", 0) + 1
-                continue
-            if kind == "classification" and label is None:
-                why = builtin.unlabelled if builtin else "missing_label"
-                dropped[why] = dropped.get(why, 0) + 1
-                continue
-            out.append((text, label))
-        return out
+def _usable_rows(table: _Table, tables: _Tables, kind: str, dropped: dict[str, int]) -> list[tuple[str, Any]]:
+    """``(text, label)`` of the rows a task can use, in table order; the others are counted in
+    ``dropped`` by why (describe() reports them)."""
+    out = []
+    for r in table.rows:
+        text = _as_text(r.get(tables.text_column))
+        label = _norm_label(r.get(tables.label_column)) if kind == "classification" else None
+        if not text:
+            dropped["empty_text"] = dropped.get("empty_text", 0) + 1
+            continue
+        if kind == "classification" and label is None:
+            why = tables.builtin.unlabelled if tables.builtin else "missing_label"
+            dropped[why] = dropped.get(why, 0) + 1
+            continue
+        out.append((text, label))
+    return out
 
-    train_rows = rows(train_t)
-    eval_rows = rows(eval_t) if eval_t is not None else None
 
-    # ---- split -----------------------------------------------------------------------------
+def _split(train_rows: list, eval_rows: list | None, eval_size: int | None, train_size: int | None,
+           split_seed: int, where: str) -> tuple[list, list, dict]:
+    """Train and eval rows, each in table order, and how they were chosen (for describe()). One
+    table is split by a hash of ``(split_seed, row)``; given splits are only cut down to size."""
     if eval_rows is None:
         n = len(train_rows)
         if n == 0:
@@ -287,40 +337,84 @@ def load_task(
         raise DataError(f"{where}: the train split is empty (after dropping rows with no text or label)")
     if not eval_rows:
         raise DataError(f"{where}: the eval split is empty (after dropping rows with no text or label)")
+    return train_rows, eval_rows, split
 
-    info: dict[str, Any] = {
-        "task": kind,
-        "dataset": builtin.name if builtin else dataset,
-        "source": source,
-        "split": split,
-        "dropped": dict(sorted(dropped.items())),
-        "max_length": max_length,
-        "tokenizer_vocab": len(tokenizer),
-    }
 
-    # ---- LM -----------------------------------------------------------------------------------
-    if kind == "lm":
-        if template is not None or label_words is not None:
-            raise DataError("the lm task uses only the text column: drop template/label_words")
+def _lm_task(tokenizer, train_rows: list, eval_rows: list, max_length: int, info: dict, text_column: str,
+             where: str) -> LMTask:
+    """The texts alone, truncated; a text under 2 tokens has no next token to predict and is dropped."""
 
-        def enc(rs):
-            ids = tokenizer([t for t, _ in rs], truncation=True, max_length=max_length)["input_ids"]
-            return [list(x) for x in ids if len(x) >= 2]
+    def enc(rs):
+        ids = tokenizer([t for t, _ in rs], truncation=True, max_length=max_length)["input_ids"]
+        return [list(x) for x in ids if len(x) >= 2]
 
-        tr, ev = enc(train_rows), enc(eval_rows)
-        too_short = len(train_rows) + len(eval_rows) - len(tr) - len(ev)
-        if too_short:
-            info["dropped"]["under_2_tokens"] = too_short
-        if not tr or not ev:
-            raise DataError(f"{where}: no text of at least 2 tokens in the {'train' if not tr else 'eval'} split")
-        info["text_column"] = text_col
-        return LMTask(tokenizer=tokenizer, train_ids=tr, eval_ids=ev, info=info)
+    tr, ev = enc(train_rows), enc(eval_rows)
+    too_short = len(train_rows) + len(eval_rows) - len(tr) - len(ev)
+    if too_short:
+        info["dropped"]["under_2_tokens"] = too_short
+    if not tr or not ev:
+        raise DataError(f"{where}: no text of at least 2 tokens in the {'train' if not tr else 'eval'} split")
+    info["text_column"] = text_column
+    return LMTask(tokenizer=tokenizer, train_ids=tr, eval_ids=ev, info=info)
 
-    # ---- classification: labels ----------------------------------------------------------------
+
+def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_words: list[str] | None,
+                         template: str | None, max_length: int, info: dict, tables: _Tables,
+                         where: str) -> ClassificationTask:
+    """Labels to class indices, label words to their first tokens, texts to prompts."""
+    label_words, mapping = _label_words_and_mapping(train_rows, eval_rows, label_words, tables.label_column, where)
+
+    def to_index(lab):
+        return mapping[lab] if mapping is not None else int(lab)
+
+    train_labels = [to_index(lab) for _, lab in train_rows]
+    eval_labels = [to_index(lab) for _, lab in eval_rows]
+    bad = sorted({lab for lab in train_labels + eval_labels if not 0 <= lab < len(label_words)})
+    if bad:
+        detail = f" (label mapping {mapping})" if mapping else ""
+        raise DataError(
+            f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words "
+            f"{label_words}{detail}"
+        )
+    label_token_ids = _label_token_ids(tokenizer, label_words)
+    template = DEFAULT_TEMPLATE if template is None else template
+    encoder = _PromptEncoder(tokenizer, template, max_length)
+    tr = encoder.encode_all([t for t, _ in train_rows])
+    ev = encoder.encode_all([t for t, _ in eval_rows])
+    info.update(
+        {
+            "text_column": tables.text_column,
+            "label_column": tables.label_column,
+            "label_words": label_words,
+            "label_token_ids": label_token_ids,
+            "label_mapping": mapping,
+            "template": template,
+            "class_counts": {
+                "train": [train_labels.count(i) for i in range(len(label_words))],
+                "eval": [eval_labels.count(i) for i in range(len(label_words))],
+            },
+        }
+    )
+    return ClassificationTask(
+        tokenizer=tokenizer,
+        train_ids=tr,
+        eval_ids=ev,
+        train_labels=train_labels,
+        eval_labels=eval_labels,
+        label_words=label_words,
+        label_token_ids=label_token_ids,
+        info=info,
+    )
+
+
+def _label_words_and_mapping(train_rows: list, eval_rows: list, label_words: list[str] | None, label_column: str,
+                             where: str) -> tuple[list[str], dict[str, int] | None]:
+    """The label rule of the module docstring: the label words, and for string labels the map from
+    each label string to its class index (None for integer labels, which are the index)."""
     all_labels = [lab for _, lab in train_rows] + [lab for _, lab in eval_rows]
     strings = [lab for lab in all_labels if isinstance(lab, str)]
     if strings and len(strings) != len(all_labels):
-        raise DataError(f"{where}: label column {label_col!r} mixes integers and strings")
+        raise DataError(f"{where}: label column {label_column!r} mixes integers and strings")
     mapping: dict[str, int] | None = None
     if strings:
         distinct = sorted(set(strings))
@@ -343,52 +437,15 @@ def load_task(
     label_words = list(label_words)
     if len(label_words) < 2:
         raise DataError(f"too few label words: need at least 2, got {label_words!r}")
+    return label_words, mapping
 
-    def to_index(lab):
-        return mapping[lab] if mapping is not None else int(lab)
 
-    train_labels = [to_index(lab) for _, lab in train_rows]
-    eval_labels = [to_index(lab) for _, lab in eval_rows]
-    bad = sorted({lab for lab in train_labels + eval_labels if not 0 <= lab < len(label_words)})
-    if bad:
-        detail = f" (label mapping {mapping})" if mapping else ""
-        raise DataError(
-            f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words "
-            f"{label_words}{detail}"
-        )
-
+def _label_token_ids(tokenizer, label_words: list[str]) -> list[int]:
+    """Each class is scored on the first token of its word, so those tokens must differ."""
     label_token_ids = [_first_token(tokenizer, w) for w in label_words]
     if len(set(label_token_ids)) != len(label_token_ids):
         pieces = {w: tokenizer.decode([t]) for w, t in zip(label_words, label_token_ids)}
         raise DataError(
             f"label words must start with distinct tokens; first tokens are {pieces}"
         )
-
-    template = DEFAULT_TEMPLATE if template is None else template
-    encoder = _PromptEncoder(tokenizer, template, max_length)
-    tr = encoder.encode_all([t for t, _ in train_rows])
-    ev = encoder.encode_all([t for t, _ in eval_rows])
-    info.update(
-        {
-            "text_column": text_col,
-            "label_column": label_col,
-            "label_words": label_words,
-            "label_token_ids": label_token_ids,
-            "label_mapping": mapping,
-            "template": template,
-            "class_counts": {
-                "train": [train_labels.count(i) for i in range(len(label_words))],
-                "eval": [eval_labels.count(i) for i in range(len(label_words))],
-            },
-        }
-    )
-    return ClassificationTask(
-        tokenizer=tokenizer,
-        train_ids=tr,
-        eval_ids=ev,
-        train_labels=train_labels,
-        eval_labels=eval_labels,
-        label_words=label_words,
-        label_token_ids=label_token_ids,
-        info=info,
-    )
+    return label_token_ids
