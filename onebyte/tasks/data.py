@@ -32,134 +32,19 @@ examples in the same order in any process.
 
 from __future__ import annotations
 
-import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET, BuiltinTask
+from onebyte.tasks.labels import is_missing, label_words_and_mapping, norm_label
+from onebyte.tasks.prompts import DEFAULT_TEMPLATE, PromptEncoder, first_tokens
 from onebyte.tasks.sources import FILE_SUFFIXES, DataError, _hub_tables, _local_tables, _Table
+from onebyte.tasks.splits import split_rows
 from onebyte.tasks.task import Batch, ClassificationTask, LMTask, Task
 
-__all__ = ["Batch", "ClassificationTask", "DataError", "DEFAULT_DATASET", "DEFAULT_TEMPLATE", "LMTask", "Task", "load_task"]
-
-DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
-DEFAULT_LABEL_WORDS = [" negative", " positive"]
-
-
-# --------------------------------------------------------------------------------------------
-# row cleaning, labels, splitting
-
-
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return False
-
-
-def _require_column(table: _Table, column: str, what: str, where: str) -> None:
-    if column not in table.columns:
-        raise DataError(
-            f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}"
-        )
-
-
-def _as_text(v: Any) -> str:
-    if _missing(v):
-        return ""
-    return str(v).strip()
-
-
-def _norm_label(v: Any) -> int | str | None:
-    if _missing(v):
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()  # numpy scalars
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        if v.is_integer():
-            return int(v)
-        raise DataError(f"label {v!r} is not an integer or a string")
-    s = str(v).strip()
-    return s if s else None
-
-
-def _hash_order(n: int, seed: int) -> list[int]:
-    return sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
-
-
-def _hash_subset(items: list, k: int, seed: int, salt: str) -> list:
-    if k >= len(items):
-        return items
-    keep = sorted(_hash_order(len(items), hash_seed(seed, salt))[:k])
-    return [items[i] for i in keep]
-
-
-def hash_seed(seed: int, salt: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}".encode()).digest()[:8], "big")
-
-
-# --------------------------------------------------------------------------------------------
-# tokenization
-
-
-def _first_token(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    # sentencepiece tokenizers may give a lone "▁" first; skip whitespace-only pieces
-    for tid in ids:
-        if tokenizer.decode([tid]).strip():
-            return int(tid)
-    if ids:
-        return int(ids[0])
-    raise DataError(f"label word {word!r} tokenizes to nothing")
-
-
-class _PromptEncoder:
-    """Encode ``template`` around a text, truncating the text (never the cue) to fit."""
-
-    def __init__(self, tokenizer, template: str, max_length: int) -> None:
-        if template.count("{text}") != 1:
-            raise DataError(f"the template must contain '{{text}}' exactly once, got {template!r}")
-        self.tok = tokenizer
-        self.prefix, self.suffix = template.split("{text}")
-        self.max_length = max_length
-        overhead = len(tokenizer(self.prefix + self.suffix)["input_ids"])
-        if overhead + 1 > max_length:
-            raise DataError(
-                f"the template alone takes {overhead} tokens; max_length={max_length} leaves no "
-                "room for the text"
-            )
-        self.overhead = overhead
-
-    def encode_all(self, texts: list[str]) -> list[list[int]]:
-        prompts = [self.prefix + t + self.suffix for t in texts]
-        out = self.tok(prompts)["input_ids"] if prompts else []
-        return [list(ids) if len(ids) <= self.max_length else self._truncate(t) for ids, t in zip(out, texts)]
-
-    def _truncate(self, text: str) -> list[int]:
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=bool(self.tok.is_fast))
-        text_ids = enc["input_ids"]
-        offsets = enc.get("offset_mapping") if self.tok.is_fast else None
-        n = min(len(text_ids), self.max_length - self.overhead)
-        for _ in range(64):
-            n = max(n, 0)
-            if offsets is not None:
-                cut = text[: offsets[n - 1][1]] if n > 0 else ""
-            else:
-                cut = self.tok.decode(text_ids[:n], skip_special_tokens=True)
-            ids = self.tok(self.prefix + cut.rstrip() + self.suffix)["input_ids"]
-            if len(ids) <= self.max_length:
-                return list(ids)
-            if n == 0:
-                break
-            n -= max(1, len(ids) - self.max_length)
-        raise DataError(f"could not fit a prompt into max_length={self.max_length}")  # pragma: no cover
+__all__ = ["Batch", "ClassificationTask", "DataError", "DEFAULT_DATASET", "DEFAULT_TEMPLATE", "LMTask", "Task",
+           "load_task"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +90,7 @@ def load_task(
     dropped: dict[str, int] = {}
     train_rows = _usable_rows(tables.train, tables, kind, dropped)
     eval_rows = _usable_rows(tables.eval, tables, kind, dropped) if tables.eval is not None else None
-    train_rows, eval_rows, split = _split(train_rows, eval_rows, eval_size, train_size, split_seed, where)
+    train_rows, eval_rows, split = split_rows(train_rows, eval_rows, eval_size, train_size, split_seed, where)
     info: dict[str, Any] = {
         "task": kind,
         "dataset": tables.builtin.name if tables.builtin else dataset,
@@ -283,6 +168,19 @@ def _read_tables(dataset: str, text_column: str, label_column: str) -> _Tables:
     return _Tables(train_t, eval_t, text_column, label_column, source, None)
 
 
+def _require_column(table: _Table, column: str, what: str, where: str) -> None:
+    if column not in table.columns:
+        raise DataError(
+            f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}"
+        )
+
+
+def _as_text(v: Any) -> str:
+    if is_missing(v):
+        return ""
+    return str(v).strip()
+
+
 def _check_columns(tables: _Tables, kind: str, where: str) -> None:
     """A missing column is named with the columns that do exist, before any row is read."""
     for t in (tables.train, tables.eval):
@@ -298,7 +196,7 @@ def _usable_rows(table: _Table, tables: _Tables, kind: str, dropped: dict[str, i
     out = []
     for r in table.rows:
         text = _as_text(r.get(tables.text_column))
-        label = _norm_label(r.get(tables.label_column)) if kind == "classification" else None
+        label = norm_label(r.get(tables.label_column)) if kind == "classification" else None
         if not text:
             dropped["empty_text"] = dropped.get("empty_text", 0) + 1
             continue
@@ -308,36 +206,6 @@ def _usable_rows(table: _Table, tables: _Tables, kind: str, dropped: dict[str, i
             continue
         out.append((text, label))
     return out
-
-
-def _split(train_rows: list, eval_rows: list | None, eval_size: int | None, train_size: int | None,
-           split_seed: int, where: str) -> tuple[list, list, dict]:
-    """Train and eval rows, each in table order, and how they were chosen (for describe()). One
-    table is split by a hash of ``(split_seed, row)``; given splits are only cut down to size."""
-    if eval_rows is None:
-        n = len(train_rows)
-        if n == 0:
-            raise DataError(f"{where} is empty (after dropping rows with no text or label)")
-        k = eval_size if eval_size is not None else min(500, max(1, round(0.2 * n)))
-        if k >= n:
-            raise DataError(f"{where} has {n} usable rows: too few for eval_size={k} plus training")
-        order = _hash_order(n, split_seed)
-        ev_idx, tr_idx = sorted(order[:k]), sorted(order[k:])
-        eval_rows = [train_rows[i] for i in ev_idx]
-        train_rows = [train_rows[i] for i in tr_idx]
-        split = {"method": "sha256(split_seed:row)", "split_seed": split_seed, "eval_size": k}
-    else:
-        if eval_size is not None:
-            eval_rows = _hash_subset(eval_rows, eval_size, split_seed, "eval")
-        split = {"method": "given", "split_seed": split_seed, "eval_size": eval_size}
-    if train_size is not None:
-        train_rows = _hash_subset(train_rows, train_size, split_seed, "train")
-    split["train_size"] = train_size
-    if not train_rows:
-        raise DataError(f"{where}: the train split is empty (after dropping rows with no text or label)")
-    if not eval_rows:
-        raise DataError(f"{where}: the eval split is empty (after dropping rows with no text or label)")
-    return train_rows, eval_rows, split
 
 
 def _lm_task(tokenizer, train_rows: list, eval_rows: list, max_length: int, info: dict, text_column: str,
@@ -362,7 +230,7 @@ def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_wor
                          template: str | None, max_length: int, info: dict, tables: _Tables,
                          where: str) -> ClassificationTask:
     """Labels to class indices, label words to their first tokens, texts to prompts."""
-    label_words, mapping = _label_words_and_mapping(train_rows, eval_rows, label_words, tables.label_column, where)
+    label_words, mapping = label_words_and_mapping(train_rows, eval_rows, label_words, tables.label_column, where)
 
     def to_index(lab):
         return mapping[lab] if mapping is not None else int(lab)
@@ -376,9 +244,9 @@ def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_wor
             f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words "
             f"{label_words}{detail}"
         )
-    label_token_ids = _label_token_ids(tokenizer, label_words)
+    label_token_ids = first_tokens(tokenizer, label_words)
     template = DEFAULT_TEMPLATE if template is None else template
-    encoder = _PromptEncoder(tokenizer, template, max_length)
+    encoder = PromptEncoder(tokenizer, template, max_length)
     tr = encoder.encode_all([t for t, _ in train_rows])
     ev = encoder.encode_all([t for t, _ in eval_rows])
     info.update(
@@ -407,45 +275,3 @@ def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_wor
     )
 
 
-def _label_words_and_mapping(train_rows: list, eval_rows: list, label_words: list[str] | None, label_column: str,
-                             where: str) -> tuple[list[str], dict[str, int] | None]:
-    """The label rule of the module docstring: the label words, and for string labels the map from
-    each label string to its class index (None for integer labels, which are the index)."""
-    all_labels = [lab for _, lab in train_rows] + [lab for _, lab in eval_rows]
-    strings = [lab for lab in all_labels if isinstance(lab, str)]
-    if strings and len(strings) != len(all_labels):
-        raise DataError(f"{where}: label column {label_column!r} mixes integers and strings")
-    mapping: dict[str, int] | None = None
-    if strings:
-        distinct = sorted(set(strings))
-        if label_words is None:
-            label_words = [" " + s for s in distinct]
-        norm_words = [w.strip().lower() for w in label_words]
-        if all(s.lower() in norm_words for s in distinct) and len(set(norm_words)) == len(norm_words):
-            mapping = {s: norm_words.index(s.lower()) for s in distinct}
-        else:
-            mapping = {s: i for i, s in enumerate(distinct)}
-    elif label_words is None:
-        top = max(all_labels)
-        if top > 1:
-            raise DataError(
-                f"{where}: integer labels go up to {top}; pass label_words with {top + 1} words"
-            )
-        label_words = list(DEFAULT_LABEL_WORDS)
-    if not isinstance(label_words, (list, tuple)) or not all(isinstance(w, str) for w in label_words):
-        raise DataError(f"label_words must be a list of strings, got {label_words!r}")
-    label_words = list(label_words)
-    if len(label_words) < 2:
-        raise DataError(f"too few label words: need at least 2, got {label_words!r}")
-    return label_words, mapping
-
-
-def _label_token_ids(tokenizer, label_words: list[str]) -> list[int]:
-    """Each class is scored on the first token of its word, so those tokens must differ."""
-    label_token_ids = [_first_token(tokenizer, w) for w in label_words]
-    if len(set(label_token_ids)) != len(label_token_ids):
-        pieces = {w: tokenizer.decode([t]) for w, t in zip(label_words, label_token_ids)}
-        raise DataError(
-            f"label words must start with distinct tokens; first tokens are {pieces}"
-        )
-    return label_token_ids
