@@ -56,7 +56,8 @@ def child(args) -> dict:
     import torch
 
     from onebyte.tasks.data import load_task
-    from onebyte.tasks.models import load_model, trainable_parameters
+    from onebyte.tasks.loaded_model import trainable_parameters
+    from onebyte.tasks.loading import load_model
     from onebyte.peer.train import TrainConfig, batch_indices
 
     out = {"case": args.child, "rss_start_kib": _status_kib("VmRSS")}

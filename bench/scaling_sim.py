@@ -100,7 +100,8 @@ def records_part(ns: list[int], ks: list[int]) -> list[dict]:
 
 
 def apply_part(ns: list[int], reps: int) -> list[dict]:
-    from onebyte.tasks.models import load_model, trainable_parameters
+    from onebyte.tasks.loaded_model import trainable_parameters
+    from onebyte.tasks.loading import load_model
     from onebyte.zo import NoiseTable, apply_round
 
     noise = NoiseTable(25, 0, torch.device("cpu"))

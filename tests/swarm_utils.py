@@ -18,7 +18,7 @@ TINY = ["--model", "tiny-llama", "--dataset", "drugreview", "--lr", "1e-3", "--e
 # they wait (Swarm.wait_waiting): then a peer's start-up, which takes 5 s on an idle machine and a minute on a loaded
 # one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the model.
 WAIT = ["--join-timeout", "900"]
-START = "15"  # the creator's --start-delay once every member waits (and has warmed its imports: onebyte.tasks.models.warm_imports)
+START = "15"  # the creator's --start-delay once every member waits (and has warmed its imports: onebyte.tasks.pretrained.warm_imports)
 
 
 class Swarm:

@@ -1,4 +1,4 @@
-"""Model loading (onebyte.tasks.models) and tasks (onebyte.tasks.data): real objects, no mocks."""
+"""Model loading (onebyte.tasks.loading and its helpers) and tasks (onebyte.tasks.data): real objects, no mocks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from onebyte.tasks.data import Batch, DataError, load_task
-from onebyte.tasks import models
-from onebyte.tasks.models import LoadedModel, ModelLoadError, load_model, trainable_parameters
+from onebyte.tasks import model_cache
+from onebyte.tasks.loaded_model import LoadedModel, ModelLoadError, trainable_parameters
+from onebyte.tasks.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 _HASH_SCRIPT = r"""
 import hashlib, json, sys, torch
-from onebyte.tasks.models import load_model
+from onebyte.tasks.loading import load_model
 def sha(m):
     h = hashlib.sha256()
     for name, t in sorted(m.state_dict().items()):
@@ -83,8 +84,8 @@ def test_tiny_init_identical_across_processes():
 
 def test_cache_folder_written_once_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEBYTE_CACHE", str(tmp_path / "cache"))
-    assert models.cache_root() == tmp_path / "cache"
-    final = models._models_dir() / "thing"
+    assert model_cache.cache_root() == tmp_path / "cache"
+    final = model_cache.models_dir() / "thing"
     final.parent.mkdir(parents=True)
     calls = []
 
@@ -94,15 +95,15 @@ def test_cache_folder_written_once_and_atomically(tmp_path, monkeypatch):
         (tmp / "payload.txt").write_text("hello")
 
     with ThreadPoolExecutor(4) as pool:
-        outs = list(pool.map(lambda _: models._build_cached(final, writer), range(4)))
+        outs = list(pool.map(lambda _: model_cache.build_cached(final, writer), range(4)))
     assert outs == [final] * 4 and len(calls) == 1
-    assert (final / "payload.txt").read_text() == "hello" and models._is_complete(final)
+    assert (final / "payload.txt").read_text() == "hello" and model_cache.is_complete(final)
     assert sorted(p.name for p in final.parent.iterdir()) == [".thing.lock", "thing"]
     # losing a rename race to a complete folder keeps the winner's folder
     loser = final.parent / ".thing.tmp-x"
     loser.mkdir()
     (loser / "payload.txt").write_text("late")
-    models._publish(loser, final)
+    model_cache.publish(loser, final)
     assert not loser.exists() and (final / "payload.txt").read_text() == "hello"
 
 

@@ -205,7 +205,8 @@ def test_a_manifest_written_from_the_table_parses():
 
 def test_ties_name_the_other_names_of_a_trainable_tensor():
     try:
-        from onebyte.tasks.models import load_model, trainable_parameters
+        from onebyte.tasks.loaded_model import trainable_parameters
+        from onebyte.tasks.loading import load_model
     except ImportError:  # before the move to onebyte.tasks
         from onebyte.peer.models import load_model, trainable_parameters
 

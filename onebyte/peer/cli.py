@@ -359,7 +359,7 @@ def _trained(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from onebyte.tasks.models import save_pretrained_folder
+    from onebyte.tasks.export import save_pretrained_folder
 
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before minutes of loading or catching up

@@ -24,7 +24,8 @@ from safetensors import SafetensorError, safe_open
 from onebyte.coordinator_free.manifest import RunManifest
 from onebyte.peer.checkpoint import CheckpointError, load_checkpoint
 from onebyte.peer.train import TASK_FIELDS
-from onebyte.tasks.models import LoadedModel, load_model, trainable_parameters
+from onebyte.tasks.loaded_model import LoadedModel, trainable_parameters
+from onebyte.tasks.loading import load_model
 from onebyte.zo import weights_sha256
 
 log = logging.getLogger("onebyte.peer")

@@ -21,7 +21,7 @@ from onebyte.peer.node import Node
 from onebyte.peer.replica import Replica
 from onebyte.peer.swarm_config import SwarmConfig, default_manifest_fields
 from onebyte.peer.train import TrainConfig, build, write_json_atomic
-from onebyte.tasks.models import warm_imports
+from onebyte.tasks.pretrained import warm_imports
 from onebyte.zo.directions import Directions
 
 log = logging.getLogger("onebyte.peer")

@@ -89,7 +89,8 @@ def build(cfg: TrainConfig):
     """Load model and task as ``cfg`` says and wrap the model in a Replica."""
     from onebyte.tasks.data import load_task
     from onebyte.tasks.trunk import FrozenTrunk
-    from onebyte.tasks.models import load_model, trainable_parameters
+    from onebyte.tasks.loaded_model import trainable_parameters
+    from onebyte.tasks.loading import load_model
 
     loaded = load_model(cfg.model, kind=cfg.model_kind, dtype=cfg.dtype, device=cfg.device, init_seed=cfg.init_seed)
     task = load_task(

@@ -9,8 +9,9 @@ from importlib import import_module
 
 _WHERE = {
     "BUILTIN_TASKS": "builtin", "DEFAULT_DATASET": "builtin", "load_task": "data", "balanced_accuracy": "metrics",
-    "bias_only_line": "metrics", "classification_scores": "metrics", "DEFAULT_MODEL": "models", "LoadedModel": "models",
-    "ModelLoadError": "models", "load_model": "models", "trainable_parameters": "models", "DataError": "sources",
+    "bias_only_line": "metrics", "classification_scores": "metrics", "DEFAULT_MODEL": "builtin_models",
+    "LoadedModel": "loaded_model", "ModelLoadError": "loaded_model", "load_model": "loading",
+    "trainable_parameters": "loaded_model", "DataError": "sources",
     "Batch": "task", "ClassificationTask": "task", "LMTask": "task", "Task": "task",
 }
 __all__ = sorted(_WHERE)

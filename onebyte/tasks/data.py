@@ -32,133 +32,19 @@ examples in the same order in any process.
 
 from __future__ import annotations
 
-import hashlib
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET
+from onebyte.tasks.builtin import BUILTIN_TASKS, DEFAULT_DATASET, BuiltinTask
+from onebyte.tasks.labels import is_missing, label_words_and_mapping, norm_label
+from onebyte.tasks.prompts import DEFAULT_TEMPLATE, PromptEncoder, first_tokens
 from onebyte.tasks.sources import FILE_SUFFIXES, DataError, _hub_tables, _local_tables, _Table
+from onebyte.tasks.splits import split_rows
 from onebyte.tasks.task import Batch, ClassificationTask, LMTask, Task
 
-__all__ = ["Batch", "ClassificationTask", "DataError", "DEFAULT_DATASET", "DEFAULT_TEMPLATE", "LMTask", "Task", "load_task"]
-
-DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
-DEFAULT_LABEL_WORDS = [" negative", " positive"]
-
-
-# --------------------------------------------------------------------------------------------
-# row cleaning, labels, splitting
-
-
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return False
-
-
-def _require_column(table: _Table, column: str, what: str, where: str) -> None:
-    if column not in table.columns:
-        raise DataError(
-            f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}"
-        )
-
-
-def _as_text(v: Any) -> str:
-    if _missing(v):
-        return ""
-    return str(v).strip()
-
-
-def _norm_label(v: Any) -> int | str | None:
-    if _missing(v):
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()  # numpy scalars
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        if v.is_integer():
-            return int(v)
-        raise DataError(f"label {v!r} is not an integer or a string")
-    s = str(v).strip()
-    return s if s else None
-
-
-def _hash_order(n: int, seed: int) -> list[int]:
-    return sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
-
-
-def _hash_subset(items: list, k: int, seed: int, salt: str) -> list:
-    if k >= len(items):
-        return items
-    keep = sorted(_hash_order(len(items), hash_seed(seed, salt))[:k])
-    return [items[i] for i in keep]
-
-
-def hash_seed(seed: int, salt: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}".encode()).digest()[:8], "big")
-
-
-# --------------------------------------------------------------------------------------------
-# tokenization
-
-
-def _first_token(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    # sentencepiece tokenizers may give a lone "▁" first; skip whitespace-only pieces
-    for tid in ids:
-        if tokenizer.decode([tid]).strip():
-            return int(tid)
-    if ids:
-        return int(ids[0])
-    raise DataError(f"label word {word!r} tokenizes to nothing")
-
-
-class _PromptEncoder:
-    """Encode ``template`` around a text, truncating the text (never the cue) to fit."""
-
-    def __init__(self, tokenizer, template: str, max_length: int) -> None:
-        if template.count("{text}") != 1:
-            raise DataError(f"the template must contain '{{text}}' exactly once, got {template!r}")
-        self.tok = tokenizer
-        self.prefix, self.suffix = template.split("{text}")
-        self.max_length = max_length
-        overhead = len(tokenizer(self.prefix + self.suffix)["input_ids"])
-        if overhead + 1 > max_length:
-            raise DataError(
-                f"the template alone takes {overhead} tokens; max_length={max_length} leaves no "
-                "room for the text"
-            )
-        self.overhead = overhead
-
-    def encode_all(self, texts: list[str]) -> list[list[int]]:
-        prompts = [self.prefix + t + self.suffix for t in texts]
-        out = self.tok(prompts)["input_ids"] if prompts else []
-        return [list(ids) if len(ids) <= self.max_length else self._truncate(t) for ids, t in zip(out, texts)]
-
-    def _truncate(self, text: str) -> list[int]:
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=bool(self.tok.is_fast))
-        text_ids = enc["input_ids"]
-        offsets = enc.get("offset_mapping") if self.tok.is_fast else None
-        n = min(len(text_ids), self.max_length - self.overhead)
-        for _ in range(64):
-            n = max(n, 0)
-            if offsets is not None:
-                cut = text[: offsets[n - 1][1]] if n > 0 else ""
-            else:
-                cut = self.tok.decode(text_ids[:n], skip_special_tokens=True)
-            ids = self.tok(self.prefix + cut.rstrip() + self.suffix)["input_ids"]
-            if len(ids) <= self.max_length:
-                return list(ids)
-            if n == 0:
-                break
-            n -= max(1, len(ids) - self.max_length)
-        raise DataError(f"could not fit a prompt into max_length={self.max_length}")  # pragma: no cover
+__all__ = ["Batch", "ClassificationTask", "DataError", "DEFAULT_DATASET", "DEFAULT_TEMPLATE", "LMTask", "Task",
+           "load_task"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +80,40 @@ def load_task(
 
     Raises :class:`DataError` (a ``ValueError``) with a clear message on any problem.
     """
+    kind = _check_arguments(dataset, tokenizer, task, max_length, eval_size, train_size)
+    tables = _read_tables(dataset, text_column, label_column)
+    if tables.builtin is not None and kind == "classification":
+        label_words = list(tables.builtin.label_words) if label_words is None else label_words
+        template = tables.builtin.template if template is None else template
+    where = f"dataset {dataset!r}"
+    _check_columns(tables, kind, where)
+    dropped: dict[str, int] = {}
+    train_rows = _usable_rows(tables.train, tables, kind, dropped)
+    eval_rows = _usable_rows(tables.eval, tables, kind, dropped) if tables.eval is not None else None
+    train_rows, eval_rows, split = split_rows(train_rows, eval_rows, eval_size, train_size, split_seed, where)
+    info: dict[str, Any] = {
+        "task": kind,
+        "dataset": tables.builtin.name if tables.builtin else dataset,
+        "source": tables.source,
+        "split": split,
+        "dropped": dict(sorted(dropped.items())),
+        "max_length": max_length,
+        "tokenizer_vocab": len(tokenizer),
+    }
+    if kind == "lm":
+        if template is not None or label_words is not None:
+            raise DataError("the lm task uses only the text column: drop template/label_words")
+        return _lm_task(tokenizer, train_rows, eval_rows, max_length, info, tables.text_column, where)
+    return _classification_task(tokenizer, train_rows, eval_rows, label_words, template, max_length, info,
+                                tables, where)
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of load_task
+
+
+def _check_arguments(dataset, tokenizer, task, max_length, eval_size, train_size) -> str:
+    """Refuse bad arguments before reading any data; the task kind (``classification`` or ``lm``)."""
     kind = {None: "classification", "classification": "classification", "cls": "classification",
             "lm": "lm"}.get(task if task is None else str(task).lower())
     if kind is None:
@@ -207,142 +127,110 @@ def load_task(
             raise DataError(f"{nm} must be a positive integer or None, got {v!r}")
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"dataset must be a non-empty string, got {dataset!r}")
+    return kind
 
-    # ---- read the tables ----------------------------------------------------------------
+
+@dataclass
+class _Tables:
+    """A dataset's raw tables, the columns to read from them, and where they came from."""
+
+    train: _Table
+    eval: _Table | None  # None: one table, split by hash
+    text_column: str
+    label_column: str
+    source: dict  # for describe()
+    builtin: BuiltinTask | None
+
+
+def _read_tables(dataset: str, text_column: str, label_column: str) -> _Tables:
+    """A built-in by name first, then a local file or folder, then a hub id: the first that exists
+    wins, so a local folder named like a hub id is read from disk. Built-ins have fixed columns."""
     builtin = BUILTIN_TASKS.get(dataset.strip().lower())
     if builtin is not None:
         train_rows, eval_rows, source = builtin.read(builtin)
         train_t, eval_t = (_Table([{"text": t, "label": y} for t, y in rs], ["text", "label"], [builtin.name])
                            for rs in (train_rows, eval_rows))
-        text_col, label_col = "text", "label"
-        if kind == "classification":
-            label_words = list(builtin.label_words) if label_words is None else label_words
-            template = builtin.template if template is None else template
-    else:
-        text_col, label_col = text_column, label_column
-        path = Path(dataset).expanduser()
-        if path.exists():
-            train_t, eval_t = _local_tables(dataset, path)
-            source = {"type": "files", "train_files": train_t.files,
-                      "eval_files": eval_t.files if eval_t else None}
-        else:
-            from onebyte.tasks.models import looks_like_repo_id
+        return _Tables(train_t, eval_t, "text", "label", source, builtin)
+    path = Path(dataset).expanduser()
+    if path.exists():
+        train_t, eval_t = _local_tables(dataset, path)
+        source = {"type": "files", "train_files": train_t.files, "eval_files": eval_t.files if eval_t else None}
+        return _Tables(train_t, eval_t, text_column, label_column, source, None)
+    from onebyte.tasks.hub import looks_like_repo_id
 
-            repo = dataset.partition(":")[0]
-            if path.suffix.lower() in FILE_SUFFIXES:
-                raise DataError(f"dataset file {dataset!r} not found")
-            if not looks_like_repo_id(repo):
-                raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), nor a local file or folder (not found)")
-            train_t, eval_t, source = _hub_tables(dataset)
+    repo = dataset.partition(":")[0]
+    if path.suffix.lower() in FILE_SUFFIXES:
+        raise DataError(f"dataset file {dataset!r} not found")
+    if not looks_like_repo_id(repo):
+        raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), "
+                        "nor a local file or folder (not found)")
+    train_t, eval_t, source = _hub_tables(dataset)
+    return _Tables(train_t, eval_t, text_column, label_column, source, None)
 
-    where = f"dataset {dataset!r}"
-    for t in (train_t, eval_t):
+
+def _require_column(table: _Table, column: str, what: str, where: str) -> None:
+    if column not in table.columns:
+        raise DataError(
+            f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}"
+        )
+
+
+def _as_text(v: Any) -> str:
+    if is_missing(v):
+        return ""
+    return str(v).strip()
+
+
+def _check_columns(tables: _Tables, kind: str, where: str) -> None:
+    """A missing column is named with the columns that do exist, before any row is read."""
+    for t in (tables.train, tables.eval):
         if t is not None:
-            _require_column(t, text_col, "text", where)
+            _require_column(t, tables.text_column, "text", where)
             if kind == "classification":
-                _require_column(t, label_col, "label", where)
+                _require_column(t, tables.label_column, "label", where)
 
-    # ---- rows -> (text, label) -----------------------------------------------------------
-    dropped: dict[str, int] = {}
 
-    def rows(table: _Table) -> list[tuple[str, Any]]:
-        out = []
-        for r in table.rows:
-            text = _as_text(r.get(text_col))
-            label = _norm_label(r.get(label_col)) if kind == "classification" else None
-            if not text:
-                dropped["empty_text"] = dropped.get("empty_text", 0) + 1
-                continue
-            if kind == "classification" and label is None:
-                why = builtin.unlabelled if builtin else "missing_label"
-                dropped[why] = dropped.get(why, 0) + 1
-                continue
-            out.append((text, label))
-        return out
+def _usable_rows(table: _Table, tables: _Tables, kind: str, dropped: dict[str, int]) -> list[tuple[str, Any]]:
+    """``(text, label)`` of the rows a task can use, in table order; the others are counted in
+    ``dropped`` by why (describe() reports them)."""
+    out = []
+    for r in table.rows:
+        text = _as_text(r.get(tables.text_column))
+        label = norm_label(r.get(tables.label_column)) if kind == "classification" else None
+        if not text:
+            dropped["empty_text"] = dropped.get("empty_text", 0) + 1
+            continue
+        if kind == "classification" and label is None:
+            why = tables.builtin.unlabelled if tables.builtin else "missing_label"
+            dropped[why] = dropped.get(why, 0) + 1
+            continue
+        out.append((text, label))
+    return out
 
-    train_rows = rows(train_t)
-    eval_rows = rows(eval_t) if eval_t is not None else None
 
-    # ---- split -----------------------------------------------------------------------------
-    if eval_rows is None:
-        n = len(train_rows)
-        if n == 0:
-            raise DataError(f"{where} is empty (after dropping rows with no text or label)")
-        k = eval_size if eval_size is not None else min(500, max(1, round(0.2 * n)))
-        if k >= n:
-            raise DataError(f"{where} has {n} usable rows: too few for eval_size={k} plus training")
-        order = _hash_order(n, split_seed)
-        ev_idx, tr_idx = sorted(order[:k]), sorted(order[k:])
-        eval_rows = [train_rows[i] for i in ev_idx]
-        train_rows = [train_rows[i] for i in tr_idx]
-        split = {"method": "sha256(split_seed:row)", "split_seed": split_seed, "eval_size": k}
-    else:
-        if eval_size is not None:
-            eval_rows = _hash_subset(eval_rows, eval_size, split_seed, "eval")
-        split = {"method": "given", "split_seed": split_seed, "eval_size": eval_size}
-    if train_size is not None:
-        train_rows = _hash_subset(train_rows, train_size, split_seed, "train")
-    split["train_size"] = train_size
-    if not train_rows:
-        raise DataError(f"{where}: the train split is empty (after dropping rows with no text or label)")
-    if not eval_rows:
-        raise DataError(f"{where}: the eval split is empty (after dropping rows with no text or label)")
+def _lm_task(tokenizer, train_rows: list, eval_rows: list, max_length: int, info: dict, text_column: str,
+             where: str) -> LMTask:
+    """The texts alone, truncated; a text under 2 tokens has no next token to predict and is dropped."""
 
-    info: dict[str, Any] = {
-        "task": kind,
-        "dataset": builtin.name if builtin else dataset,
-        "source": source,
-        "split": split,
-        "dropped": dict(sorted(dropped.items())),
-        "max_length": max_length,
-        "tokenizer_vocab": len(tokenizer),
-    }
+    def enc(rs):
+        ids = tokenizer([t for t, _ in rs], truncation=True, max_length=max_length)["input_ids"]
+        return [list(x) for x in ids if len(x) >= 2]
 
-    # ---- LM -----------------------------------------------------------------------------------
-    if kind == "lm":
-        if template is not None or label_words is not None:
-            raise DataError("the lm task uses only the text column: drop template/label_words")
+    tr, ev = enc(train_rows), enc(eval_rows)
+    too_short = len(train_rows) + len(eval_rows) - len(tr) - len(ev)
+    if too_short:
+        info["dropped"]["under_2_tokens"] = too_short
+    if not tr or not ev:
+        raise DataError(f"{where}: no text of at least 2 tokens in the {'train' if not tr else 'eval'} split")
+    info["text_column"] = text_column
+    return LMTask(tokenizer=tokenizer, train_ids=tr, eval_ids=ev, info=info)
 
-        def enc(rs):
-            ids = tokenizer([t for t, _ in rs], truncation=True, max_length=max_length)["input_ids"]
-            return [list(x) for x in ids if len(x) >= 2]
 
-        tr, ev = enc(train_rows), enc(eval_rows)
-        too_short = len(train_rows) + len(eval_rows) - len(tr) - len(ev)
-        if too_short:
-            info["dropped"]["under_2_tokens"] = too_short
-        if not tr or not ev:
-            raise DataError(f"{where}: no text of at least 2 tokens in the {'train' if not tr else 'eval'} split")
-        info["text_column"] = text_col
-        return LMTask(tokenizer=tokenizer, train_ids=tr, eval_ids=ev, info=info)
-
-    # ---- classification: labels ----------------------------------------------------------------
-    all_labels = [lab for _, lab in train_rows] + [lab for _, lab in eval_rows]
-    strings = [lab for lab in all_labels if isinstance(lab, str)]
-    if strings and len(strings) != len(all_labels):
-        raise DataError(f"{where}: label column {label_col!r} mixes integers and strings")
-    mapping: dict[str, int] | None = None
-    if strings:
-        distinct = sorted(set(strings))
-        if label_words is None:
-            label_words = [" " + s for s in distinct]
-        norm_words = [w.strip().lower() for w in label_words]
-        if all(s.lower() in norm_words for s in distinct) and len(set(norm_words)) == len(norm_words):
-            mapping = {s: norm_words.index(s.lower()) for s in distinct}
-        else:
-            mapping = {s: i for i, s in enumerate(distinct)}
-    elif label_words is None:
-        top = max(all_labels)
-        if top > 1:
-            raise DataError(
-                f"{where}: integer labels go up to {top}; pass label_words with {top + 1} words"
-            )
-        label_words = list(DEFAULT_LABEL_WORDS)
-    if not isinstance(label_words, (list, tuple)) or not all(isinstance(w, str) for w in label_words):
-        raise DataError(f"label_words must be a list of strings, got {label_words!r}")
-    label_words = list(label_words)
-    if len(label_words) < 2:
-        raise DataError(f"too few label words: need at least 2, got {label_words!r}")
+def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_words: list[str] | None,
+                         template: str | None, max_length: int, info: dict, tables: _Tables,
+                         where: str) -> ClassificationTask:
+    """Labels to class indices, label words to their first tokens, texts to prompts."""
+    label_words, mapping = label_words_and_mapping(train_rows, eval_rows, label_words, tables.label_column, where)
 
     def to_index(lab):
         return mapping[lab] if mapping is not None else int(lab)
@@ -356,22 +244,15 @@ def load_task(
             f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words "
             f"{label_words}{detail}"
         )
-
-    label_token_ids = [_first_token(tokenizer, w) for w in label_words]
-    if len(set(label_token_ids)) != len(label_token_ids):
-        pieces = {w: tokenizer.decode([t]) for w, t in zip(label_words, label_token_ids)}
-        raise DataError(
-            f"label words must start with distinct tokens; first tokens are {pieces}"
-        )
-
+    label_token_ids = first_tokens(tokenizer, label_words)
     template = DEFAULT_TEMPLATE if template is None else template
-    encoder = _PromptEncoder(tokenizer, template, max_length)
+    encoder = PromptEncoder(tokenizer, template, max_length)
     tr = encoder.encode_all([t for t, _ in train_rows])
     ev = encoder.encode_all([t for t, _ in eval_rows])
     info.update(
         {
-            "text_column": text_col,
-            "label_column": label_col,
+            "text_column": tables.text_column,
+            "label_column": tables.label_column,
             "label_words": label_words,
             "label_token_ids": label_token_ids,
             "label_mapping": mapping,
@@ -392,3 +273,5 @@ def load_task(
         label_token_ids=label_token_ids,
         info=info,
     )
+
+

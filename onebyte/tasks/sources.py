@@ -138,7 +138,7 @@ def _local_tables(dataset: str, path: Path) -> tuple[_Table, _Table | None]:
 
 
 def _hub_tables(dataset: str) -> tuple[_Table, _Table | None, dict]:
-    from onebyte.tasks.models import _offline, hub_reachable
+    from onebyte.tasks.hub import hub_reachable, offline
 
     name, _, config = dataset.partition(":")
     try:
@@ -148,7 +148,7 @@ def _hub_tables(dataset: str) -> tuple[_Table, _Table | None, dict]:
     except Exception:  # noqa: BLE001  # pragma: no cover
         cache_only = False
     # Without this check an unreachable hub costs ~25 s of retries inside `datasets`.
-    if not cache_only and (_offline() or not hub_reachable()):
+    if not cache_only and (offline() or not hub_reachable()):
         raise DataError(
             f"unknown dataset {dataset!r}: not a built-in (mr, trec, drugreview), not a local file or "
             "folder, and the hub is unreachable (to use a copy in the local hub cache, start "

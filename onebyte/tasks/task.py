@@ -51,7 +51,7 @@ class Batch:
 
 
 def _unwrap(model):
-    from onebyte.tasks.models import LoadedModel
+    from onebyte.tasks.loaded_model import LoadedModel
 
     return model.model if isinstance(model, LoadedModel) else model
 
