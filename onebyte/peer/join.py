@@ -21,7 +21,9 @@ from onebyte.peer.node import Node
 from onebyte.peer.replica import Replica
 from onebyte.peer.swarm_config import SwarmConfig, default_manifest_fields
 from onebyte.peer.train import TrainConfig, build, write_json_atomic
+from onebyte.tasks.loaded_model import LoadedModel
 from onebyte.tasks.pretrained import warm_imports
+from onebyte.tasks.task import Task
 from onebyte.zo.directions import Directions
 
 log = logging.getLogger("onebyte.peer")
@@ -39,8 +41,8 @@ class JoinedRun:
 
     creator: str
     manifest: RunManifest
-    loaded: object  # onebyte.tasks.models.LoadedModel: the model, its tokenizer and config
-    task: object  # onebyte.tasks.task.Task
+    loaded: LoadedModel  # the model, its tokenizer and config (what onebyte export saves)
+    task: Task
     replica: Replica
     pool: list[int]  # this peer's training examples (its shard)
     before: dict | None = None  # the creator's held-out scores before the clock started

@@ -26,7 +26,7 @@ from onebyte.tasks.model_cache import build_cached, is_complete, models_dir
 from onebyte.tasks.packaged import packaged_file
 from onebyte.tasks.pretrained import auto_class, drop_gguf_quantizer, finish_tokenizer, quiet_transformers, seeded
 
-log = logging.getLogger("onebyte.tasks.models")  # the name these log lines have always carried
+log = logging.getLogger("onebyte.tasks")
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "TINY_MODELS", "load_smollm2_tokenizer", "smollm2_folder",
            "smollm2_gguf_path", "tiny_model"]
