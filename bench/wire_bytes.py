@@ -186,7 +186,7 @@ def peer_env() -> dict:
 
 
 def cli() -> list[str]:
-    return [sys.executable, "-m", "onebyte.peer.cli"]
+    return [sys.executable, "-m", "onebyte.cli"]
 
 
 # -- one configuration ----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from onebyte.peer import cli, swarm
+from onebyte import cli
+from onebyte.peer import swarm
 
 ALTER_AT = int(sys.argv.pop(1))
 _apply_set = swarm.SwarmPeer._apply_set
