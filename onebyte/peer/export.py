@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from onebyte.coordinator_free.manifest import RunManifest
 from onebyte.peer.checkpoint import CheckpointError, load_checkpoint
-from onebyte.peer.train import TASK_FIELDS
+from onebyte.settings import TASK_FIELDS
 from onebyte.tasks.models import LoadedModel, load_model, trainable_parameters
 from onebyte.zo import weights_sha256
 
@@ -37,7 +37,7 @@ class Trained:
     loaded: LoadedModel
     manifest: RunManifest | None
     info: dict
-    task: dict  # the run's task settings (onebyte.peer.train.TASK_FIELDS), for scoring it as it was trained
+    task: dict  # the run's task settings (onebyte.settings.TASK_FIELDS), for scoring it as it was trained
 
 
 def find_checkpoint(path: str | Path, run_id: str | None = None) -> tuple[list[Path], RunManifest | None]:
