@@ -112,7 +112,7 @@ def publish(run_id: str, R: int, hist: dict, ident_path: Path, maddrs: list[str]
 
 
 def peer_cmd(name: str, wd: Path, run_id: str, maddrs: list[str], *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "onebyte.peer.cli", "peer", "--run-id", run_id, "--no-progress", "--threads", "1", "--batch-size", "2",
+    cmd = [sys.executable, "-m", "onebyte.cli", "peer", "--run-id", run_id, "--no-progress", "--threads", "1", "--batch-size", "2",
            "--report", str(wd / f"{name}.json"), "--round-log", str(wd / f"{name}.rounds.jsonl"), "--checkpoint-interval", "0"]
     for a in maddrs:
         cmd += ["--initial-peers", a]

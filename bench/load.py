@@ -98,7 +98,7 @@ def run_swarm(n: int, args, workdir: Path) -> dict:
     try:
         for i in range(n):
             name = f"p{i:02d}"
-            cmd = [sys.executable, "-m", "onebyte.peer.cli", "--log-level", "INFO", "peer", "--no-progress", "--run-id", run_id,
+            cmd = [sys.executable, "-m", "onebyte.cli", "--log-level", "INFO", "peer", "--no-progress", "--run-id", run_id,
                    "--rounds", str(args.rounds), "--batch-size", "4", "--threads", "1", "--shard", f"{i}/{n}",
                    "--report", str(workdir / f"{name}.json"), "--round-log", str(workdir / f"{name}.rounds.jsonl"), "--join-timeout", "600"]
             for a in maddrs:

@@ -80,7 +80,7 @@ while True:
 
 # -- the processes in the namespace -------------------------------------------------------------
 def cli() -> list[str]:
-    return [sys.executable, "-m", "onebyte.peer.cli"]
+    return [sys.executable, "-m", "onebyte.cli"]
 
 
 # -- one configuration ----------------------------------------------------------------------------

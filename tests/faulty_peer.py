@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from onebyte.peer import applier, cli
+from onebyte import cli
+from onebyte.peer import applier
 
 ALTER_AT = int(sys.argv.pop(1))
 _apply = applier.RoundApplier.apply

@@ -26,7 +26,8 @@ import logging  # noqa: E402
 
 import torch  # noqa: E402
 
-from onebyte.peer import cli, replica  # noqa: E402
+from onebyte import cli  # noqa: E402
+from onebyte.peer import replica  # noqa: E402
 from onebyte.tasks import data  # noqa: E402
 
 log = logging.getLogger("onebyte.peer")

@@ -9,7 +9,7 @@ import sys
 import time
 
 from onebyte.dht.client import RecordClient
-from onebyte.peer import cli
+from onebyte import cli
 
 DELAY = float(sys.argv.pop(1))
 _held: list[tuple[float, str, object, float]] = []

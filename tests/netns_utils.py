@@ -93,7 +93,7 @@ class NetSwarm(Swarm):
         self.workdir, self.net = workdir, net
         self.procs: dict[str, subprocess.Popen] = {}
         log = open(workdir / "bootstrap.log", "w")
-        self.boot = subprocess.Popen([*net.prefix(boot_side), sys.executable, "-m", "onebyte.peer.cli", "bootstrap", "--host-maddrs",
+        self.boot = subprocess.Popen([*net.prefix(boot_side), sys.executable, "-m", "onebyte.cli", "bootstrap", "--host-maddrs",
                                       f"/ip4/{net.ip[boot_side]}/tcp/0"], stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
         self.maddrs = []
         deadline = time.time() + 90
@@ -107,5 +107,5 @@ class NetSwarm(Swarm):
             self.boot.kill()
             raise RuntimeError("bootstrap node printed no address")
 
-    def peer(self, name: str, *args: str, side: str = "a", launcher: tuple[str, ...] = ("-m", "onebyte.peer.cli")) -> subprocess.Popen:
+    def peer(self, name: str, *args: str, side: str = "a", launcher: tuple[str, ...] = ("-m", "onebyte.cli")) -> subprocess.Popen:
         return super().peer(name, "--host-maddrs", f"/ip4/{self.net.ip[side]}/tcp/0", *args, launcher=launcher, prefix=tuple(self.net.prefix(side)))

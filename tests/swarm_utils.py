@@ -29,7 +29,7 @@ class Swarm:
         self.procs: dict[str, subprocess.Popen] = {}
         self.boot, self.maddrs = start_bootstrap(workdir)
 
-    def peer(self, name: str, *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.peer.cli"), prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    def peer(self, name: str, *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         """Start `onebyte peer` (or ``launcher``) as ``name``; ``prefix`` wraps the command (e.g. ip netns exec)."""
         cmd = [*prefix, sys.executable, *launcher, "peer", "--no-progress", "--report", str(self.report_path(name)),
                "--round-log", str(self.workdir / f"{name}.rounds.jsonl")]

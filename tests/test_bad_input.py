@@ -30,7 +30,7 @@ TINY_PEER = ["--model", "tiny-llama", "--table-log2", "20", "--max-length", "32"
              "--contribs-per-round", "2", "--batch-size", "4", "--start-delay", "3", "--no-progress", "--threads", "1"]
 
 
-def onebyte(*args: str, launcher: tuple[str, ...] = ("-m", "onebyte.peer.cli"), timeout: float = 240, env: dict | None = None):
+def onebyte(*args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), timeout: float = 240, env: dict | None = None):
     return subprocess.run([sys.executable, *launcher, "--log-level", "WARNING", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT, env=os.environ | (env or {}))
 

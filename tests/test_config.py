@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from onebyte.peer.cli import build_parser
-from onebyte.peer.config import ConfigError, apply_config, child_environment
+from onebyte.cli import build_parser
+from onebyte.cli.config import ConfigError, apply_config, child_environment
 from onebyte.peer.demo import start_bootstrap
 
-CLI = [sys.executable, "-m", "onebyte.peer.cli"]
+CLI = [sys.executable, "-m", "onebyte.cli"]
 A = "/ip4/10.0.0.1/tcp/31337/p2p/12D3KooWAAAA"
 B = "/ip4/10.0.0.2/tcp/31337/p2p/12D3KooWBBBB"
 C = "/ip4/10.0.0.3/tcp/31337/p2p/12D3KooWCCCC"

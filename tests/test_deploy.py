@@ -22,8 +22,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from onebyte.metrics import BootstrapMetrics
-from onebyte.peer.cli import build_parser
-from onebyte.peer.config import apply_config
+from onebyte.cli import build_parser
+from onebyte.cli.config import apply_config
 from tests.test_metrics import apt_install, exercised_peer_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

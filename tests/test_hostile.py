@@ -323,7 +323,7 @@ def identity_key(path: Path) -> str:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "identity", "--identity", str(path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "onebyte.cli", "identity", "--identity", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 

@@ -121,7 +121,7 @@ def test_a_reader_drops_values_that_got_past_a_validator(tmp_path):
         peers = honest.read_peers(run)
         seconds = time.time() - t0
         maddrs = [str(a) for a in r_dht.get_visible_maddrs()]
-        cli = [sys.executable, "-m", "onebyte.peer.cli"]
+        cli = [sys.executable, "-m", "onebyte.cli"]
         peers_arg = [x for m in maddrs for x in ("--initial-peers", m)]
         status = subprocess.run([*cli, "status", "--run-id", run, *peers_arg], capture_output=True, text=True, timeout=180, cwd=ROOT)
         runs = subprocess.run([*cli, "runs", *peers_arg], capture_output=True, text=True, timeout=180, cwd=ROOT)
@@ -275,7 +275,7 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
             log_before = {n: (tmp_path / f"{n}.log").stat().st_size for n in names}
             poisoned_at = time.time()
             # the run's status and list, read through the poisoned node (in parallel: each is a fresh process)
-            cli = [sys.executable, "-m", "onebyte.peer.cli"]
+            cli = [sys.executable, "-m", "onebyte.cli"]
             status_p = subprocess.Popen([*cli, "status", "--run-id", run, *peers_arg], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             runs_p = subprocess.Popen([*cli, "runs", *peers_arg], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             deadline = time.time() + 240

@@ -22,7 +22,7 @@ RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-eve
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.peer.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "onebyte.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 @pytest.mark.long

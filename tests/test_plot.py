@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from tests.test_metrics import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "onebyte.peer.cli"]
+CLI = [sys.executable, "-m", "onebyte.cli"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

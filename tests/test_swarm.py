@@ -78,13 +78,13 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
         swarm.peer("nothing", "--run-id", "no-such-run", "--join-timeout", "3")
         assert swarm.wait("nothing", 120) == 2 and "no run 'no-such-run' is visible" in swarm.log("nothing")
         # a researcher looking for public runs finds this one, with its model and its live peer
-        listing = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "runs", *sum((["--initial-peers", a] for a in swarm.maddrs), [])],
+        listing = subprocess.run([sys.executable, "-m", "onebyte.cli", "runs", *sum((["--initial-peers", a] for a in swarm.maddrs), [])],
                                  capture_output=True, text=True, timeout=120)
         assert listing.returncode == 0, listing.stderr
         row = next(line for line in listing.stdout.splitlines() if line.startswith("cfg "))
         assert "tiny-llama" in row and "drugreview" in row and row.split()[-1] == "1"
         # an operator sees the live peer of the run, its round and its hash
-        status = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "status", "--run-id", "cfg",
+        status = subprocess.run([sys.executable, "-m", "onebyte.cli", "status", "--run-id", "cfg",
                                  *sum((["--initial-peers", a] for a in swarm.maddrs), [])], capture_output=True, text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         assert "1 live peer(s)" in status.stdout and "0.1.0" in status.stdout
@@ -147,6 +147,6 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
 
 @pytest.mark.parametrize("bad", ["bogus", "/ip4/127.0.0.1/tcp/1"])
 def test_bad_initial_peer_address_is_a_clear_error(tmp_path, bad):
-    r = subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "peer", "--run-id", "x", "--initial-peers", bad],
+    r = subprocess.run([sys.executable, "-m", "onebyte.cli", "peer", "--run-id", "x", "--initial-peers", bad],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "multiaddr" in r.stderr and "Traceback" not in r.stderr

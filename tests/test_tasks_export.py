@@ -92,7 +92,7 @@ def test_bias_only_line_on_constructed_cases():
 # -- export and eval from a real swarm --------------------------------------------------------------------
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "onebyte.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 

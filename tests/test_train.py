@@ -23,7 +23,7 @@ def tiny_cfg(**kw) -> TrainConfig:
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "onebyte.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 

@@ -4,7 +4,7 @@ python -m tests.v1_only_peer <peer args>. Everything else is the real peer."""
 import sys
 
 from onebyte.coordinator_free import manifest
-from onebyte.peer import cli
+from onebyte import cli
 
 manifest.SUPPORTED_VERSIONS = (1,)
 manifest.SUPPORTED_DIRECTIONS = ("dense",)

@@ -10,11 +10,11 @@ are deliberately not part of it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from onebyte import SUPPORTED_PROTOCOL_VERSIONS
+from onebyte import SUPPORTED_PROTOCOL_VERSIONS, settings
+from onebyte.settings import PeerKey, agreed
 from onebyte.zo.directions import Directions
 
 # what this peer speaks; a manifest asking for anything else is refused in one line (PROTOCOL §16.6)
@@ -22,12 +22,7 @@ SUPPORTED_VERSIONS = SUPPORTED_PROTOCOL_VERSIONS
 SUPPORTED_DIRECTIONS = ("dense", "lowrank")
 
 # manifest fields a peer may also set on its command line; anything else is the manifest's alone
-AGREED_FIELDS = (
-    "model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
-    "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2",
-    "contribs_per_round", "round_seconds", "hash_every", "lean_replicas", "allowed_peers", "directions",
-    "max_round_contributions", "clip_abs", "clip_median",
-)
+AGREED_FIELDS = settings.AGREED_FIELDS
 
 
 class RunManifest(BaseModel):
@@ -37,48 +32,45 @@ class RunManifest(BaseModel):
     run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     created_at: float
     start_time: float  # round 0 opens here
-    round_seconds: float = Field(gt=0, le=86400)
+    round_seconds: float = agreed("round_seconds", required=True)
     publish_margin: float = Field(ge=0)
     settle_seconds: float = Field(ge=0)
-    hash_every: int = Field(ge=1)
+    hash_every: int = agreed("hash_every", required=True)
     # the model and what is trained
-    model: str = Field(max_length=256)
-    model_kind: str = "causal-lm"
-    dtype: str = "float32"
-    trainable: str | None = None
+    model: str = agreed("model", required=True)
+    model_kind: str = agreed("model_kind")
+    dtype: str = agreed("dtype")
+    trainable: str | None = agreed("trainable")
     # tensors known by several names (tied embeddings): {the name it is trained and hashed under: [its
     # other names, sorted]}, as the creator's model had them (docs/PROTOCOL.md §1); None = not recorded
     # (runs created before this field)
     ties: dict[str, list[str]] | None = None
-    init_seed: int = 0
+    init_seed: int = agreed("init_seed")
     initial_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # the task (each peer trains on its own data, but scoring must mean the same thing)
-    dataset: str = Field(max_length=512)
-    task: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    label_words: list[str] | None = None
-    template: str | None = None
-    max_length: int = Field(ge=1)
+    dataset: str = agreed("dataset", required=True)
+    task: str | None = agreed("task")
+    text_column: str = agreed("text_column")
+    label_column: str = agreed("label_column")
+    label_words: list[str] | None = agreed("label_words")
+    template: str | None = agreed("template")
+    max_length: int = agreed("max_length", required=True)
     task_description: dict = Field(default_factory=dict)
-    # the update rule
-    lr: float = Field(gt=0)
-    eps: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    codec: str = "log8:-8:8"
-    table_log2: int = Field(ge=12, le=31)
+    # the update rule (these fields' meaning, checks and defaults: onebyte/settings.py)
+    lr: float = agreed("lr", required=True)
+    eps: float = agreed("eps", required=True)
+    weight_decay: float = agreed("weight_decay", required=True)
+    codec: str = agreed("codec")
+    table_log2: int = agreed("table_log2", required=True)
     table_key: int = 0
     # direction family: 'dense' (protocol v1) or 'lowrank:r' (v2); absent from v1 manifests
-    directions: str = "dense"
-    contribs_per_round: int = Field(ge=1, le=4096)
-    # round records: 0 = hivemind's crawling store/get; r > 0 = the r nearest known nodes, no crawl
-    lean_replicas: int = Field(default=0, ge=0, le=20)
-    # private runs: only these public keys (hex) may contribute; None = anyone (a public run)
-    allowed_peers: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(default=None, max_length=64)  # the manifest is one DHT value (<= 8 KB)
-    # the robust round rule (docs/PROTOCOL.md §15); all None = protocol v1's rule, unchanged
-    max_round_contributions: int | None = Field(default=None, ge=1, le=1_000_000)
-    clip_abs: float | None = Field(default=None, gt=0)
-    clip_median: float | None = Field(default=None, gt=0)
+    directions: str = agreed("directions")
+    contribs_per_round: int = agreed("contribs_per_round", required=True)
+    lean_replicas: int = agreed("lean_replicas")
+    allowed_peers: list[PeerKey] | None = agreed("allowed_peers")
+    max_round_contributions: int | None = agreed("max_round_contributions")  # the robust rule (PROTOCOL §15)
+    clip_abs: float | None = agreed("clip_abs")
+    clip_median: float | None = agreed("clip_median")
 
     @property
     def rule(self):
@@ -111,6 +103,9 @@ class RunManifest(BaseModel):
             if k in AGREED_FIELDS and v is not None and getattr(self, k) != v:
                 out.append(f"{k}: run has {getattr(self, k)!r}, you passed {v!r}")
         return out
+
+
+settings.check_agreed(RunManifest)
 
 
 def tied_names(named: Iterable[tuple[str, object]], trainable: Iterable[str]) -> dict[str, list[str]]:

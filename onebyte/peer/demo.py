@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from onebyte.peer.config import child_environment
+from onebyte.cli.config import child_environment
 from onebyte.peer.train import write_json_atomic
 
 log = logging.getLogger("onebyte.demo")
@@ -42,7 +42,7 @@ class DemoConfig:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "onebyte.peer.cli"]
+    return [sys.executable, "-m", "onebyte.cli"]
 
 
 def start_bootstrap(workdir: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, list[str]]:

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from onebyte.coordinator_free.manifest import RunManifest
 from onebyte.peer.checkpoint import CheckpointError, load_checkpoint
-from onebyte.peer.train import TASK_FIELDS
+from onebyte.settings import TASK_FIELDS
 from onebyte.tasks.loaded_model import LoadedModel, trainable_parameters
 from onebyte.tasks.loading import load_model
 from onebyte.zo import weights_sha256
@@ -38,7 +38,7 @@ class Trained:
     loaded: LoadedModel
     manifest: RunManifest | None
     info: dict
-    task: dict  # the run's task settings (onebyte.peer.train.TASK_FIELDS), for scoring it as it was trained
+    task: dict  # the run's task settings (onebyte.settings.TASK_FIELDS), for scoring it as it was trained
 
 
 def find_checkpoint(path: str | Path, run_id: str | None = None) -> tuple[list[Path], RunManifest | None]:

@@ -19,7 +19,7 @@ from onebyte.coordinator_free.manifest import RunManifest, parse_manifest, pick_
 from onebyte.dht.client import DHTUnavailable
 from onebyte.peer.node import Node
 from onebyte.peer.replica import Replica
-from onebyte.peer.swarm_config import SwarmConfig, default_manifest_fields
+from onebyte.settings import SwarmConfig, agreed_fields, default_manifest_fields, train_fields
 from onebyte.peer.train import TrainConfig, build, write_json_atomic
 from onebyte.tasks.loaded_model import LoadedModel
 from onebyte.tasks.pretrained import warm_imports
@@ -50,9 +50,7 @@ class JoinedRun:
 
 def train_config(settings: dict, cfg: SwarmConfig) -> TrainConfig:
     """The model/data/update settings of a run (a manifest's or a creator's) plus this peer's own."""
-    keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
-            "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2", "directions")
-    return TrainConfig(**{k: settings[k] for k in keys}, device=cfg.device, seed=cfg.seed, progress=False)
+    return TrainConfig(**train_fields(settings), device=cfg.device, seed=cfg.seed, progress=False)
 
 
 def ties(replica: Replica) -> dict[str, list[str]]:
@@ -136,10 +134,7 @@ class Joiner:
             hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
             protocol_version=Directions.parse(settings["directions"]).protocol_version,
             initial_sha256=built[2].sha256(), task_description=built[1].describe(), ties=ties(built[2]),
-            **{k: settings[k] for k in ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column",
-                                        "label_column", "label_words", "template", "max_length", "lr", "eps", "weight_decay",
-                                        "codec", "table_log2", "directions", "contribs_per_round", "lean_replicas", "allowed_peers",
-                                        "max_round_contributions", "clip_abs", "clip_median")},
+            **agreed_fields(settings, but=("round_seconds", "hash_every")),
         )
         if not node.client.publish_manifest(cfg.run_id, manifest.record(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")

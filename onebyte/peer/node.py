@@ -12,7 +12,7 @@ from collections import Counter
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.metrics.peer import PeerMetrics
-from onebyte.peer.swarm_config import SwarmConfig
+from onebyte.settings import SwarmConfig
 
 
 class Node:

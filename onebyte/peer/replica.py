@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from onebyte.settings import CODEC
 from onebyte.zo import NoiseTable, Perturbation, UnexercisedParameterError, apply_round, make_codec, spsa_estimate, weights_sha256
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
@@ -36,7 +37,7 @@ class Replica:
         lr: float,
         eps: float,
         weight_decay: float = 0.0,
-        codec: str = "log8:-8:8",
+        codec: str = CODEC,
         table_log2: int = 25,
         table_key: int = 0,
         directions: str = "dense",

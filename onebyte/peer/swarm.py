@@ -37,7 +37,7 @@ from onebyte.peer.node import Node
 from onebyte.peer.repair import Repair
 from onebyte.peer.report import PeerReport, RoundLog, write_report
 from onebyte.peer.state import ReplicaState
-from onebyte.peer.swarm_config import SwarmConfig
+from onebyte.settings import SwarmConfig
 from onebyte.peer.train import build
 from onebyte.peer.voting import HashVoting
 

@@ -21,39 +21,24 @@ from tqdm import tqdm
 from onebyte import __version__
 from onebyte.peer.checkpoint import save_checkpoint
 from onebyte.peer.replica import Replica
-from onebyte.tasks.builtin import DEFAULT_DATASET
+from onebyte.settings import TASK_FIELDS, TrainSettings
 from onebyte.zo import contribution_seed
 
 log = logging.getLogger("onebyte")
 
 
 @dataclass
-class TrainConfig:
-    model: str = "smollm2-135m"
-    dataset: str = DEFAULT_DATASET
-    task: str | None = None  # "classification" | "lm"; None: classification if the data has labels
-    model_kind: str = "causal-lm"
-    text_column: str = "text"
-    label_column: str = "label"
-    label_words: list[str] | None = None
-    template: str | None = None
-    max_length: int = 64
-    trainable: str | None = None  # regex over parameter names; None = all
-    dtype: str = "float32"
+class TrainConfig(TrainSettings):
+    """The run settings (onebyte.settings: model, task, update rule, with their defaults) and this
+    process's own: where it runs, how long, what it writes."""
+
     device: str = "cpu"
     steps: int = 100
     contribs: int = 1  # contributions (seeds) per step
     batch_size: int = 16
-    lr: float = 1e-5
-    eps: float = 1e-3
-    weight_decay: float = 0.0
-    codec: str = "log8:-8:8"
-    table_log2: int = 25
-    directions: str = "dense"  # "dense" (protocol v1) or "lowrank:r" (v2)
     seed: int = 0
     run_id: str = "local"
     peer_id: str = "peer0"
-    init_seed: int = 0
     eval_size: int | None = None  # limit held-out examples (None = all)
     train_size: int | None = None  # keep a hash-chosen subset of the training examples (None = all)
     eval_batch_size: int = 16
@@ -72,10 +57,6 @@ class TrainConfig:
                 raise ValueError(f"--{k} must be a positive number, got {v}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-
-
-# what defines a task's examples and scoring; a checkpoint records them so `onebyte eval` scores it the same way
-TASK_FIELDS = ("dataset", "task", "text_column", "label_column", "label_words", "template", "max_length")
 
 
 def batch_indices(seed: int, peer_id: str, round_: int, index: int, pool: int, batch_size: int) -> list[int]:
