@@ -1,6 +1,6 @@
-"""onebyte with one deliberate misbehaviour: python -m tests.hostile_peer MODE PARAM <onebyte args>.
+"""onebyte with one deliberate misbehaviour: python -m tests.adversaries.hostile_peer MODE PARAM <onebyte args>.
 
-Like tests/faulty_peer.py, the fault goes into onebyte's own code (its codec, its clock, its
+Like tests/adversaries/faulty_peer.py, the fault goes into onebyte's own code (its codec, its clock, its
 estimate, its loss) and everything else, the DHT included, is the real thing:
 
   extreme against|with  every contribution is the largest byte the codec has (g_max), with the

@@ -1,4 +1,4 @@
-"""Hostile catch-up sources for tests: python -m tests.hostile_transfer --run-id R --initial-peers M ... --out F.
+"""Hostile catch-up sources for tests: python -m tests.adversaries.hostile_transfer --run-id R --initial-peers M ... --out F.
 
 Real hivemind DHT nodes and real libp2p handlers (the ones onebyte.p2p.transfer calls), each
 advertised by a validly signed heartbeat of its own key, so a joiner lists it among the run's
@@ -37,7 +37,7 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import Heartbeat, peers_key
 from onebyte.p2p.transfer import Transfer, handler_prefix
-from tests.hostile_client import SER, store_raw, subkey_of
+from tests.adversaries.hostile_client import SER, store_raw, subkey_of
 
 CRASH_SHAPES = [
     b'{"log":[1,0],"contributions":1,"checkpoint":null}',

@@ -1,4 +1,4 @@
-"""`onebyte peer` whose hash records reach the DHT late: python -m tests.late_voter SECONDS <peer args>.
+"""`onebyte peer` whose hash records reach the DHT late: python -m tests.adversaries.late_voter SECONDS <peer args>.
 
 A slow link or a skewed clock, reduced to its effect on agreement: each hash record is held back
 for SECONDS and then stored by the peer's own step loop (at its next contribution or hash read),

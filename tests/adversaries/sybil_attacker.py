@@ -1,8 +1,8 @@
-"""A Sybil attacker against a live run: python -m tests.sybil_attacker MODE KEYS RUN_ID WORKDIR MADDR...
+"""A Sybil attacker against a live run: python -m tests.adversaries.sybil_attacker MODE KEYS RUN_ID WORKDIR MADDR...
 
 One DHT node of its own and KEYS fresh Ed25519 keys (free, as in a public run); every record is
 signed by its key and stored with hivemind's own store RPC on every node it knows
-(tests/hostile_client.py), so the honest nodes' validators accept it. Modes:
+(tests/adversaries/hostile_client.py), so the honest nodes' validators accept it. Modes:
 
   votes        the keys do not contribute; at every hash round each stores a hash record claiming
                one forged state, ground so that its hash starts with "0" (it wins most ties that
@@ -35,7 +35,7 @@ from onebyte.dht.identity import Identity
 from onebyte.dht.records import HashRecord, Heartbeat, hash_key, peers_key, round_key
 from onebyte.p2p.transfer import ServedState, Transfer
 from onebyte.peer.checkpoint import save_checkpoint
-from tests.hostile_client import SER, store_raw, subkey_of
+from tests.adversaries.hostile_client import SER, store_raw, subkey_of
 
 log = logging.getLogger("sybil")
 

@@ -2,11 +2,11 @@
 contribution, never a corrupted checkpoint. Real CLI processes and a tiny model.
 
 Already covered elsewhere, not repeated here: negative/NaN lr, zero steps, non-numeric eps,
-unknown codec, missing dataset and model paths, an unmatched --trainable (tests/test_train.py);
+unknown codec, missing dataset and model paths, an unmatched --trainable (tests/unit/test_train.py);
 a missing text column, empty csv with a header, bad label columns and words, templates
-(tests/test_models_data.py); bad config files and ONEBYTE_ variables (tests/test_config.py);
-truncated, flipped and foreign checkpoints through the API (tests/test_train.py); bad
---initial-peers (tests/test_swarm.py).
+(tests/unit/test_models_data.py); bad config files and ONEBYTE_ variables (tests/unit/test_config.py);
+truncated, flipped and foreign checkpoints through the API (tests/unit/test_train.py); bad
+--initial-peers (tests/swarm/test_swarm.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from onebyte.peer.checkpoint import load_checkpoint
 from onebyte.peer.train import TrainConfig, build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = ["--model", "tiny-llama", "--steps", "2", "--eval-size", "4", "--no-progress", "--table-log2", "20", "--max-length", "32"]
 TINY_PEER = ["--model", "tiny-llama", "--table-log2", "20", "--max-length", "32", "--lr", "1e-3", "--round-seconds", "2",
              "--contribs-per-round", "2", "--batch-size", "4", "--start-delay", "3", "--no-progress", "--threads", "1"]
@@ -122,7 +122,7 @@ def test_non_finite_losses_skip_contributions_and_the_checkpoint_stays_intact(tm
     ck, rep = tmp_path / "ck.safetensors", tmp_path / "r.json"
     r = onebyte("train", "--model", "tiny-llama", "--steps", "6", "--contribs", "2", "--batch-size", "4", "--eval-size", "8", "--no-progress",
                 "--table-log2", "20", "--max-length", "32", "--lr", "1e-3", "--checkpoint", str(ck), "--report", str(rep),
-                launcher=("-m", "tests.hostile_peer", "nonfinite", str(every)))
+                launcher=("-m", "tests.adversaries.hostile_peer", "nonfinite", str(every)))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "contribution 1 skipped: non-finite g" in r.stderr
     report = json.loads(rep.read_text())
@@ -164,7 +164,7 @@ def test_swarm_peer_with_foreign_checkpoints_and_non_finite_losses(tmp_path):
     ck, rep = tmp_path / "ck", tmp_path / "r.json"
     foreign = _foreign_checkpoints(ck / "foreign", "foreign")
     r = onebyte("peer", "--run-id", "foreign", "--new-run", *TINY_PEER, "--rounds", "5", "--hash-every", "2", "--checkpoint-dir", str(ck),
-                "--checkpoint-interval", "0", "--report", str(rep), launcher=("-m", "tests.hostile_peer", "nonfinite", "3"))
+                "--checkpoint-interval", "0", "--report", str(rep), launcher=("-m", "tests.adversaries.hostile_peer", "nonfinite", "3"))
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(rep.read_text())
     # the foreign checkpoints: refused, moved aside byte for byte, never resumed from

@@ -1,7 +1,7 @@
 """Faults (issue 6): a network partition healed, clock skew, a slow peer, peers killed at random
 rounds. Real `onebyte peer` processes and DHT nodes; the partition uses network namespaces and a
 veth pair the test creates and removes (root and iproute2; skipped, saying so, where
-`ip netns add` fails). Already in tests/test_catchup.py: one SIGKILL and restart, the bootstrap
+`ip netns add` fails). Already in tests/swarm/test_catchup.py: one SIGKILL and restart, the bootstrap
 node killed, a late joiner, a corrupted checkpoint, altered weights repaired.
 """
 
@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from tests.figures import record
-from tests.netns_utils import NetnsPair, NetnsUnavailable, NetSwarm
-from tests.swarm_utils import START, TINY, WAIT, Swarm
-from tests.test_hostile import seed_log
+from tests.support.figures import record
+from tests.support.netns import NetnsPair, NetnsUnavailable, NetSwarm
+from tests.support.swarm import START, TINY, WAIT, Swarm
+from tests.adversaries.test_hostile_records import seed_log
 
 COMMON = ["--batch-size", "4", "--threads", "1", "--checkpoint-interval", "0"]
 
@@ -49,7 +49,7 @@ def net():
 @pytest.mark.parametrize("split", [
     "2|2",
     pytest.param("3|1", marks=pytest.mark.skipif(not os.environ.get("ONEBYTE_RELIABILITY"), reason=(
-        "a 3|1 split heals by the usual strict-majority repair (as in tests/test_catchup.py); bench/reliability.py runs it "
+        "a 3|1 split heals by the usual strict-majority repair (as in tests/swarm/test_catchup.py); bench/reliability.py runs it "
         "(ONEBYTE_RELIABILITY=1), the suite keeps to the 2|2 tie"))),
 ])
 @pytest.mark.long
@@ -132,8 +132,8 @@ def test_clock_skew_and_a_slow_peer_do_not_break_agreement(tmp_path, skew):
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", "skew", "--rounds", str(rounds), *COMMON]
         swarm.peer("b", *common, *WAIT, "--shard", "1/4", "--checkpoint-dir", str(tmp_path / "b.ck"))
-        swarm.peer("skewed", *common, *WAIT, "--shard", "2/4", "--checkpoint-dir", str(tmp_path / "skewed.ck"), launcher=("-m", "tests.hostile_peer", "skew", skew))
-        swarm.peer("slow", *common, *WAIT, "--shard", "3/4", "--checkpoint-dir", str(tmp_path / "slow.ck"), launcher=("-m", "tests.hostile_peer", "slow", "4"))
+        swarm.peer("skewed", *common, *WAIT, "--shard", "2/4", "--checkpoint-dir", str(tmp_path / "skewed.ck"), launcher=("-m", "tests.adversaries.hostile_peer", "skew", skew))
+        swarm.peer("slow", *common, *WAIT, "--shard", "3/4", "--checkpoint-dir", str(tmp_path / "slow.ck"), launcher=("-m", "tests.adversaries.hostile_peer", "slow", "4"))
         swarm.wait_waiting("b", "skewed", "slow")
         swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
                    "--hash-every", "3", "--checkpoint-dir", str(tmp_path / "a.ck"))

@@ -1,7 +1,7 @@
 """Issue 13, items 1 and 2: strict, bounded parsing of every byte another peer sends, and bounded
 resources against every peer. Real hivemind DHT nodes and real `onebyte peer` processes on
-loopback; the attackers are DHT nodes of their own (tests/hostile_client.py), a DHT node that
-stores and serves anything (no validator), and hostile catch-up sources (tests/hostile_transfer.py).
+loopback; the attackers are DHT nodes of their own (tests/adversaries/hostile_client.py), a DHT node that
+stores and serves anything (no validator), and hostile catch-up sources (tests/adversaries/hostile_transfer.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from hivemind.utils import get_dht_time
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import RUNS_KEY, ContributionRecord, Heartbeat, hash_key, manifest_key, peers_key, round_key
-from tests.figures import record
-from tests.hostile_client import SER, known_nodes, signed, store_raw, subkey_of
-from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
+from tests.support.figures import record
+from tests.adversaries.hostile_client import SER, known_nodes, signed, store_raw, subkey_of
+from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 DEEP = b"\x91" * 600 + b"\x01"  # an array nested 600 deep: msgpack decodes it, pickle (hivemind's pipe) cannot
 DEEP_MAP = b"\x81\xa1k" * 300 + b"\x01"  # maps nested 300 deep
@@ -142,7 +142,7 @@ def test_a_reader_drops_values_that_got_past_a_validator(tmp_path):
 # -- catch-up sources: hostile answers and tarpits against a real Transfer, no swarm -------------------------------
 
 def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
-    """A joiner's Transfer against real hostile p2p handlers (tests/hostile_transfer.py) and an
+    """A joiner's Transfer against real hostile p2p handlers (tests/adversaries/hostile_transfer.py) and an
     honest one: every crash shape of .info is a TransferError; a checkpoint advertised as 1,000
     bytes and streamed without end is cut after 64 KiB past that; a 100 MB message, a stalled
     stream and a 2 MB log line end the fetch; 60 tarpit addresses plus the honest source are
@@ -151,7 +151,7 @@ def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
 
     from onebyte.coordinator_free.seedlog import SeedLog, entry_line
     from onebyte.p2p.transfer import STATE_SLACK_BYTES, ServedState, Transfer, TransferError
-    from tests.hostile_transfer import CRASH_SHAPES, Node, random_peer_id
+    from tests.adversaries.hostile_transfer import CRASH_SHAPES, Node, random_peer_id
 
     boot_id = Identity()
     boot = start_dht(boot_id)
@@ -241,7 +241,7 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
     """Three honest peers; a DHT node without a validator that holds, under every key they read,
     records nested 600 deep, maps nested 300 deep, values full of extension objects and 2,000
     extension-typed subkeys; `onebyte status` and `runs` through it; then 5 hostile catch-up
-    sources (tests/hostile_transfer.py) and 60 fake live peers whose addresses stall, and a late
+    sources (tests/adversaries/hostile_transfer.py) and 60 fake live peers whose addresses stall, and a late
     joiner. Everyone ends on one hash, nobody crashes, the joiner catches up within a bound, its
     memory stays where the others' is, and the logs stay small."""
     from onebyte.logbounds import BURST
@@ -260,7 +260,7 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
         pit = tarpit()
         out = tmp_path / "hostile.json"
         hostile_log = open(tmp_path / "hostile.log", "w")
-        hostile = subprocess.Popen([sys.executable, "-m", "tests.hostile_transfer", "--run-id", run, *peers_arg, "--tarpits", str(tarpits),
+        hostile = subprocess.Popen([sys.executable, "-m", "tests.adversaries.hostile_transfer", "--run-id", run, *peers_arg, "--tarpits", str(tarpits),
                                     "--tarpit-port", str(pit.getsockname()[1]), "--out", str(out)], cwd=ROOT, stdout=hostile_log,
                                    stderr=subprocess.STDOUT)
         evil = None

@@ -1,8 +1,8 @@
 """A hostile world (issue 6): an attacker on the same DHT, a peer that always pushes the extreme
 byte, outsiders in a private run. Real `onebyte peer` processes and real hivemind DHT nodes on
-loopback; the attacker is a DHT node of its own that stores raw records (tests/hostile_client.py).
+loopback; the attacker is a DHT node of its own that stores raw records (tests/adversaries/hostile_client.py).
 
-What tests/test_swarm.py already checks (a forged store through hivemind's own `store`, a
+What tests/swarm/test_swarm.py already checks (a forged store through hivemind's own `store`, a
 non-record value, a wrong round, 50 codes, a record stored after its round closed) is not
 repeated here.
 """
@@ -27,9 +27,9 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
-from tests.figures import record
-from tests.hostile_client import SER, fetch_raw, known_nodes, signed, store_raw, subkey_of
-from tests.swarm_utils import START, TINY, WAIT, Swarm
+from tests.support.figures import record
+from tests.adversaries.hostile_client import SER, fetch_raw, known_nodes, signed, store_raw, subkey_of
+from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
 def free_port() -> int:
@@ -341,7 +341,7 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     with Swarm(tmp_path) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
         swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/4")
-        swarm.peer("x", *common, *WAIT, "--identity", str(tmp_path / "x.pem"), "--shard", "2/4", launcher=("-m", "tests.hostile_peer", "extreme", "against"))
+        swarm.peer("x", *common, *WAIT, "--identity", str(tmp_path / "x.pem"), "--shard", "2/4", launcher=("-m", "tests.adversaries.hostile_peer", "extreme", "against"))
         swarm.peer("o", *common, *WAIT, "--identity", str(tmp_path / "o.pem"), "--shard", "3/4")
         swarm.wait_waiting("b", "x", "o")
         swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.swarm_utils import START, TINY, WAIT, Swarm
+from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
 @pytest.mark.long
@@ -17,7 +17,7 @@ def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tm
         swarm.wait_waiting("b", "c")
         swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--directions", "lowrank:1", "--round-seconds", "4",
                    "--contribs-per-round", "2", "--hash-every", "2", "--shard", "0/3")
-        swarm.peer("old", "--run-id", "v2", "--join-timeout", "60", launcher=("-m", "tests.v1_only_peer"))
+        swarm.peer("old", "--run-id", "v2", "--join-timeout", "60", launcher=("-m", "tests.adversaries.v1_only_peer"))
         swarm.peer("dense", "--run-id", "v2", "--directions", "dense", "--join-timeout", "60")
         assert swarm.wait("old", timeout=180) == 2, swarm.log("old")[-3000:]
         assert swarm.wait("dense", timeout=180) == 2, swarm.log("dense")[-3000:]

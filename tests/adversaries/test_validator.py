@@ -1,5 +1,5 @@
 """Storage is bounded by every DHT node's validator (docs/PROTOCOL.md §9): two real hivemind DHT
-nodes on loopback, one honest, one storing raw signed records at it (tests/hostile_client.py)."""
+nodes on loopback, one honest, one storing raw signed records at it (tests/adversaries/hostile_client.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import round_key
 from onebyte.dht.validator import MAX_EXPIRATION_AHEAD, MAX_STORED_BYTES, MAX_VALUE_BYTES
-from tests.hostile_client import SER, fetch_raw, known_nodes, store_raw, subkey_of
+from tests.adversaries.hostile_client import SER, fetch_raw, known_nodes, store_raw, subkey_of
 
 
 @pytest.fixture(scope="module")

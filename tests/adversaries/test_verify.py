@@ -1,6 +1,6 @@
 """Verify, don't count (issue 13, items 3-5): Sybil hash votes, forged checkpoints, late votes under
 CPU load, a Sybil flood of extreme bytes. Real `onebyte peer` processes, a real attacker process
-with its own DHT node and keys (tests/sybil_attacker.py), real hivemind DHT nodes on loopback."""
+with its own DHT node and keys (tests/adversaries/sybil_attacker.py), real hivemind DHT nodes on loopback."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from tests.figures import record
-from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
+from tests.support.figures import record
+from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 LIGHT = ["--batch-size", "2", "--checkpoint-interval", "0"]  # a contribution costs little on a machine whose cores are busy
@@ -81,7 +81,7 @@ def test_a_flood_of_new_keys_sending_saturated_codes_is_flagged():
 
 def attacker(swarm: Swarm, mode: str, keys: int, run_id: str, *extra: str) -> subprocess.Popen:
     log = open(swarm.workdir / "attacker.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "tests.sybil_attacker", mode, *extra, str(keys), run_id, str(swarm.workdir), *swarm.maddrs],
+    p = subprocess.Popen([sys.executable, "-m", "tests.adversaries.sybil_attacker", mode, *extra, str(keys), run_id, str(swarm.workdir), *swarm.maddrs],
                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     swarm.procs["attacker"] = p
     return p
@@ -187,7 +187,7 @@ def wait_joined(swarm: Swarm, names, timeout: float) -> None:
 
 @pytest.mark.long
 def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cpu_load):
-    """tests/test_catchup.py's late-votes scenario with every core busy once the peers have loaded:
+    """tests/swarm/test_catchup.py's late-votes scenario with every core busy once the peers have loaded:
     two peers share the same wrong weights and vote on time, three honest peers (two voting late).
     Whatever the votes look like at any reading, an honest peer never installs another state: it
     verifies by recomputation; the wrong peers recompute their own log and get the honest weights
@@ -197,10 +197,10 @@ def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cp
     with Swarm(tmp_path) as swarm:
         for i, name in enumerate(("b", "c"), start=1):
             swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
-                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.late_voter", "1.0"))
+                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.adversaries.late_voter", "1.0"))
         for i, name in enumerate(("f1", "f2"), start=3):
             swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
-                       launcher=("-m", "tests.faulty_peer", "8"))
+                       launcher=("-m", "tests.adversaries.faulty_peer", "8"))
         swarm.wait_waiting("b", "c", "f1", "f2")
         swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "5",
                    "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5", "--threads", "1")
@@ -261,7 +261,7 @@ def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
         reports = {n: swarm.report(n) for n in ("a", "b")}
         info = attacker_info(swarm)
     from onebyte.coordinator_free.agreement import RobustRule
-    from tests.test_hostile import seed_log
+    from tests.adversaries.test_hostile_records import seed_log
 
     assert reports["a"]["final_sha256"] == reports["b"]["final_sha256"]
     manifest = reports["a"]["manifest"]

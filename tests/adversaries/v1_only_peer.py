@@ -1,5 +1,5 @@
 """`onebyte peer` as a peer that only speaks protocol v1 (dense directions) would run it:
-python -m tests.v1_only_peer <peer args>. Everything else is the real peer."""
+python -m tests.adversaries.v1_only_peer <peer args>. Everything else is the real peer."""
 
 import sys
 

@@ -2,7 +2,7 @@
 (a partition), heals and removes. Needs root and iproute2; traffic only ever flows between the
 two namespaces (10.231.x.0/24 addresses that exist nowhere else), never off the machine.
 
-NetSwarm has the interface of tests/swarm_utils.Swarm, with a bootstrap node and peers living in
+NetSwarm has the interface of tests/support/swarm.Swarm, with a bootstrap node and peers living in
 the namespaces and listening on their namespace's address.
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.swarm_utils import ROOT, Swarm
+from tests.support.swarm import ROOT, Swarm
 
 
 class NetnsUnavailable(RuntimeError):

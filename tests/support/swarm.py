@@ -11,7 +11,7 @@ from pathlib import Path
 
 from onebyte.peer.demo import start_bootstrap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the small drugreview task (889 reviews) keeps the many peer processes of a swarm test quick to start
 TINY = ["--model", "tiny-llama", "--dataset", "drugreview", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
 # A swarm test starts its members first (with WAIT, they poll the DHT for the run's manifest) and the run's creator once

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.swarm_utils import START, TINY, WAIT, Swarm
+from tests.support.swarm import START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-every", "5"]
@@ -118,7 +118,7 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     rounds = 36
     with Swarm(tmp_path) as swarm:
         swarm.peer("b", "--run-id", "repair", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"))
-        swarm.peer("f", "--run-id", "repair", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "2/3", launcher=("-m", "tests.faulty_peer", "12"))
+        swarm.peer("f", "--run-id", "repair", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "2/3", launcher=("-m", "tests.adversaries.faulty_peer", "12"))
         swarm.wait_waiting("b", "f")
         swarm.peer("a", "--run-id", "repair", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
                    "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/3")
@@ -149,10 +149,10 @@ def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
     with Swarm(tmp_path) as swarm:
         for i, name in enumerate(("b", "c"), start=1):
             swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", f"{i}/5",
-                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.late_voter", "1.0"))
+                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.adversaries.late_voter", "1.0"))
         for i, name in enumerate(("f1", "f2"), start=3):
             swarm.peer(name, "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", f"{i}/5",
-                       launcher=("-m", "tests.faulty_peer", "12"))
+                       launcher=("-m", "tests.adversaries.faulty_peer", "12"))
         swarm.wait_waiting("b", "c", "f1", "f2")
         swarm.peer("a", "--run-id", "late-votes", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
                    "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5")

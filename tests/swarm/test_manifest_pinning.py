@@ -15,7 +15,7 @@ from hivemind.utils import get_dht_time
 from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
-from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
+from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
 RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-every", "5"]

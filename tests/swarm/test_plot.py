@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from tests.test_metrics import free_port
+from tests.unit.test_metrics import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "onebyte.peer.cli"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,7 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
-from tests.swarm_utils import START, TINY, WAIT, Swarm
+from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
 @pytest.mark.long

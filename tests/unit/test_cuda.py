@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from onebyte.zo import ByteCodec, NoiseTable, Perturbation, apply_round, contribution_seed, spsa_estimate, weights_sha256
-from tests.test_zo import named, tiny_llama
+from tests.unit.test_zo import named, tiny_llama
 
 pytestmark = [
     pytest.mark.cuda,

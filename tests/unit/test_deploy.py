@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from onebyte.metrics import BootstrapMetrics
 from onebyte.peer.cli import build_parser
 from onebyte.peer.config import apply_config
-from tests.test_metrics import apt_install, exercised_peer_metrics
+from tests.unit.test_metrics import apt_install, exercised_peer_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "onebyte.json"

@@ -16,9 +16,9 @@ from onebyte.zo.codec import Float32Codec
 from onebyte.zo.directions import Directions, factor_offset, factor_offsets, factors, lowrank_direction
 from onebyte.zo.exact import apply_round_exact, exact_rule
 from onebyte.zo.noise import tensor_offset, tensor_offsets
-from tests.test_zo import named, tiny_llama
+from tests.unit.test_zo import named, tiny_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_directions_field_parses_and_refuses_what_it_does_not_know():
@@ -182,8 +182,8 @@ from onebyte.zo import ByteCodec, NoiseTable, weights_sha256
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
 from onebyte.zo.noise import tensor_offset, tensor_offsets
-from tests.test_zo import named, tiny_llama
-from tests.test_v2_math import _round
+from tests.unit.test_zo import named, tiny_llama
+from tests.unit.test_lowrank_apply import _round
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
     params = named(tiny_llama(dtype))
     apply_round_exact(params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()), block_elems=1 << 12)

@@ -9,7 +9,7 @@ from onebyte.zo import ByteCodec, NoiseTable, contribution_seed, weights_sha256
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
 from onebyte.zo.lowrank import InForward
-from tests.test_zo import named, tiny_llama
+from tests.unit.test_zo import named, tiny_llama
 
 pytestmark = [
     pytest.mark.cuda,

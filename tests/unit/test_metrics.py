@@ -24,7 +24,7 @@ from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
 from onebyte.metrics import BootstrapMetrics, PeerMetrics
 from onebyte.peer.demo import start_bootstrap
-from tests.swarm_utils import START, TINY, WAIT, Swarm
+from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
 # -- helpers shared with test_deploy ------------------------------------------------------------

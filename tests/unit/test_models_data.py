@@ -19,7 +19,7 @@ from onebyte.tasks.data import Batch, DataError, load_task
 from onebyte.tasks import models
 from onebyte.tasks.models import LoadedModel, ModelLoadError, load_model, trainable_parameters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def state_sha256(model: torch.nn.Module) -> str:

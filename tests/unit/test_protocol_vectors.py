@@ -6,7 +6,7 @@ import re
 
 from onebyte.spec.vectors import compute_vectors
 
-PROTOCOL = pathlib.Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+PROTOCOL = pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 
 def documented_vectors() -> dict:

@@ -32,7 +32,7 @@ from onebyte.dht.validator import Ed25519OwnerValidator, owner_subkey
 from onebyte.zo.codec import ByteCodec, make_codec
 from onebyte.zo.noise import contribution_seed
 
-PROTOCOL = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+PROTOCOL = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
 
 
 # -- a msgpack writer from the format's words: shortest integers, float 64, str, bin, array, map ----

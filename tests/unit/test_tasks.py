@@ -15,8 +15,8 @@ import torch
 from onebyte.peer.checkpoint import load_checkpoint
 from onebyte.tasks import bias_only_line, classification_scores, load_model, load_task, trainable_parameters
 from onebyte.tasks.builtin import BUILTIN_TASKS
-from tests.swarm_utils import ROOT, START, TINY, WAIT, Swarm
-from tests.test_bad_input import one_clear_error, onebyte
+from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
+from tests.adversaries.test_bad_input import one_clear_error, onebyte
 
 
 @pytest.fixture(scope="module")

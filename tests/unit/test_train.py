@@ -13,7 +13,7 @@ import torch
 from onebyte.peer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from onebyte.peer.train import TrainConfig, build, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_cfg(**kw) -> TrainConfig:

@@ -239,7 +239,7 @@ def test_empty_round_changes_nothing():
 _CHILD = r"""
 import sys, torch
 sys.path.insert(0, {root!r})
-from tests.test_zo import tiny_llama, named
+from tests.unit.test_zo import tiny_llama, named
 from onebyte.zo import NoiseTable, apply_round, contribution_seed, weights_sha256, ByteCodec
 m = tiny_llama()
 c = ByteCodec()
@@ -253,7 +253,7 @@ print(weights_sha256(named(m)))
 def test_cpu_determinism_across_processes():
     import pathlib
 
-    root = str(pathlib.Path(__file__).resolve().parents[1])
+    root = str(pathlib.Path(__file__).resolve().parents[2])
     outs = set()
     for threads in ("1", "2"):
         r = subprocess.run([sys.executable, "-c", _CHILD.format(root=root)], capture_output=True, text=True, timeout=300,
