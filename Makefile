@@ -33,8 +33,10 @@ TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal --durations=25
 
+# the unit tests only (tests/unit/: no peer process, no DHT node): a few minutes' feedback; cli/, swarm/ and
+# adversaries/ run in `make test`
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow" --durations=10 tests/unit
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
