@@ -12,6 +12,7 @@ benchmarks or real peers on the same machine keep theirs.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import uuid
@@ -53,6 +54,14 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     rel = path.relative_to(HERE).parts if path.is_relative_to(HERE) else ()
     if len(rel) > 1 and rel[0] in KINDS:
         item.add_marker(KINDS[rel[0]])
+
+
+@pytest.fixture
+def run_swarm(tmp_path):
+    """tests.support.swarm.run_swarm in this test's tmp_path: ``reports = run_swarm(run_id=..., rounds=..., args=[...])``."""
+    from tests.support.swarm import run_swarm  # imported here: unit tests do not load the swarm harness
+
+    return functools.partial(run_swarm, tmp_path)
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: the shares are those of the tests that run

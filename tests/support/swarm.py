@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from onebyte.peer.demo import start_bootstrap
@@ -93,3 +94,21 @@ class Swarm:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def run_swarm(workdir: Path, *, run_id: str, rounds: int, peers: int = 3, args: Sequence[str] = (), creator_args: Sequence[str] = (),
+              timeout: float = 300) -> dict[str, dict]:
+    """The usual swarm test's run: ``peers - 1`` members (b, c, ...; shard i/peers, WAIT) start and wait for the run,
+    then its creator ``a`` starts it (--new-run, --start-delay START, TINY, then ``creator_args``); every peer must exit
+    0 within ``timeout`` seconds. ``args`` go to every peer. Returns each peer's report: {"a": {...}, "b": {...}, ...}.
+    Tests that need the processes while they run (kill, restart, attackers) use Swarm itself."""
+    names = "abcdefghijklmnopqrstuvwxyz"[:peers]
+    common = ["--run-id", run_id, "--rounds", str(rounds), *args]
+    with Swarm(workdir) as swarm:
+        for i, name in enumerate(names[1:], start=1):
+            swarm.peer(name, *common, *WAIT, "--shard", f"{i}/{peers}")
+        swarm.wait_waiting(*names[1:])
+        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, *creator_args)
+        for name in names:
+            assert swarm.wait(name, timeout=timeout) == 0, swarm.log(name)[-3000:]
+        return {n: swarm.report(n) for n in names}

@@ -19,17 +19,10 @@ from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
 @pytest.mark.long
-def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tmp_path):
+def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(run_swarm):
     rounds = 30
-    with Swarm(tmp_path) as swarm:
-        common = ["--run-id", "t3", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("b", *common, *WAIT, "--shard", "1/3")
-        swarm.peer("c", *common, *WAIT, "--shard", "2/3")
-        swarm.wait_waiting("b", "c")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3")
-        for name in "abc":
-            assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
-        reports = {n: swarm.report(n) for n in "abc"}
+    reports = run_swarm(run_id="t3", rounds=rounds, args=["--batch-size", "4"],
+                        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3"], timeout=300)
     assert len({r["final_sha256"] for r in reports.values()}) == 1
     published = {n: r["contributions_published"] for n, r in reports.items()}
     assert all(v > 0 for v in published.values()), published
@@ -42,19 +35,11 @@ def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(tm
         assert len(r["hashes"]) >= 6 and r["final_sha256"] != r["manifest"]["initial_sha256"]
 
 
-def test_lean_round_records_still_reach_every_peer(tmp_path):
+def test_lean_round_records_still_reach_every_peer(run_swarm):
     """--lean-replicas: round records go to and come from the 2 nearest nodes, with no DHT crawl."""
     rounds = 12
-    with Swarm(tmp_path) as swarm:
-        common = ["--run-id", "lean", "--rounds", str(rounds), "--batch-size", "4"]
-        swarm.peer("b", *common, *WAIT, "--shard", "1/3")
-        swarm.peer("c", *common, *WAIT, "--shard", "2/3")
-        swarm.wait_waiting("b", "c")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
-                   "--hash-every", "3", "--lean-replicas", "2")
-        for name in "abc":
-            assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
-        reports = {n: swarm.report(n) for n in "abc"}
+    reports = run_swarm(run_id="lean", rounds=rounds, args=["--batch-size", "4"],
+                        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "3", "--lean-replicas", "2"], timeout=240)
     assert {r["manifest"]["lean_replicas"] for r in reports.values()} == {2}
     assert len({r["final_sha256"] for r in reports.values()}) == 1
     total = sum(r["contributions_published"] for r in reports.values())
