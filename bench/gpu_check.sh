@@ -27,7 +27,7 @@ if ! "$PY" -c "import torch, transformers, hivemind, pytest; assert torch.cuda.i
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
-timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_v2_cuda.py 2>&1 | tee "$OUT/gpu_pytest.txt"
+timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_lowrank_cuda.py 2>&1 | tee "$OUT/gpu_pytest.txt"
 tests=${PIPESTATUS[0]}
 
 timeout $(( 460 - ($(date +%s) - start) )) "$PY" bench/gpu_check.py --out "$OUT/gpu_check.json" --pytest "$OUT/gpu_pytest.txt"

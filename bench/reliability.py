@@ -1,8 +1,8 @@
 """Reliability: run the attack, fault and bad-input scenarios and write RELIABILITY.md.
 
 Every scenario is a test that tries it against real `onebyte peer` processes and real hivemind DHT
-nodes (tests/test_hostile.py, tests/test_faults.py, tests/test_bad_input.py); each test prints one
-`RELIABILITY {json}` line with its figures (tests/figures.py). This script runs those tests with
+nodes (tests/adversaries/test_hostile_records.py, tests/adversaries/test_faults.py, tests/cli/test_bad_input.py); each test prints one
+`RELIABILITY {json}` line with its figures (tests/support/figures.py). This script runs those tests with
 pytest (ONEBYTE_RELIABILITY=1 adds the scenarios the regular suite leaves out for time), collects
 each test's outcome (JUnit XML) and figures, adds the load figures of bench/load.py, and writes
   * bench/results/reliability.json: everything collected,
@@ -32,9 +32,12 @@ from pathlib import Path
 
 from harness import RESULTS, ROOT, cpu_name, git_head, log, md_table, write_results
 
-TEST_FILES = ["tests/test_hostile.py", "tests/test_faults.py", "tests/test_bad_input.py", "tests/test_hostile_bounds.py", "tests/test_verify.py"]
+TEST_FILES = ["tests/adversaries/test_hostile_records.py", "tests/adversaries/test_faults.py", "tests/cli/test_bad_input.py",
+              "tests/adversaries/test_nonfinite_losses.py", "tests/adversaries/test_hostile_bounds.py", "tests/adversaries/test_verify.py",
+              "tests/unit/test_robust_rule.py"]
+BAD_INPUT_FILES = ("test_bad_input", "test_nonfinite_losses")  # the "Bad local input" section
 
-# what each attack of tests/test_hostile.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
+# what each attack of tests/adversaries/test_hostile_records.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
 ATTACKS = {
     "unsigned": "a record with no signature under the attacker's own key",
     "bad_signature": "a record with 64 random bytes as its signature",
@@ -135,7 +138,7 @@ def render(data: dict) -> str:
     L = ["# Reliability", "",
          f"Produced by `python bench/reliability.py` on {data['date']} at commit `{m['git_head']}` ({m['cpu']}, {m['cpu_count']} cores, "
          f"load average {m['loadavg_at_end'][0]:.1f} at the end: other work shared the machine). It runs the scenarios of "
-         "`tests/test_hostile.py`, `tests/test_faults.py` and `tests/test_bad_input.py` against real `onebyte peer` processes and real "
+         "`tests/adversaries/test_hostile_records.py`, `tests/adversaries/test_faults.py` and `tests/cli/test_bad_input.py` against real `onebyte peer` processes and real "
          f"hivemind DHT nodes on loopback (and in network namespaces), and took {run['seconds'] / 60:.1f} minutes. "
          "What an attacker can and cannot do, and why: [docs/THREATS.md](docs/THREATS.md). All figures: `bench/results/reliability.json`.", "",
          "## Summary", ""]
@@ -176,8 +179,8 @@ def render(data: dict) -> str:
     L += [md_table(rows, ["", ""]), ""]
 
     # -- attacks
-    L += ["## Attacks on the records (tests/test_hostile.py)", "",
-          "An attacker runs its own DHT node in a live 3-peer swarm and stores raw records (tests/hostile_client.py sends them with "
+    L += ["## Attacks on the records (tests/adversaries/test_hostile_records.py)", "",
+          "An attacker runs its own DHT node in a live 3-peer swarm and stores raw records (tests/adversaries/hostile_client.py sends them with "
           "hivemind's own `call_store` RPC to every node it knows). Outcome per attack:", ""]
     if hostile:
         rows = [[n, ATTACKS.get(n, ""), "refused by every node (validator)"] for n in hostile["refused_by_every_node"]]
@@ -221,7 +224,7 @@ def render(data: dict) -> str:
               + ", ".join(f"{n} {v}" for n, v in ext["not_allowed"].items()) + f"). Final hashes: {ext['distinct_final_hashes']} distinct.", ""]
 
     # -- faults
-    L += ["## Faults (tests/test_faults.py)", ""]
+    L += ["## Faults (tests/adversaries/test_faults.py)", ""]
     rows = []
     for f in fig(data, "partition"):
         lost = {n: v for n, v in f["contributions_lost"].items() if v}
@@ -247,7 +250,7 @@ def render(data: dict) -> str:
     for t in skipped:
         L += [f"Skipped: `{t['name']}`: {t['message']}", ""]
 
-    # -- verify, don't count (tests/test_verify.py)
+    # -- verify, don't count (tests/adversaries/test_verify.py)
     rows = []
     for f in fig(data, "sybil_votes_votes") + fig(data, "sybil_votes_contribute"):
         how = "never contribute" if f["scenario"].endswith("votes") else "contribute to every round"
@@ -263,10 +266,10 @@ def render(data: dict) -> str:
         rows.append([f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} (robust rule: cap {f['cap']}, clip {f['clip_abs']})",
                      f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: {f['v1_move_vs_normal']}x); applied "
                      f"{f['applied_in_flood_rounds']} contributions; flagged {f['flagged']}", "bounded", "1"])
-    L += ["## Verify, don't count (tests/test_verify.py)", "",
+    L += ["## Verify, don't count (tests/adversaries/test_verify.py)", "",
           md_table(rows, ["attack", "what happened", "bound", "distinct final hashes"]) if rows else "not run", ""]
 
-    # -- bounded parsing and resources (tests/test_hostile_bounds.py)
+    # -- bounded parsing and resources (tests/adversaries/test_hostile_bounds.py)
     rows = []
     for f in fig(data, "nested_values_refused"):
         rows.append([f"validly signed values {', '.join(f['values'])} under every key kind ({', '.join(f['key_kinds'])}): {f['stores']} stores",
@@ -296,12 +299,12 @@ def render(data: dict) -> str:
                      "log growth per peer " + ", ".join(f"{n} {v / 1e3:.0f} KB" for n, v in f["log_growth_bytes"].items())
                      + "; hivemind warnings suppressed " + ", ".join(f"{n} {v}" for n, v in f["unknown_ext_lines_suppressed"].items())
                      + "; peak RSS MB " + ", ".join(f"{n} {v:.0f}" for n, v in f["peak_rss_mb"].items())])
-    L += ["## Bounded parsing and resources (tests/test_hostile_bounds.py)", "",
+    L += ["## Bounded parsing and resources (tests/adversaries/test_hostile_bounds.py)", "",
           md_table(rows, ["attack", "what happened", "bound"]) if rows else "not run", ""]
 
     # -- bad input
-    bad = [t for t in tests if "test_bad_input" in t["file"]]
-    L += ["## Bad local input (tests/test_bad_input.py)", "",
+    bad = [t for t in tests if any(f in t["file"] for f in BAD_INPUT_FILES)]
+    L += ["## Bad local input (tests/cli/test_bad_input.py, tests/adversaries/test_nonfinite_losses.py)", "",
           "Each must give one clear error line (exit code 2, no traceback) or skip the contribution, and never leave a corrupted checkpoint:", "",
           md_table([[re.sub(r"^test_", "", t["name"]), t["outcome"]] for t in bad], ["case", "outcome"]) if bad else "not run", ""]
 

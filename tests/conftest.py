@@ -1,4 +1,9 @@
-"""Session hygiene: no hivemind daemon (p2pd) started by these tests may outlive them.
+"""Session hygiene for the whole tree, the kind marker of each folder, and the order of ``long`` tests.
+
+Every test gets the marker of the folder it lives in (KINDS): ``pytest -m unit`` is the same set
+as ``pytest tests/unit``.
+
+No hivemind daemon (p2pd) started by these tests may outlive them.
 
 Every process started during the session inherits a marker in its environment; at the end, the
 p2pd daemons carrying this session's marker are killed, and nothing else: other test sessions,
@@ -7,13 +12,17 @@ benchmarks or real peers on the same machine keep theirs.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
 
+HERE = Path(__file__).resolve().parent
+KINDS = {"unit": "unit", "cli": "cli", "swarm": "swarm", "adversaries": "adversary"}  # folder -> marker (pyproject.toml)
 MARKER = "PYTEST_ONEBYTE_SESSION"  # not ONEBYTE_*: the demo strips those from its children
 
 
@@ -37,6 +46,22 @@ def kill_leftover_daemons():
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The marker of the item's folder, as it is collected: before -m deselection sees it."""
+    path = Path(item.path).resolve()
+    rel = path.relative_to(HERE).parts if path.is_relative_to(HERE) else ()
+    if len(rel) > 1 and rel[0] in KINDS:
+        item.add_marker(KINDS[rel[0]])
+
+
+@pytest.fixture
+def run_swarm(tmp_path):
+    """tests.support.swarm.run_swarm in this test's tmp_path: ``reports = run_swarm(run_id=..., rounds=..., args=[...])``."""
+    from tests.support.swarm import run_swarm  # imported here: unit tests do not load the swarm harness
+
+    return functools.partial(run_swarm, tmp_path)
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: the shares are those of the tests that run

@@ -6,7 +6,7 @@ methods at the events they name; nothing here blocks or raises into the loop.
 
 Names follow Prometheus' conventions: an ``onebyte_`` prefix, base units in the name (``_seconds``,
 ``_bytes``, ``_ratio``), ``_total`` on counters (prometheus-client appends it), ``_info`` on the
-identity metric. tests/test_metrics.py checks every exported name against them.
+identity metric. tests/swarm/test_metrics_live.py checks every exported name against them.
 """
 
 from __future__ import annotations

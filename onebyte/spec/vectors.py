@@ -1,8 +1,8 @@
 """Test vectors for docs/PROTOCOL.md: ``python -m onebyte.spec.vectors`` prints them as JSON.
 
-tests/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
+tests/unit/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
 so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's
-vectors (section 16.7), which tests/test_v2_math.py checks against their own block.
+vectors (section 16.7), which tests/unit/test_lowrank_apply.py checks against their own block.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ def apply_round_exact(
 
     ``chunk`` (terms per exact product), ``block_elems`` and ``grouped`` (the float32 route for
     matrices; default: ``default_grouped``) only change how the work is done, never a bit
-    of the result (tests/test_v2_math.py)."""
+    of the result (tests/unit/test_lowrank_apply.py)."""
     if not contributions:
         return
     n = len(contributions)

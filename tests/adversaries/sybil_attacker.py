@@ -1,0 +1,150 @@
+"""A Sybil attacker against a live run: python -m tests.adversaries.sybil_attacker MODE KEYS RUN_ID WORKDIR MADDR...
+
+One DHT node of its own and KEYS fresh Ed25519 keys (free, as in a public run); every record is
+signed by its key and stored with hivemind's own store RPC on every node it knows
+(tests/adversaries/hostile_client.py), so the honest nodes' validators accept it. Modes:
+
+  votes        the keys do not contribute; at every hash round each stores a hash record claiming
+               one forged state, ground so that its hash starts with "0" (it wins most ties that
+               go to the smallest hash). The attacker serves that state as a checkpoint over the
+               real p2p handlers, offered in turn for the newest final hash round, a non-hash
+               round and a round far in the future, and sends heartbeats, so joiners and repairing
+               peers see it as a source (it serves no seed log).
+  contribute   the same, and every key also contributes one plain code (1.0) to every round, on
+               time, so its votes come from keys that are in the round sets.
+  flood R      at round R (and R+1), every key contributes contribs_per_round codes of the largest
+               byte (0x7f); nothing else.
+
+It writes WORKDIR/attacker.json: its keys and the forged hash, and what it served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
+from onebyte.coordinator_free.rounds import RoundClock
+from onebyte.dht.client import RecordClient, start_dht
+from onebyte.dht.identity import Identity
+from onebyte.dht.records import HashRecord, Heartbeat, hash_key, peers_key, round_key
+from onebyte.p2p.transfer import ServedState, Transfer
+from onebyte.peer.checkpoint import save_checkpoint
+from tests.adversaries.hostile_client import SER, store_raw, subkey_of
+
+log = logging.getLogger("sybil")
+
+
+def write_info(workdir: Path, out: dict) -> None:
+    tmp = workdir / "attacker.json.tmp"
+    tmp.write_text(json.dumps(out))
+    tmp.replace(workdir / "attacker.json")
+
+
+def forged_state(manifest: RunManifest, workdir: Path):
+    """The run's model with every weight moved, ground until its hash starts with "0" (a tie that goes
+    to the smallest hash is then the attacker's unless the honest hash starts with "0" too)."""
+    from onebyte.peer.train import TrainConfig, build
+
+    keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
+            "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+    _, _, replica = build(TrainConfig(**{k: getattr(manifest, k) for k in keys}, progress=False))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, t in replica.params:
+            t.add_(torch.randn(t.shape, generator=gen) * 0.5)
+        name, first = replica.params[0]
+        tries = 0
+        while not replica.sha256().startswith("0"):
+            first.view(-1)[0] += 1e-3
+            tries += 1
+    return replica, tries
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    mode = argv.pop(0)
+    flood_round = int(argv.pop(0)) if mode == "flood" else None
+    n_keys, run_id, workdir, maddrs = int(argv[0]), argv[1], Path(argv[2]), argv[3:]
+    keys = [Identity.load_or_create(None) for _ in range(n_keys)]
+    me = keys[0]  # the attacker's DHT node signs as its first key
+    dht = start_dht(me, maddrs)
+    client = RecordClient(dht, me)
+    deadline = time.time() + 300
+    picked = None
+    while picked is None and time.time() < deadline:
+        picked = pick_manifest(client.read_manifests(run_id, lambda v: RunManifest(**v)), run_id)
+        time.sleep(0.5)
+    if picked is None:
+        log.error("no manifest for %s", run_id)
+        return 2
+    m = picked[1]
+    clock = RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds)
+    out = {"keys": [k.peer_id for k in keys], "mode": mode, "served": []}
+    transfer = None
+    offers: list[tuple[int, str]] = []
+    if mode in ("votes", "contribute"):
+        replica, tries = forged_state(m, workdir)
+        forged = replica.sha256()
+        out |= {"forged_sha256": forged, "grind_tries": tries}
+        path = workdir / "forged.safetensors"
+        save_checkpoint(path, replica.params, 0, {"run_id": run_id, "initial_sha256": m.initial_sha256})
+        transfer = Transfer(dht, run_id)
+        served = out["served"]
+
+        def checkpoint():
+            newest_hash = max(0, clock.last_final(time.time()) // m.hash_every * m.hash_every)
+            offers[:] = [(newest_hash, forged), (newest_hash + 1, forged), (newest_hash + 10_000, forged)]
+            q, sha = offers[len(served) % 3]
+            served.append(q)
+            return path, q, sha
+
+        transfer.serve(ServedState(lambda: None, lambda a, b: [], lambda a, b: 0, checkpoint))
+    write_info(workdir, out)
+    log.info("SYBIL ATTACKER %s with %d keys on run %s", mode, n_keys, run_id)
+    done_rounds: set[int] = set()
+    done_votes: set[int] = set()
+    next_beat = 0.0
+    while True:
+        now = time.time()
+        r_now = clock.round_at(now)
+        if transfer is not None and now >= next_beat:  # three keys advertise the one server: three offers per look
+            for k in keys[:3]:
+                hb = Heartbeat(version="0", round=max(-1, clock.last_final(now)), sha256="", made=0, rate=0.0, p2p_id=transfer.p2p_id,
+                               p2p_addrs=transfer.addrs)
+                store_raw(dht, peers_key(run_id), subkey_of(k), SER.dumps(hb.model_dump()), now + 150.0, sign_with=k)
+            next_beat = now + 10.0
+            write_info(workdir, out)
+        # records for the coming rounds are stored ahead (published_at = the round's opening: on time)
+        for r in range(max(0, r_now), max(0, r_now) + 4):
+            if r in done_rounds:
+                continue
+            if mode == "contribute":
+                value = SER.dumps([1, r, clock.open_at(r), b"\x41"])
+            elif mode == "flood" and r in (flood_round, flood_round + 1):
+                value = ("codes", r, clock.open_at(r), m.contribs_per_round)  # 0x7f each: +g_max
+            else:
+                done_rounds.add(r)
+                continue
+            for k in keys:
+                store_raw(dht, round_key(run_id, r), subkey_of(k), value, clock.close(r) + 3600, sign_with=k)
+            done_rounds.add(r)
+        if mode in ("votes", "contribute"):
+            first = max(0, r_now) // m.hash_every * m.hash_every
+            for q in range(first, first + 3 * m.hash_every, m.hash_every):
+                if q in done_votes:
+                    continue
+                vote = HashRecord(round=q, sha256=out["forged_sha256"], set_digest="0" * 64, contributions=n_keys)
+                for k in keys:
+                    store_raw(dht, hash_key(run_id, q), subkey_of(k), SER.dumps(vote.model_dump()), clock.close(q) + 3600, sign_with=k)
+                done_votes.add(q)
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
