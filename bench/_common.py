@@ -7,8 +7,9 @@ warm-up; results as JSON under bench/results/. Timing is reported, never asserte
 
 from __future__ import annotations
 
-import harness  # noqa: F401  (puts the repository root on sys.path)
 import torch
+
+import harness  # noqa: F401  (puts the repository root on sys.path)
 
 
 def setup_torch(threads: int) -> None:
@@ -30,8 +31,14 @@ def build_default(args, **overrides):
     """(loaded, task, replica) through onebyte's own build()."""
     from onebyte.peer.train import TrainConfig, build
 
-    cfg = TrainConfig(model=args.model, dtype=args.dtype, max_length=args.max_length,
-                      batch_size=args.batch_size, progress=False, **overrides)
+    cfg = TrainConfig(
+        model=args.model,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        progress=False,
+        **overrides,
+    )
     return cfg, build(cfg)
 
 
@@ -39,4 +46,3 @@ def fixed_batch(task, batch_size: int, seed: int = 0):
     from onebyte.peer.train import batch_indices
 
     return task.train_batch(batch_indices(seed, "bench", 0, 0, task.num_train, batch_size))
-

@@ -25,11 +25,11 @@ import json
 import math
 import time
 
-from _common import add_common_args, setup_torch
-from harness import RESULTS, machine_info, results_path, table, write_results
-
 import numpy as np
 import torch
+from _common import add_common_args, setup_torch
+
+from harness import RESULTS, machine_info, results_path, table, write_results
 
 
 def evaluate_per_example(task, model, batch_size: int, limit: int | None = None) -> dict:
@@ -47,9 +47,12 @@ def evaluate_per_example(task, model, batch_size: int, limit: int | None = None)
 def scores(ev: dict, lo: int = 0, hi: int | None = None) -> dict:
     p, y, l = ev["pred"][lo:hi], ev["label"][lo:hi], ev["loss"][lo:hi]
     n = len(y)
-    return {"n": n, "accuracy": sum(int(a == b) for a, b in zip(p, y)) / n if n else math.nan,
-            "loss": float(np.mean(l)) if n else math.nan,
-            "predicted_positive": sum(p) / n if n else math.nan}
+    return {
+        "n": n,
+        "accuracy": sum(int(a == b) for a, b in zip(p, y)) / n if n else math.nan,
+        "loss": float(np.mean(l)) if n else math.nan,
+        "predicted_positive": sum(p) / n if n else math.nan,
+    }
 
 
 def codec_stats(records: list[dict], codec_name: str) -> dict:
@@ -63,25 +66,42 @@ def codec_stats(records: list[dict], codec_name: str) -> dict:
     dec = [codec.roundtrip(g) for g in gs]
     rel = [abs(d - g) / abs(g) for g, d in zip(gs, dec) if g != 0]
     a = np.abs(np.asarray(gs))
-    out.update({
-        "abs_g_min": float(a.min()), "abs_g_median": float(np.median(a)), "abs_g_max": float(a.max()),
-        "rel_error_median": float(np.median(rel)) if rel else 0.0,
-        "rel_error_mean": float(np.mean(rel)) if rel else 0.0,
-        "rel_error_max": float(np.max(rel)) if rel else 0.0,
-    })
+    out.update(
+        {
+            "abs_g_min": float(a.min()),
+            "abs_g_median": float(np.median(a)),
+            "abs_g_max": float(a.max()),
+            "rel_error_median": float(np.median(rel)) if rel else 0.0,
+            "rel_error_mean": float(np.mean(rel)) if rel else 0.0,
+            "rel_error_max": float(np.max(rel)) if rel else 0.0,
+        }
+    )
     if hasattr(codec, "max_value"):
-        out.update({
-            "code_min": codec.min_value, "code_max": codec.max_value,
-            "clipped": int((a > codec.max_value).sum()),
-            "zeroed": int((a < codec.min_value / 2).sum()),
-            "raised_to_min": int(((a >= codec.min_value / 2) & (a < codec.min_value)).sum()),
-            "rel_error_max_in_range": float(max([e for e, g in zip(rel, [g for g in gs if g != 0])
-                                                 if codec.min_value <= abs(g) <= codec.max_value], default=0.0)),
-        })
+        out.update(
+            {
+                "code_min": codec.min_value,
+                "code_max": codec.max_value,
+                "clipped": int((a > codec.max_value).sum()),
+                "zeroed": int((a < codec.min_value / 2).sum()),
+                "raised_to_min": int(((a >= codec.min_value / 2) & (a < codec.min_value)).sum()),
+                "rel_error_max_in_range": float(
+                    max(
+                        [
+                            e
+                            for e, g in zip(rel, [g for g in gs if g != 0])
+                            if codec.min_value <= abs(g) <= codec.max_value
+                        ],
+                        default=0.0,
+                    )
+                ),
+            }
+        )
     return out
 
 
-def run_one(base_cfg: dict, lr: float, codec: str, steps: int, eval_limit: int | None, eval_bs: int, log_every: int = 10) -> dict:
+def run_one(
+    base_cfg: dict, lr: float, codec: str, steps: int, eval_limit: int | None, eval_bs: int, log_every: int = 10
+) -> dict:
     from onebyte.peer.train import TrainConfig, build, train
 
     cfg = TrainConfig(**{**base_cfg, "lr": lr, "codec": codec, "steps": steps, "eval_size": 1, "progress": False})
@@ -95,18 +115,32 @@ def run_one(base_cfg: dict, lr: float, codec: str, steps: int, eval_limit: int |
         wire = real_encode(g)
         records.append({"g": float(g), "wire": wire, "decoded": None if wire is None else replica.codec.decode(wire)})
         if len(records) % log_every == 0:
-            print(f"    [{codec} lr={lr:g}] step {len(records)}/{steps}  g={g:+.4g}  "
-                  f"{(time.perf_counter() - t0) / len(records):.2f} s/step", flush=True)
+            print(
+                f"    [{codec} lr={lr:g}] step {len(records)}/{steps}  g={g:+.4g}  "
+                f"{(time.perf_counter() - t0) / len(records):.2f} s/step",
+                flush=True,
+            )
         return wire
 
     replica.encode = logging_encode
     report = train(cfg, built=built)
     ev = evaluate_per_example(task, replica.model, eval_bs, eval_limit)
-    return {"lr": lr, "eps": cfg.eps, "codec": codec, "steps": steps, "train_seconds": report["train_seconds"],
-            "seconds_per_step": report["train_seconds"] / steps, "losses": report["losses"],
-            "contributions_made": report["contributions_made"], "contributions_skipped": report["contributions_skipped"],
-            "final_sha256": report["final_sha256"], "g_records": records, "codec_stats": codec_stats(records, codec),
-            "eval": ev, "total_seconds": time.perf_counter() - t0}
+    return {
+        "lr": lr,
+        "eps": cfg.eps,
+        "codec": codec,
+        "steps": steps,
+        "train_seconds": report["train_seconds"],
+        "seconds_per_step": report["train_seconds"] / steps,
+        "losses": report["losses"],
+        "contributions_made": report["contributions_made"],
+        "contributions_skipped": report["contributions_skipped"],
+        "final_sha256": report["final_sha256"],
+        "g_records": records,
+        "codec_stats": codec_stats(records, codec),
+        "eval": ev,
+        "total_seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -128,8 +162,15 @@ def main() -> None:
         args.batch_size = 4
     setup_torch(args.threads)
     out_name = "accuracy"
-    base_cfg = {"model": args.model, "dtype": args.dtype, "max_length": args.max_length, "batch_size": args.batch_size,
-                "eps": args.eps, "seed": args.seed, "eval_batch_size": args.eval_batch_size}
+    base_cfg = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "eps": args.eps,
+        "seed": args.seed,
+        "eval_batch_size": args.eval_batch_size,
+    }
     result = {"benchmark": "accuracy", "config": vars(args), "status": "running"}
 
     def save():
@@ -147,12 +188,23 @@ def main() -> None:
     maj = max(set(y), key=y.count)
     sweep_n = min(args.sweep_eval, len(y))
     result["eval_split"] = {"n": len(y), "class_counts": [y.count(0), y.count(1)], "sweep_subset": sweep_n}
-    result["majority_class"] = {"class": maj, "accuracy": y.count(maj) / len(y),
-                                "accuracy_unseen": y[sweep_n:].count(maj) / max(1, len(y) - sweep_n)}
-    result["zero_shot"] = {"all": scores(zs), "unseen_by_sweep": scores(zs, sweep_n), "sweep_subset": scores(zs, 0, sweep_n),
-                           "eval": zs, "seconds": time.perf_counter() - t0}
-    print(f"eval n={len(y)} class counts {result['eval_split']['class_counts']}; majority-class acc "
-          f"{result['majority_class']['accuracy']:.4f}; zero-shot {result['zero_shot']['all']}", flush=True)
+    result["majority_class"] = {
+        "class": maj,
+        "accuracy": y.count(maj) / len(y),
+        "accuracy_unseen": y[sweep_n:].count(maj) / max(1, len(y) - sweep_n),
+    }
+    result["zero_shot"] = {
+        "all": scores(zs),
+        "unseen_by_sweep": scores(zs, sweep_n),
+        "sweep_subset": scores(zs, 0, sweep_n),
+        "eval": zs,
+        "seconds": time.perf_counter() - t0,
+    }
+    print(
+        f"eval n={len(y)} class counts {result['eval_split']['class_counts']}; majority-class acc "
+        f"{result['majority_class']['accuracy']:.4f}; zero-shot {result['zero_shot']['all']}",
+        flush=True,
+    )
     save()
 
     # lr sweep
@@ -169,7 +221,9 @@ def main() -> None:
         finite = [r for r in sweep if math.isfinite(r["subset"]["loss"])]
         best = min(finite, key=lambda r: r["subset"]["loss"])
         result["sweep"]["chosen_lr"] = best["lr"]
-        result["sweep"]["criterion"] = f"lowest eval loss on the first {sweep_n} eval examples after {args.sweep_steps} steps"
+        result["sweep"]["criterion"] = (
+            f"lowest eval loss on the first {sweep_n} eval examples after {args.sweep_steps} steps"
+        )
         lr = best["lr"]
     else:
         lr = args.lr
@@ -177,7 +231,11 @@ def main() -> None:
         try:  # keep an earlier sweep's record if one is on disk
             old = json.loads((RESULTS / f"{out_name}.json").read_text())
             if old.get("sweep", {}).get("runs"):
-                result["sweep"] = {**old["sweep"], "chosen_lr": lr, "criterion": old["sweep"].get("criterion", "") + "; lr given with --lr"}
+                result["sweep"] = {
+                    **old["sweep"],
+                    "chosen_lr": lr,
+                    "criterion": old["sweep"].get("criterion", "") + "; lr given with --lr",
+                }
         except (OSError, ValueError):
             pass
     print(f"lr = {lr:g}", flush=True)
@@ -190,7 +248,10 @@ def main() -> None:
         r = run_one(base_cfg, lr, codec, args.steps, args.eval_limit, args.eval_batch_size)
         r["all"], r["unseen_by_sweep"] = scores(r["eval"]), scores(r["eval"], sweep_n)
         result["runs"][codec] = r
-        print(f"  {codec}: all {r['all']}  unseen {r['unseen_by_sweep']}  ({r['seconds_per_step']:.2f} s/step)", flush=True)
+        print(
+            f"  {codec}: all {r['all']}  unseen {r['unseen_by_sweep']}  ({r['seconds_per_step']:.2f} s/step)",
+            flush=True,
+        )
         save()
     # the byte codec applied, counterfactually, to the g values of the float32 run
     if "float32" in result["runs"]:
@@ -199,19 +260,47 @@ def main() -> None:
     result["status"] = "done"
     save()
 
-    rows = [("majority class", "-", "-", result["majority_class"]["accuracy"], result["majority_class"]["accuracy_unseen"], "-", "-"),
-            ("zero-shot", "-", 0, result["zero_shot"]["all"]["accuracy"], result["zero_shot"]["unseen_by_sweep"]["accuracy"],
-             result["zero_shot"]["all"]["loss"], result["zero_shot"]["all"]["predicted_positive"])]
+    rows = [
+        (
+            "majority class",
+            "-",
+            "-",
+            result["majority_class"]["accuracy"],
+            result["majority_class"]["accuracy_unseen"],
+            "-",
+            "-",
+        ),
+        (
+            "zero-shot",
+            "-",
+            0,
+            result["zero_shot"]["all"]["accuracy"],
+            result["zero_shot"]["unseen_by_sweep"]["accuracy"],
+            result["zero_shot"]["all"]["loss"],
+            result["zero_shot"]["all"]["predicted_positive"],
+        ),
+    ]
     for codec, r in result["runs"].items():
-        rows.append((f"onebyte {codec}", f"{lr:g}", r["steps"], r["all"]["accuracy"], r["unseen_by_sweep"]["accuracy"],
-                     r["all"]["loss"], r["all"]["predicted_positive"]))
+        rows.append(
+            (
+                f"onebyte {codec}",
+                f"{lr:g}",
+                r["steps"],
+                r["all"]["accuracy"],
+                r["unseen_by_sweep"]["accuracy"],
+                r["all"]["loss"],
+                r["all"]["predicted_positive"],
+            )
+        )
     print(f"\neval n={len(y)} (unseen by sweep: {len(y) - sweep_n}), batch {args.batch_size}, eps {args.eps:g}")
     print(table(rows, ("model", "lr", "steps", "acc (all)", "acc (unseen)", "eval loss", "pred. positive")))
     for codec, r in result["runs"].items():
         s = r["codec_stats"]
-        first, last = r["losses"][: max(1, len(r['losses']) // 5)], r["losses"][-max(1, len(r['losses']) // 5):]
-        print(f"{codec}: train loss first 20% {np.mean(first):.4f} -> last 20% {np.mean(last):.4f}; codec: "
-              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items() if k != "codec"))
+        first, last = r["losses"][: max(1, len(r["losses"]) // 5)], r["losses"][-max(1, len(r["losses"]) // 5) :]
+        print(
+            f"{codec}: train loss first 20% {np.mean(first):.4f} -> last 20% {np.mean(last):.4f}; codec: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items() if k != "codec")
+        )
     print(f"\nwrote {results_path(out_name, args.out)}")
 
 

@@ -1,4 +1,4 @@
-"""(e) Held-out accuracy against samples and wall time: zero-shot, MeZO (float32 scalars), onebyte
+r"""(e) Held-out accuracy against samples and wall time: zero-shot, MeZO (float32 scalars), onebyte
 (one byte) on 1, 2 and 4 simulated peers, and first-order Adam (backprop) as the ceiling.
 
 Every method sees the same number of training samples: ``--samples`` batches of ``--batch-size``
@@ -56,11 +56,11 @@ import math
 import time
 from pathlib import Path
 
-from _common import add_common_args, setup_torch
-from harness import machine_info, results_path, table, write_results
-
 import numpy as np
 import torch
+from _common import add_common_args, setup_torch
+
+from harness import machine_info, results_path, table, write_results
 
 
 def evaluate(task, model, batch_size: int, limit: int | None) -> dict:
@@ -77,10 +77,21 @@ class Bench:
         from onebyte.peer.train import TrainConfig, build
 
         self.args = args
-        cfg = TrainConfig(model=args.model, dataset=args.dataset, max_length=args.max_length, batch_size=args.batch_size, train_size=args.train_size,
-                          trainable=args.trainable, dtype=args.dtype, eps=args.eps, lr=1e-5, progress=False,
-                          text_column=args.text_column, label_column=args.label_column,
-                          label_words=args.label_words.split(",") if args.label_words else None)
+        cfg = TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            train_size=args.train_size,
+            trainable=args.trainable,
+            dtype=args.dtype,
+            eps=args.eps,
+            lr=1e-5,
+            progress=False,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            label_words=args.label_words.split(",") if args.label_words else None,
+        )
         self.loaded, self.task, self.replica = build(cfg)
         self.replicas = {"dense": self.replica}  # one per direction family, all on the same weights
         self.initial = [t.detach().clone() for _, t in self.replica.params]
@@ -94,8 +105,10 @@ class Bench:
         from tqdm import tqdm
 
         task, t0 = self.task, time.perf_counter()
-        train = sorted(range(task.num_train), key=lambda i: int(task.train_batch([i]).attention_mask.sum()))  # similar lengths pad least
-        batches = [task.train_batch(train[i:i + 32]) for i in range(0, len(train), 32)] + list(task.eval_batches(32))
+        train = sorted(
+            range(task.num_train), key=lambda i: int(task.train_batch([i]).attention_mask.sum())
+        )  # similar lengths pad least
+        batches = [task.train_batch(train[i : i + 32]) for i in range(0, len(train), 32)] + list(task.eval_batches(32))
         with torch.no_grad():
             for batch in tqdm(batches, desc="frozen trunk, once per example", unit="batch"):
                 task.class_logits(self.replica.model, batch)
@@ -107,8 +120,17 @@ class Bench:
 
         if directions not in self.replicas:
             r = self.replica
-            self.replicas[directions] = Replica(r.model, r.params, lr=r.lr, eps=r.eps, weight_decay=r.weight_decay, codec="log8:-8:8",
-                                                table_log2=r.noise.table_log2, table_key=r.noise.table_key, directions=directions)
+            self.replicas[directions] = Replica(
+                r.model,
+                r.params,
+                lr=r.lr,
+                eps=r.eps,
+                weight_decay=r.weight_decay,
+                codec="log8:-8:8",
+                table_log2=r.noise.table_log2,
+                table_key=r.noise.table_key,
+                directions=directions,
+            )
         return self.replicas[directions]
 
     def reset(self):
@@ -118,16 +140,30 @@ class Bench:
         assert self.replica.sha256() == self.initial_sha
 
     def eval(self, limit=None):
-        return evaluate(self.task, self.replica.model, self.args.eval_batch_size, self.args.eval_limit if limit is None else limit)
+        return evaluate(
+            self.task, self.replica.model, self.args.eval_batch_size, self.args.eval_limit if limit is None else limit
+        )
 
-    def zo_run(self, *, peers: int, codec: str, lr: float, eps: float, samples: int, seed: int, eval_every: int | None, eval_limit=None,
-               tag="", directions: str = "dense") -> dict:
+    def zo_run(
+        self,
+        *,
+        peers: int,
+        codec: str,
+        lr: float,
+        eps: float,
+        samples: int,
+        seed: int,
+        eval_every: int | None,
+        eval_limit=None,
+        tag="",
+        directions: str = "dense",
+    ) -> dict:
         """``samples`` contributions in total by ``peers`` simulated peers, ``contribs`` each per round."""
         from onebyte.coordinator_free.agreement import decide_round
-        from onebyte.zo.codec import encode_codes
         from onebyte.dht.records import ContributionRecord
         from onebyte.peer.train import batch_indices
         from onebyte.zo import contribution_seed, make_codec
+        from onebyte.zo.codec import encode_codes
 
         self.reset()
         rep, task, k = self.replica_for(directions), self.task, self.args.contribs
@@ -175,17 +211,41 @@ class Bench:
             done += per_round
             if eval_every and (done % eval_every == 0 or r == rounds - 1):
                 ev = self.eval(eval_limit)
-                curve.append({"samples": done, "rounds": r + 1, "train_seconds": t_train, "swarm_seconds": t_swarm, **ev})
-                print(f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] {done}/{samples} samples, round {r + 1}/{rounds}: "
-                      f"acc {ev['accuracy']:.4f} bal {ev['balanced_accuracy']:.4f} loss {ev['loss']:.4f}  ({t_train:.0f} s train)", flush=True)
+                curve.append(
+                    {"samples": done, "rounds": r + 1, "train_seconds": t_train, "swarm_seconds": t_swarm, **ev}
+                )
+                print(
+                    f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] {done}/{samples} samples, round {r + 1}/{rounds}: "
+                    f"acc {ev['accuracy']:.4f} bal {ev['balanced_accuracy']:.4f} loss {ev['loss']:.4f}  ({t_train:.0f} s train)",
+                    flush=True,
+                )
             elif (r + 1) % 10 == 0:
-                print(f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)",
-                      flush=True)
-        return {"method": tag, "peers": peers, "contribs_per_peer_per_round": k, "codec": codec, "directions": directions, "lr": lr, "eps": rep.eps,
-                "seed": seed, "samples": done, "rounds": rounds, "skipped_nonfinite": skipped, "train_seconds": t_train,
-                "swarm_seconds": t_swarm, "curve": curve, **compact(losses, gs), "final_sha256": rep.sha256()}
+                print(
+                    f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)",
+                    flush=True,
+                )
+        return {
+            "method": tag,
+            "peers": peers,
+            "contribs_per_peer_per_round": k,
+            "codec": codec,
+            "directions": directions,
+            "lr": lr,
+            "eps": rep.eps,
+            "seed": seed,
+            "samples": done,
+            "rounds": rounds,
+            "skipped_nonfinite": skipped,
+            "train_seconds": t_train,
+            "swarm_seconds": t_swarm,
+            "curve": curve,
+            **compact(losses, gs),
+            "final_sha256": rep.sha256(),
+        }
 
-    def adam_run(self, *, lr: float, samples: int, seed: int, eval_every: int | None, eval_limit=None, tag="adam") -> dict:
+    def adam_run(
+        self, *, lr: float, samples: int, seed: int, eval_every: int | None, eval_limit=None, tag="adam"
+    ) -> dict:
         from onebyte.peer.train import batch_indices
 
         self.reset()
@@ -214,18 +274,43 @@ class Bench:
                 t_train += time.perf_counter() - t0
                 if eval_every and ((step + 1) % eval_every == 0 or step == samples - 1):
                     ev = self.eval(eval_limit)
-                    curve.append({"samples": step + 1, "rounds": step + 1, "train_seconds": t_train, "swarm_seconds": t_train, **ev})
-                    print(f"    [{tag} lr={lr:g} seed={seed}] {step + 1}/{samples}: acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}  "
-                          f"({t_train:.0f} s train)", flush=True)
+                    curve.append(
+                        {
+                            "samples": step + 1,
+                            "rounds": step + 1,
+                            "train_seconds": t_train,
+                            "swarm_seconds": t_train,
+                            **ev,
+                        }
+                    )
+                    print(
+                        f"    [{tag} lr={lr:g} seed={seed}] {step + 1}/{samples}: acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}  "
+                        f"({t_train:.0f} s train)",
+                        flush=True,
+                    )
                 elif (step + 1) % 10 == 0:
-                    print(f"    [{tag} lr={lr:g} seed={seed}] step {step + 1}/{samples} ({t_train / (step + 1):.2f} s/step)", flush=True)
+                    print(
+                        f"    [{tag} lr={lr:g} seed={seed}] step {step + 1}/{samples} ({t_train / (step + 1):.2f} s/step)",
+                        flush=True,
+                    )
         finally:
             opt.zero_grad(set_to_none=True)
             del opt
             for t in rep.model.parameters():
                 t.requires_grad_(saved[id(t)])
-        return {"method": tag, "peers": 1, "lr": lr, "seed": seed, "samples": samples, "rounds": samples, "train_seconds": t_train,
-                "swarm_seconds": t_train, "curve": curve, **compact(losses), "final_sha256": rep.sha256()}
+        return {
+            "method": tag,
+            "peers": 1,
+            "lr": lr,
+            "seed": seed,
+            "samples": samples,
+            "rounds": samples,
+            "train_seconds": t_train,
+            "swarm_seconds": t_train,
+            "curve": curve,
+            **compact(losses),
+            "final_sha256": rep.sha256(),
+        }
 
 
 KEEP_G = 512  # the first g values of a run are kept (enough to correlate two codecs on the same seeds)
@@ -235,7 +320,10 @@ def compact(losses: list[float], gs: list[float] | None = None, points: int = 64
     """What a results file keeps of a run's per-step values: the training loss averaged over
     ``points`` equal spans (a run has up to hundreds of thousands of steps) and the first g values."""
     span = max(1, math.ceil(len(losses) / points))
-    out = {"train_losses": [float(np.mean(losses[i:i + span])) for i in range(0, len(losses), span)], "train_loss_span": span}
+    out = {
+        "train_losses": [float(np.mean(losses[i : i + span])) for i in range(0, len(losses), span)],
+        "train_loss_span": span,
+    }
     if gs is not None:
         out["g"] = gs[:KEEP_G]
     return out
@@ -254,12 +342,24 @@ METHODS = {  # name -> (kind, peers, codec[, directions])
 }
 
 
-def run_method(b: Bench, name: str, lr: float, eps: float | None, samples: int, seed: int, eval_every, eval_limit=None) -> dict:
+def run_method(
+    b: Bench, name: str, lr: float, eps: float | None, samples: int, seed: int, eval_every, eval_limit=None
+) -> dict:
     kind, peers, codec, *directions = METHODS[name]
     if kind == "adam":
         return b.adam_run(lr=lr, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit, tag=name)
-    return b.zo_run(peers=peers, codec=codec, lr=lr, eps=eps, samples=samples, seed=seed, eval_every=eval_every, eval_limit=eval_limit,
-                    tag=name, directions=directions[0] if directions else "dense")
+    return b.zo_run(
+        peers=peers,
+        codec=codec,
+        lr=lr,
+        eps=eps,
+        samples=samples,
+        seed=seed,
+        eval_every=eval_every,
+        eval_limit=eval_limit,
+        tag=name,
+        directions=directions[0] if directions else "dense",
+    )
 
 
 def by_method(result: dict) -> dict:
@@ -286,9 +386,23 @@ def plot(results: list[dict], png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"mezo-f32": "tab:blue", "onebyte-1": "tab:orange", "onebyte-2": "tab:green", "onebyte-4": "tab:red", "adam": "black"}
-    cols = (("samples", "accuracy"), ("samples", "balanced_accuracy"), ("swarm_seconds", "accuracy"), ("swarm_seconds", "balanced_accuracy"))
-    xlabels = {"samples": "training batches (samples / batch size)", "swarm_seconds": "wall time, peers in parallel, s (no network)"}
+    colors = {
+        "mezo-f32": "tab:blue",
+        "onebyte-1": "tab:orange",
+        "onebyte-2": "tab:green",
+        "onebyte-4": "tab:red",
+        "adam": "black",
+    }
+    cols = (
+        ("samples", "accuracy"),
+        ("samples", "balanced_accuracy"),
+        ("swarm_seconds", "accuracy"),
+        ("swarm_seconds", "balanced_accuracy"),
+    )
+    xlabels = {
+        "samples": "training batches (samples / batch size)",
+        "swarm_seconds": "wall time, peers in parallel, s (no network)",
+    }
     ylabels = {"accuracy": "held-out accuracy", "balanced_accuracy": "held-out balanced accuracy"}
     fig, axes = plt.subplots(len(results), len(cols), figsize=(20, 4.6 * len(results)), squeeze=False)
     for row, result in enumerate(results):
@@ -301,23 +415,37 @@ def plot(results: list[dict], png: str) -> None:
                     continue
                 xs, mean, lo, hi = mean_curve(rs, x, y)
                 z = zs.get(y, float("nan"))
-                ax.plot([0] + xs, [z, *mean], "-o", ms=2.5, color=colors.get(m),
-                        label=f"{m} (lr {rs[0]['lr']:g}{', eps %g' % rs[0]['eps'] if rs[0].get('eps') else ''}, {len(rs)} seeds)")
+                ax.plot(
+                    [0] + xs,
+                    [z, *mean],
+                    "-o",
+                    ms=2.5,
+                    color=colors.get(m),
+                    label=f"{m} (lr {rs[0]['lr']:g}{', eps %g' % rs[0]['eps'] if rs[0].get('eps') else ''}, {len(rs)} seeds)",
+                )
                 if len(rs) > 1:
                     ax.fill_between([0] + xs, [z, *lo], [z, *hi], color=colors.get(m), alpha=0.15)
-            ax.axhline(zs.get(f"bias_line_{y}", float("nan")), ls="-.", color="tab:purple", label="bias-only line (zero-shot)")
+            ax.axhline(
+                zs.get(f"bias_line_{y}", float("nan")), ls="-.", color="tab:purple", label="bias-only line (zero-shot)"
+            )
             ax.axhline(zs.get(y, float("nan")), ls="--", color="gray", label="zero-shot")
-            ax.axhline(result["majority_class"]["accuracy"] if y == "accuracy" else 1 / len(zs.get("predicted_share", [0, 0])),
-                       ls=":", color="gray", label="majority class" if y == "accuracy" else "chance")
+            ax.axhline(
+                result["majority_class"]["accuracy"] if y == "accuracy" else 1 / len(zs.get("predicted_share", [0, 0])),
+                ls=":",
+                color="gray",
+                label="majority class" if y == "accuracy" else "chance",
+            )
             ax.set_xlabel(xlabels[x])
             ax.set_ylabel(ylabels[y])
             ax.set_title(f"{c['dataset']}: {ylabels[y]}", fontsize=10)
             ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=7, loc="lower right")
     c = results[0]["config"]
-    fig.suptitle(f"{c['model'] or 'smollm2-135m'}, trained: {c['trainable'] or 'all weights'}; batch {c['batch_size']} x {c['max_length']} tokens, "
-                 f"{c['contribs']} contributions per peer per round, held-out n={results[0]['zero_shot']['n']}; mean over seeds, band = min..max",
-                 fontsize=10)
+    fig.suptitle(
+        f"{c['model'] or 'smollm2-135m'}, trained: {c['trainable'] or 'all weights'}; batch {c['batch_size']} x {c['max_length']} tokens, "
+        f"{c['contribs']} contributions per peer per round, held-out n={results[0]['zero_shot']['n']}; mean over seeds, band = min..max",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     print(f"wrote {png}")
@@ -325,26 +453,67 @@ def plot(results: list[dict], png: str) -> None:
 
 def summary_rows(result: dict) -> list[tuple]:
     zs = result["zero_shot"]
-    rows = [("majority class", "", "", "", "", f"{result['majority_class']['accuracy']:.3f}", "0.500", "", ""),
-            ("zero-shot", "", "", 0, 0, f"{zs['accuracy']:.3f}", f"{zs.get('balanced_accuracy', float('nan')):.3f}",
-             f"{zs['loss']:.4f}", ""),
-            ("bias-only line (zero-shot, best per-class shift)", "", "", 0, 0, f"{zs.get('bias_line_accuracy', float('nan')):.3f}",
-             f"{zs.get('bias_line_balanced_accuracy', float('nan')):.3f}", "", "")]
+    rows = [
+        ("majority class", "", "", "", "", f"{result['majority_class']['accuracy']:.3f}", "0.500", "", ""),
+        (
+            "zero-shot",
+            "",
+            "",
+            0,
+            0,
+            f"{zs['accuracy']:.3f}",
+            f"{zs.get('balanced_accuracy', float('nan')):.3f}",
+            f"{zs['loss']:.4f}",
+            "",
+        ),
+        (
+            "bias-only line (zero-shot, best per-class shift)",
+            "",
+            "",
+            0,
+            0,
+            f"{zs.get('bias_line_accuracy', float('nan')):.3f}",
+            f"{zs.get('bias_line_balanced_accuracy', float('nan')):.3f}",
+            "",
+            "",
+        ),
+    ]
 
     def stat(v):
         v = np.array(v)
-        return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f} ({v.min():.3f}-{v.max():.3f})"
+        return (
+            f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f} ({v.min():.3f}-{v.max():.3f})"
+        )
 
     for m, rs in by_method(result).items():
         last = [r["curve"][-1] for r in rs]
-        rows.append((m, f"{rs[0]['lr']:g}", f"{rs[0]['eps']:g}" if "eps" in rs[0] else "", rs[0]["samples"], rs[0]["rounds"],
-                     stat([c["accuracy"] for c in last]), stat([c["balanced_accuracy"] for c in last]),
-                     f"{np.mean([c['loss'] for c in last]):.4f}", f"{np.mean([r['swarm_seconds'] for r in rs]):.0f}"))
+        rows.append(
+            (
+                m,
+                f"{rs[0]['lr']:g}",
+                f"{rs[0]['eps']:g}" if "eps" in rs[0] else "",
+                rs[0]["samples"],
+                rs[0]["rounds"],
+                stat([c["accuracy"] for c in last]),
+                stat([c["balanced_accuracy"] for c in last]),
+                f"{np.mean([c['loss'] for c in last]):.4f}",
+                f"{np.mean([r['swarm_seconds'] for r in rs]):.0f}",
+            )
+        )
     return rows
 
 
-SUMMARY_HEADER = ("method", "lr", "eps", "samples", "rounds", "accuracy (mean ± sd (min-max))", "balanced accuracy",
-                  "eval loss", "wall s, peers in parallel")
+SUMMARY_HEADER = (
+    "method",
+    "lr",
+    "eps",
+    "samples",
+    "rounds",
+    "accuracy (mean ± sd (min-max))",
+    "balanced accuracy",
+    "eval loss",
+    "wall s, peers in parallel",
+)
 
 
 def main() -> None:
@@ -356,7 +525,9 @@ def main() -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-words", default=None, help="comma-separated, e.g. ' negative, positive'")
     p.add_argument("--trainable", default=None, help="regex over parameter names (all methods alike); default all")
-    p.add_argument("--train-size", type=int, default=None, help="a hash-chosen subset of the training examples (default all)")
+    p.add_argument(
+        "--train-size", type=int, default=None, help="a hash-chosen subset of the training examples (default all)"
+    )
     p.add_argument("--samples", type=int, default=160, help="training batches per method (contributions; Adam steps)")
     p.add_argument("--contribs", type=int, default=1, help="contributions per peer per round")
     p.add_argument("--eval-every", type=int, default=40, help="evaluate every this many batches")
@@ -372,9 +543,18 @@ def main() -> None:
     p.add_argument("--adam-lr", type=float, default=None, help="skip the Adam sweep")
     p.add_argument("--sweep-steps", type=int, default=30)
     p.add_argument("--sweep-eval", type=int, default=96)
-    p.add_argument("--prior-sweep", default=None, help="results JSON of an earlier run whose sweep runs (same --sweep-steps) count as candidates too")
-    p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
-                   help="only print the tables and draw the PNG (one row per file) from existing results JSONs and exit")
+    p.add_argument(
+        "--prior-sweep",
+        default=None,
+        help="results JSON of an earlier run whose sweep runs (same --sweep-steps) count as candidates too",
+    )
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only print the tables and draw the PNG (one row per file) from existing results JSONs and exit",
+    )
     p.add_argument("--png", default=None, help="with --plot: where the PNG goes (default: next to the first JSON)")
     args = p.parse_args()
     if args.plot:
@@ -415,23 +595,34 @@ def main() -> None:
         ys += batch.labels.tolist()
     maj = max(set(ys), key=ys.count)
     result["majority_class"] = {"class": maj, "accuracy": ys.count(maj) / len(ys)}
-    print(f"trainable {b.replica.num_trainable:,}; eval n={zs['n']}; zero-shot {zs}; majority {result['majority_class']}", flush=True)
+    print(
+        f"trainable {b.replica.num_trainable:,}; eval n={zs['n']}; zero-shot {zs}; majority {result['majority_class']}",
+        flush=True,
+    )
     save()
 
     # sweeps (first seed only), the same budget per candidate
     sub_n = min(args.sweep_eval, zs["n"])
-    result["sweep"] = {"criterion": f"lowest eval loss on the first {sub_n} eval examples after {args.sweep_steps} batches",
-                       "zero_shot_subset": b.eval(args.sweep_eval), "runs": []}
+    result["sweep"] = {
+        "criterion": f"lowest eval loss on the first {sub_n} eval examples after {args.sweep_steps} batches",
+        "zero_shot_subset": b.eval(args.sweep_eval),
+        "runs": [],
+    }
     prior_rows = []
     if args.prior_sweep:
         import json
 
         prior = json.loads(Path(args.prior_sweep).read_text())
-        same = all(prior["config"].get(k) == getattr(args, k) for k in ("model", "dataset", "batch_size", "max_length", "trainable"))
+        same = all(
+            prior["config"].get(k) == getattr(args, k)
+            for k in ("model", "dataset", "batch_size", "max_length", "trainable")
+        )
         if same:
-            prior_rows = [{"eps": prior["config"]["eps"] if row["family"] == "zo" else None, **row}
-                          for row in prior.get("sweep", {}).get("runs", [])
-                          if row["steps"] == args.sweep_steps and row["subset"]["n"] == sub_n]
+            prior_rows = [
+                {"eps": prior["config"]["eps"] if row["family"] == "zo" else None, **row}
+                for row in prior.get("sweep", {}).get("runs", [])
+                if row["steps"] == args.sweep_steps and row["subset"]["n"] == sub_n
+            ]
 
     def candidate(name: str, lr: float, eps: float | None) -> dict:
         for row in result["sweep"]["runs"] + prior_rows:
@@ -443,8 +634,17 @@ def main() -> None:
         t1 = time.perf_counter()
         r = run_method(b, name, lr, eps, args.sweep_steps, seeds[0], None)
         ev = b.eval(args.sweep_eval)
-        row = {"family": METHODS[name][0], "method": name, "lr": lr, "eps": eps, "steps": args.sweep_steps, "subset": ev,
-               "train_seconds": r["train_seconds"], "seconds": time.perf_counter() - t1, "train_losses": r["train_losses"]}
+        row = {
+            "family": METHODS[name][0],
+            "method": name,
+            "lr": lr,
+            "eps": eps,
+            "steps": args.sweep_steps,
+            "subset": ev,
+            "train_seconds": r["train_seconds"],
+            "seconds": time.perf_counter() - t1,
+            "train_losses": r["train_losses"],
+        }
         print(f"  sweep {name} lr={lr:g} eps={eps}: subset {ev}", flush=True)
         result["sweep"]["runs"].append(row)
         save()
@@ -467,14 +667,20 @@ def main() -> None:
         else:
             first = "onebyte-1" if "onebyte-1" in zo else zo[0]
             lr = best([candidate(first, x, args.eps) for x in grid(args.zo_lrs)])["lr"]
-            eps = best([candidate(first, lr, e) for e in [args.eps] + [e for e in grid(args.zo_epss) if e != args.eps]])["eps"]
+            eps = best(
+                [candidate(first, lr, e) for e in [args.eps] + [e for e in grid(args.zo_epss) if e != args.eps]]
+            )["eps"]
             zo_choice = {"lr": lr, "eps": eps}
         for m in zo:
             chosen[m] = dict(zo_choice)
             if args.zo_lr is None and m != first:
                 chosen[m]["lr"] = best([candidate(m, x, eps) for x in grid(args.zo_lrs)])["lr"]
     if "adam" in methods:
-        lr = args.adam_lr if args.adam_lr is not None else best([candidate("adam", x, None) for x in grid(args.adam_lrs)])["lr"]
+        lr = (
+            args.adam_lr
+            if args.adam_lr is not None
+            else best([candidate("adam", x, None) for x in grid(args.adam_lrs)])["lr"]
+        )
         chosen["adam"] = {"lr": lr, "eps": None}
     result["sweep"]["chosen"] = chosen
     print(f"chosen: {chosen}", flush=True)

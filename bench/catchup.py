@@ -42,9 +42,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import log, machine_info, write_results  # noqa: E402
 
-TINY = dict(model="tiny-llama", model_kind="causal-lm", dtype="float32", trainable=r"layers\.", init_seed=0, dataset="drugreview", task=None,
-            text_column="text", label_column="label", label_words=None, template=None, max_length=32, lr=1e-4, eps=1e-3,
-            weight_decay=0.0, codec="log8:-8:8", table_log2=20)
+TINY = dict(
+    model="tiny-llama",
+    model_kind="causal-lm",
+    dtype="float32",
+    trainable=r"layers\.",
+    init_seed=0,
+    dataset="drugreview",
+    task=None,
+    text_column="text",
+    label_column="label",
+    label_words=None,
+    template=None,
+    max_length=32,
+    lr=1e-4,
+    eps=1e-3,
+    weight_decay=0.0,
+    codec="log8:-8:8",
+    table_log2=20,
+)
 ROUND_SECONDS = 2.0
 HASH_EVERY = 5
 HIST_PEERS, K = 2, 4
@@ -76,17 +92,29 @@ def build_history(R: int, srv_dir: Path, run_id: str):
     last_hash_rounds = [q for q in range(R) if q % HASH_EVERY == 0][-2:]
     t0 = time.time()
     for r in range(R):
-        recs = {p: ContributionRecord(round=r, published_at=0.0, codes=bytes(replica.encode(float(g)) for g in rng.standard_normal(K)))
-                for p in writers}
+        recs = {
+            p: ContributionRecord(
+                round=r, published_at=0.0, codes=bytes(replica.encode(float(g)) for g in rng.standard_normal(K))
+            )
+            for p in writers
+        }
         rs = decide_round(run_id, r, recs, close_time=float("inf"), contribs_per_round=K, codec=replica.codec)
         replica.apply(rs.contributions)
         contributions += len(rs.contributions)
         seedlog.put(r, rs.digest, rs.records)
         if r in last_hash_rounds:
             hashes[r] = replica.sha256()
-            save_checkpoint(ck_dir / f"ckpt-{r:09d}.safetensors", replica.params, r, {"run_id": run_id, "initial_sha256": initial})
-    return dict(initial_sha256=initial, hashes=hashes, contributions=contributions, build_seconds=time.time() - t0,
-                task_description=task.describe(), num_trainable=replica.num_trainable)
+            save_checkpoint(
+                ck_dir / f"ckpt-{r:09d}.safetensors", replica.params, r, {"run_id": run_id, "initial_sha256": initial}
+            )
+    return dict(
+        initial_sha256=initial,
+        hashes=hashes,
+        contributions=contributions,
+        build_seconds=time.time() - t0,
+        task_description=task.describe(),
+        num_trainable=replica.num_trainable,
+    )
 
 
 def publish(run_id: str, R: int, hist: dict, ident_path: Path, maddrs: list[str]) -> float:
@@ -101,19 +129,48 @@ def publish(run_id: str, R: int, hist: dict, ident_path: Path, maddrs: list[str]
     client = RecordClient(dht, ident)
     now = time.time()
     start = now - R * ROUND_SECONDS + 6.0  # round R opens 6 s from now: time for the server to start
-    m = RunManifest(run_id=run_id, created_at=start - 10, start_time=start, round_seconds=ROUND_SECONDS, publish_margin=0.5,
-                    settle_seconds=3.0, hash_every=HASH_EVERY, initial_sha256=hist["initial_sha256"], task_description=hist["task_description"],
-                    contribs_per_round=K, **TINY)
+    m = RunManifest(
+        run_id=run_id,
+        created_at=start - 10,
+        start_time=start,
+        round_seconds=ROUND_SECONDS,
+        publish_margin=0.5,
+        settle_seconds=3.0,
+        hash_every=HASH_EVERY,
+        initial_sha256=hist["initial_sha256"],
+        task_description=hist["task_description"],
+        contribs_per_round=K,
+        **TINY,
+    )
     assert client.publish_manifest(run_id, m.model_dump(), now + 3600)
     for q, sha in hist["hashes"].items():
-        assert client.publish_hash(run_id, HashRecord(round=q, sha256=sha, set_digest="0" * 64, contributions=HIST_PEERS * K), now + 3600)
+        assert client.publish_hash(
+            run_id, HashRecord(round=q, sha256=sha, set_digest="0" * 64, contributions=HIST_PEERS * K), now + 3600
+        )
     dht.shutdown()
     return start
 
 
 def peer_cmd(name: str, wd: Path, run_id: str, maddrs: list[str], *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "onebyte.cli", "peer", "--run-id", run_id, "--no-progress", "--threads", "1", "--batch-size", "2",
-           "--report", str(wd / f"{name}.json"), "--round-log", str(wd / f"{name}.rounds.jsonl"), "--checkpoint-interval", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onebyte.cli",
+        "peer",
+        "--run-id",
+        run_id,
+        "--no-progress",
+        "--threads",
+        "1",
+        "--batch-size",
+        "2",
+        "--report",
+        str(wd / f"{name}.json"),
+        "--round-log",
+        str(wd / f"{name}.rounds.jsonl"),
+        "--checkpoint-interval",
+        "0",
+    ]
     for a in maddrs:
         cmd += ["--initial-peers", a]
     return [*cmd, *extra]
@@ -151,27 +208,64 @@ def one_length(R: int, workdir: Path, force_log_too: bool) -> dict:
     procs = []
     try:
         start = publish(run_id, R, hist, wd / "srv.pem", maddrs)
-        def ends_on_hash_round(r: int) -> int:  # --rounds value whose last round is a hash round (so the server's hash is on record)
+
+        def ends_on_hash_round(
+            r: int,
+        ) -> int:  # --rounds value whose last round is a hash round (so the server's hash is on record)
             return -(-r // HASH_EVERY) * HASH_EVERY + 1
 
         ends = {"auto": ends_on_hash_round(R + LIVE_ROUNDS), "log": ends_on_hash_round(R + LIVE_ROUNDS + 60)}
-        srv = subprocess.Popen(peer_cmd("server", wd, run_id, maddrs, "--identity", str(wd / "srv.pem"), "--checkpoint-dir", str(wd / "srv"),
-                                        "--rounds", str(max(ends.values()) + 3)), stdout=open(wd / "server.log", "w"), stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+        srv = subprocess.Popen(
+            peer_cmd(
+                "server",
+                wd,
+                run_id,
+                maddrs,
+                "--identity",
+                str(wd / "srv.pem"),
+                "--checkpoint-dir",
+                str(wd / "srv"),
+                "--rounds",
+                str(max(ends.values()) + 3),
+            ),
+            stdout=open(wd / "server.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=env(),
+            cwd=ROOT,
+        )
         procs.append(srv)
         wait_for(lambda: events(wd / "server.rounds.jsonl", "applied"), 120, "the server to apply a live round", procs)
-        out = {"rounds": R, "history_contributions": hist["contributions"], "history_build_seconds": hist["build_seconds"],
-               "num_trainable": hist["num_trainable"], "joiners": {}}
+        out = {
+            "rounds": R,
+            "history_contributions": hist["contributions"],
+            "history_build_seconds": hist["build_seconds"],
+            "num_trainable": hist["num_trainable"],
+            "joiners": {},
+        }
         modes = ["auto", "log"] if force_log_too else ["auto"]
         for mode in modes:
             name = f"join-{mode}"
             t_launch = time.time()
-            p = subprocess.Popen(peer_cmd(name, wd, run_id, maddrs, "--catch-up", mode, "--rounds", str(ends[mode])),
-                                 stdout=open(wd / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+            p = subprocess.Popen(
+                peer_cmd(name, wd, run_id, maddrs, "--catch-up", mode, "--rounds", str(ends[mode])),
+                stdout=open(wd / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=env(),
+                cwd=ROOT,
+            )
             procs.append(p)
             ev = wait_for(lambda: events(wd / f"{name}.rounds.jsonl", "catchup"), 600, f"{name} to catch up", [p])[0]
-            out["joiners"][mode] = {"method": ev["method"], "catchup_seconds": ev["seconds"], "join_to_caught_up_seconds": ev["time"] - t_launch,
-                                    "from_round": ev["from_round"], "to_round": ev["round"], "rounds_replayed_or_skipped": ev["round"] - ev["from_round"]}
-            log(f"R={R} {mode}: {ev['method']}, catch-up {ev['seconds']:.2f}s, launch-to-caught-up {ev['time'] - t_launch:.1f}s (to round {ev['round']})")
+            out["joiners"][mode] = {
+                "method": ev["method"],
+                "catchup_seconds": ev["seconds"],
+                "join_to_caught_up_seconds": ev["time"] - t_launch,
+                "from_round": ev["from_round"],
+                "to_round": ev["round"],
+                "rounds_replayed_or_skipped": ev["round"] - ev["from_round"],
+            }
+            log(
+                f"R={R} {mode}: {ev['method']}, catch-up {ev['seconds']:.2f}s, launch-to-caught-up {ev['time'] - t_launch:.1f}s (to round {ev['round']})"
+            )
         for p in procs:
             p.wait(timeout=max(0.0, start + (max(ends.values()) + 10) * ROUND_SECONDS - time.time()) + 120)
         reports = {n: json.loads((wd / f"{n}.json").read_text()) for n in ["server", *[f"join-{m}" for m in modes]]}
@@ -209,7 +303,11 @@ def serve_checkpoint(path: str, info_out: str) -> None:
         meta = f.metadata()
     dht = start_dht(Identity())
     t = Transfer(dht, "smollm-transfer")
-    t.serve(ServedState(lambda: None, lambda a, b: [], lambda a, b: 0, lambda: (Path(path), int(meta["round"]), meta["sha256"])))
+    t.serve(
+        ServedState(
+            lambda: None, lambda a, b: [], lambda a, b: 0, lambda: (Path(path), int(meta["round"]), meta["sha256"])
+        )
+    )
     Path(info_out).write_text(json.dumps({"maddrs": [str(m) for m in dht.get_visible_maddrs()], "p2p_id": t.p2p_id}))
     while True:
         time.sleep(1)
@@ -232,10 +330,17 @@ def smollm_transfer(workdir: Path, reps: int) -> dict:
     save_s = time.time() - t0
     size = path.stat().st_size
     info_path = workdir / "server.json"
-    srv = subprocess.Popen([sys.executable, __file__, "--_serve", str(path), str(info_path)], env=env(), cwd=ROOT,
-                           stdout=open(workdir / "smollm-server.log", "w"), stderr=subprocess.STDOUT)
+    srv = subprocess.Popen(
+        [sys.executable, __file__, "--_serve", str(path), str(info_path)],
+        env=env(),
+        cwd=ROOT,
+        stdout=open(workdir / "smollm-server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        info = wait_for(lambda: info_path.exists() and json.loads(info_path.read_text()), 120, "the checkpoint server", [srv])
+        info = wait_for(
+            lambda: info_path.exists() and json.loads(info_path.read_text()), 120, "the checkpoint server", [srv]
+        )
         dht = start_dht(Identity(), info["maddrs"])
         client = Transfer(dht, "smollm-transfer", timeout=600)
         runs = []
@@ -258,9 +363,16 @@ def smollm_transfer(workdir: Path, reps: int) -> dict:
         srv.kill()
         srv.wait()
     med = lambda k: sorted(r[k] for r in runs)[len(runs) // 2]  # noqa: E731
-    return {"bytes": size, "save_seconds": save_s, "runs": runs, "download_seconds_median": med("download_seconds"),
-            "verify_install_seconds_median": med("verify_install_seconds"), "total_seconds_median": med("total_seconds"),
-            "download_MB_per_s": size / 1e6 / med("download_seconds"), "identical_hash": True}
+    return {
+        "bytes": size,
+        "save_seconds": save_s,
+        "runs": runs,
+        "download_seconds_median": med("download_seconds"),
+        "verify_install_seconds_median": med("verify_install_seconds"),
+        "total_seconds_median": med("total_seconds"),
+        "download_MB_per_s": size / 1e6 / med("download_seconds"),
+        "identical_hash": True,
+    }
 
 
 def main() -> int:
@@ -277,9 +389,20 @@ def main() -> int:
     lengths = [int(x) for x in args.rounds.split(",")]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="onebyte-catchup-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = {"benchmark": "catchup", "machine": machine_info(1), "method": __doc__.split("\n\n")[1].replace("\n", " "),
-               "settings": {"round_seconds": ROUND_SECONDS, "hash_every": HASH_EVERY, "history_peers": HIST_PEERS, "contribs_per_peer": K,
-                            "model": "tiny-llama, trainable layers\\. (82 k weights)", "live_rounds_after": LIVE_ROUNDS}, "lengths": []}
+    results = {
+        "benchmark": "catchup",
+        "machine": machine_info(1),
+        "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        "settings": {
+            "round_seconds": ROUND_SECONDS,
+            "hash_every": HASH_EVERY,
+            "history_peers": HIST_PEERS,
+            "contribs_per_peer": K,
+            "model": "tiny-llama, trainable layers\\. (82 k weights)",
+            "live_rounds_after": LIVE_ROUNDS,
+        },
+        "lengths": [],
+    }
     for R in lengths:
         results["lengths"].append(one_length(R, workdir, force_log_too=(R == max(lengths) and not args.quick)))
     by = {x["rounds"]: x["joiners"]["auto"]["catchup_seconds"] for x in results["lengths"]}
@@ -292,13 +415,19 @@ def main() -> int:
     print(f"{'R':>5}  {'method':>10}  {'catch-up s':>10}  {'launch->caught up s':>19}  identical")
     for x in results["lengths"]:
         for mode, j in x["joiners"].items():
-            print(f"{x['rounds']:>5}  {j['method'] + ('' if mode == 'auto' else ' (forced)'):>10}  {j['catchup_seconds']:>10.2f}  "
-                  f"{j['join_to_caught_up_seconds']:>19.1f}  {j['identical_hash']}")
-    print(f"goal: {results['goal']['text']}: ratio {results['goal']['ratio']:.2f} -> {'met' if results['goal']['met'] else 'missed'}")
+            print(
+                f"{x['rounds']:>5}  {j['method'] + ('' if mode == 'auto' else ' (forced)'):>10}  {j['catchup_seconds']:>10.2f}  "
+                f"{j['join_to_caught_up_seconds']:>19.1f}  {j['identical_hash']}"
+            )
+    print(
+        f"goal: {results['goal']['text']}: ratio {results['goal']['ratio']:.2f} -> {'met' if results['goal']['met'] else 'missed'}"
+    )
     if "smollm2_135m_transfer" in results:
         s = results["smollm2_135m_transfer"]
-        print(f"SmolLM2-135M checkpoint {s['bytes'] / 1e6:.0f} MB over p2p on loopback: download {s['download_seconds_median']:.2f}s "
-              f"({s['download_MB_per_s']:.0f} MB/s), verify+install {s['verify_install_seconds_median']:.2f}s")
+        print(
+            f"SmolLM2-135M checkpoint {s['bytes'] / 1e6:.0f} MB over p2p on loopback: download {s['download_seconds_median']:.2f}s "
+            f"({s['download_MB_per_s']:.0f} MB/s), verify+install {s['verify_install_seconds_median']:.2f}s"
+        )
     print(f"results: {args.out}")
     return 0
 

@@ -40,18 +40,37 @@ class Batch:
 def lm_loss(model, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy; calls the model exactly once (what in-forward batching needs)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch.labels[:, 1:].reshape(-1))
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch.labels[:, 1:].reshape(-1)
+    )
 
 
 def build_model(small: bool, dtype: torch.dtype, device: str, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if small:
-        cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
     else:  # SmolLM2-135M
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                          num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0)
+        cfg = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+        )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).to(dtype).to(device).eval()
 
@@ -67,13 +86,20 @@ def rounds_of(n_rounds: int, per_round: int):
     from onebyte.zo import ByteCodec, contribution_seed
 
     codec = ByteCodec()
-    return [[(contribution_seed("gpu-check", f"p{k % 7}", r, k // 7), codec.decode((53 * r + 17 * k + 5) % 256)) for k in range(per_round)]
-            for r in range(n_rounds)]
+    return [
+        [
+            (contribution_seed("gpu-check", f"p{k % 7}", r, k // 7), codec.decode((53 * r + 17 * k + 5) % 256))
+            for k in range(per_round)
+        ]
+        for r in range(n_rounds)
+    ]
 
 
 def check_hashes(device: str, small: bool) -> dict:
     out = {}
-    rounds = rounds_of(12, 24) + rounds_of(1, 1) + rounds_of(1, 100)  # 100 terms: a GPU sums them by the grouped float32 route
+    rounds = (
+        rounds_of(12, 24) + rounds_of(1, 1) + rounds_of(1, 100)
+    )  # 100 terms: a GPU sums them by the grouped float32 route
     for directions in ("dense", "lowrank:1"):
         for dname, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             hashes = {}
@@ -82,7 +108,11 @@ def check_hashes(device: str, small: bool) -> dict:
                 for contribs in rounds:
                     rep.apply(contribs)
                 hashes[dev] = rep.sha256()
-            out[f"{directions}/{dname}"] = {"cpu": hashes["cpu"], device: hashes[device], "equal": hashes["cpu"] == hashes[device]}
+            out[f"{directions}/{dname}"] = {
+                "cpu": hashes["cpu"],
+                device: hashes[device],
+                "equal": hashes["cpu"] == hashes[device],
+            }
             print(f"hash {directions} {dname}: {'equal' if hashes['cpu'] == hashes[device] else 'DIFFER'}", flush=True)
     return out
 
@@ -145,11 +175,25 @@ def timings(device: str, small: bool, batch_size: int, length: int) -> dict:
     for n in (512, 4096):
         cs = rounds_of(1, n)[0]
         for name, grouped in (("float64", False), ("grouped_float32", True)):
+
             def run(cs=cs, grouped=grouped):
-                apply_round_exact(v2.params, cs, v2.lr, v2.noise, v2.directions, v2.exact_rule, v2.weight_decay, v2.decay, grouped=grouped)
+                apply_round_exact(
+                    v2.params,
+                    cs,
+                    v2.lr,
+                    v2.noise,
+                    v2.directions,
+                    v2.exact_rule,
+                    v2.weight_decay,
+                    v2.decay,
+                    grouped=grouped,
+                )
+
             routes.setdefault(name, {})[n] = _best(run, device, 1) / out["copy_s"]
-        print(f"apply n={n} by route: float64 {routes['float64'][n]:.2f}, grouped float32 {routes['grouped_float32'][n]:.2f} copies",
-              flush=True)
+        print(
+            f"apply n={n} by route: float64 {routes['float64'][n]:.2f}, grouped float32 {routes['grouped_float32'][n]:.2f} copies",
+            flush=True,
+        )
     out["apply_routes_over_copy"] = routes
     pop = {}
     for P in (1, 4, 16, 64):
@@ -174,16 +218,22 @@ def timings(device: str, small: bool, batch_size: int, length: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--small", action="store_true", help="a tiny model instead of SmolLM2-135M's architecture (smoke test)")
+    p.add_argument(
+        "--small", action="store_true", help="a tiny model instead of SmolLM2-135M's architecture (smoke test)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check.json"))
     p.add_argument("--pytest", default=None, help="pytest output to include (the CUDA tests)")
     args = p.parse_args()
     t0 = time.time()
-    res = {"benchmark": "gpu_check", "python": platform.python_version(), "torch": torch.__version__,
-           "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
-           "config": vars(args)}
+    res = {
+        "benchmark": "gpu_check",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
+        "config": vars(args),
+    }
     if args.pytest and Path(args.pytest).exists():
         res["cuda_tests_tail"] = Path(args.pytest).read_text()[-2000:]
     res["hashes"] = check_hashes(args.device, args.small)
@@ -191,7 +241,9 @@ def main() -> None:
     res["timings"] = timings(args.device, args.small, args.batch_size, args.length)
     res["seconds"] = time.time() - t0
     write_results("gpu_check", res, args.out)
-    print(f"wrote {args.out} ({res['seconds']:.0f} s); CPU and {args.device} hashes {'all equal' if res['all_hashes_equal'] else 'DIFFER'}")
+    print(
+        f"wrote {args.out} ({res['seconds']:.0f} s); CPU and {args.device} hashes {'all equal' if res['all_hashes_equal'] else 'DIFFER'}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import RESULTS, log, machine_info, percentile, write_results  # noqa: E402
-
 from onebyte.peer.demo import child_environment, start_bootstrap  # noqa: E402
 
 TINY = ["--model", "tiny-llama", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
@@ -98,16 +97,50 @@ def run_swarm(n: int, args, workdir: Path) -> dict:
     try:
         for i in range(n):
             name = f"p{i:02d}"
-            cmd = [sys.executable, "-m", "onebyte.cli", "--log-level", "INFO", "peer", "--no-progress", "--run-id", run_id,
-                   "--rounds", str(args.rounds), "--batch-size", "4", "--threads", "1", "--shard", f"{i}/{n}",
-                   "--report", str(workdir / f"{name}.json"), "--round-log", str(workdir / f"{name}.rounds.jsonl"), "--join-timeout", "600"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "onebyte.cli",
+                "--log-level",
+                "INFO",
+                "peer",
+                "--no-progress",
+                "--run-id",
+                run_id,
+                "--rounds",
+                str(args.rounds),
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "--shard",
+                f"{i}/{n}",
+                "--report",
+                str(workdir / f"{name}.json"),
+                "--round-log",
+                str(workdir / f"{name}.rounds.jsonl"),
+                "--join-timeout",
+                "600",
+            ]
             for a in maddrs:
                 cmd += ["--initial-peers", a]
             if i == 0:
-                cmd += ["--new-run", "--start-delay", str(start_delay), *TINY, "--round-seconds", str(args.round_seconds),
-                        "--contribs-per-round", str(args.contribs), "--hash-every", str(args.hash_every)]
+                cmd += [
+                    "--new-run",
+                    "--start-delay",
+                    str(start_delay),
+                    *TINY,
+                    "--round-seconds",
+                    str(args.round_seconds),
+                    "--contribs-per-round",
+                    str(args.contribs),
+                    "--hash-every",
+                    str(args.hash_every),
+                ]
             out = open(workdir / f"{name}.log", "w")
-            procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment() | {"OMP_NUM_THREADS": "1"})
+            procs[name] = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment() | {"OMP_NUM_THREADS": "1"}
+            )
             meters[name] = TreeMeter(procs[name].pid)
             time.sleep(args.stagger if i else 3.0)  # the creator publishes the manifest first
         log(f"N={n}: {n} peers started; round 0 opens {start_delay:.0f}s after the first")
@@ -145,11 +178,13 @@ def analyse(n, args, workdir: Path, codes, meters, base, t_start, t_end, loads) 
         f = workdir / f"{name}.json"
         reports[name] = json.loads(f.read_text()) if f.exists() else None
         rl = workdir / f"{name}.rounds.jsonl"
-        for line in (rl.read_text().splitlines() if rl.exists() else []):
+        for line in rl.read_text().splitlines() if rl.exists() else []:
             e = json.loads(line)
             if e.get("event") == "applied" and e.get("latency_seconds") is not None:
                 latencies.append(e["latency_seconds"])
-                per_round.setdefault(e["round"], {"latency": [], "contributions": e["contributions"], "peers": e["peers"]})["latency"].append(e["latency_seconds"])
+                per_round.setdefault(
+                    e["round"], {"latency": [], "contributions": e["contributions"], "peers": e["peers"]}
+                )["latency"].append(e["latency_seconds"])
     ok = [r for r in reports.values() if r]
     hashes = {r["final_sha256"] for r in ok}
     wall = (t_end - t_start) if t_start else None
@@ -163,29 +198,52 @@ def analyse(n, args, workdir: Path, codes, meters, base, t_start, t_end, loads) 
         "contribs_per_round": args.contribs,
         "exit_codes": codes,
         "peers_finished": sum(1 for c in codes.values() if c == 0),
-        "every_round_applied_by_every_peer": len(ok) == n and all(r["rounds_applied"] >= args.rounds and r["last_round"] == args.rounds - 1 for r in ok),
+        "every_round_applied_by_every_peer": len(ok) == n
+        and all(r["rounds_applied"] >= args.rounds and r["last_round"] == args.rounds - 1 for r in ok),
         "rounds_applied_min": min((r["rounds_applied"] for r in ok), default=0),
         "all_hashes_equal": len(ok) == n and len(hashes) == 1,
         "distinct_final_hashes": len(hashes),
         "hash_mismatches_total": sum(r["hash_mismatches"] for r in ok),
         "repairs_total": sum(r["repairs"] for r in ok),
         "contributions_total": sum(r["contributions_published"] for r in ok),
-        "contributions_per_round_median": statistics.median(v["contributions"] for v in per_round.values()) if per_round else None,
-        "contributing_peers_per_round_median": statistics.median(v["peers"] for v in per_round.values()) if per_round else None,
+        "contributions_per_round_median": statistics.median(v["contributions"] for v in per_round.values())
+        if per_round
+        else None,
+        "contributing_peers_per_round_median": statistics.median(v["peers"] for v in per_round.values())
+        if per_round
+        else None,
         "missed_deadline_total": sum(r["missed_deadline"] for r in ok),
-        "latency_seconds": {"median": pct(latencies, 0.5), "p90": pct(latencies, 0.9), "max": max(latencies, default=None), "samples": len(latencies)},
-        "latency_after_settle_seconds_median": (pct(latencies, 0.5) - settle) if latencies and settle is not None else None,
+        "latency_seconds": {
+            "median": pct(latencies, 0.5),
+            "p90": pct(latencies, 0.9),
+            "max": max(latencies, default=None),
+            "samples": len(latencies),
+        },
+        "latency_after_settle_seconds_median": (pct(latencies, 0.5) - settle)
+        if latencies and settle is not None
+        else None,
         "latency_per_round_median": {str(q): statistics.median(v["latency"]) for q, v in sorted(per_round.items())},
-        "cpu_cores_per_peer": {"mean": statistics.mean(cpu.values()) if cpu else None, "max": max(cpu.values(), default=None),
-                               "total": sum(cpu.values()) if cpu else None},
-        "peak_rss_mb_per_peer": {"mean": statistics.mean(m.peak_rss for m in meters.values()) / 2**20, "max": max(m.peak_rss for m in meters.values()) / 2**20},
-        "peak_pss_mb_per_peer": {"mean": statistics.mean(m.peak_pss for m in meters.values()) / 2**20, "max": max(m.peak_pss for m in meters.values()) / 2**20},
+        "cpu_cores_per_peer": {
+            "mean": statistics.mean(cpu.values()) if cpu else None,
+            "max": max(cpu.values(), default=None),
+            "total": sum(cpu.values()) if cpu else None,
+        },
+        "peak_rss_mb_per_peer": {
+            "mean": statistics.mean(m.peak_rss for m in meters.values()) / 2**20,
+            "max": max(m.peak_rss for m in meters.values()) / 2**20,
+        },
+        "peak_pss_mb_per_peer": {
+            "mean": statistics.mean(m.peak_pss for m in meters.values()) / 2**20,
+            "max": max(m.peak_pss for m in meters.values()) / 2**20,
+        },
         "measured_seconds": wall,
         "loadavg_at_round0": loads[0],
         "loadavg_at_end": loads[1],
     }
-    log(f"N={n}: finished {res['peers_finished']}/{n}, every round applied {res['every_round_applied_by_every_peer']}, hashes equal "
-        f"{res['all_hashes_equal']}, latency median {res['latency_seconds']['median']}, CPU/peer {res['cpu_cores_per_peer']['mean']}")
+    log(
+        f"N={n}: finished {res['peers_finished']}/{n}, every round applied {res['every_round_applied_by_every_peer']}, hashes equal "
+        f"{res['all_hashes_equal']}, latency median {res['latency_seconds']['median']}, CPU/peer {res['cpu_cores_per_peer']['mean']}"
+    )
     return res
 
 
@@ -196,7 +254,12 @@ def main() -> int:
     p.add_argument("--round-seconds", type=float, default=8.0)
     p.add_argument("--contribs", type=int, default=2, help="contributions per peer per round")
     p.add_argument("--hash-every", type=int, default=4)
-    p.add_argument("--start-delay", type=float, default=None, help="seconds from the first peer's start to round 0 (default 30 + 8 s per peer)")
+    p.add_argument(
+        "--start-delay",
+        type=float,
+        default=None,
+        help="seconds from the first peer's start to round 0 (default 30 + 8 s per peer)",
+    )
     p.add_argument("--stagger", type=float, default=1.0, help="seconds between peer starts")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=str(RESULTS / "load.json"))
@@ -205,8 +268,12 @@ def main() -> int:
     results = []
     for n in [int(x) for x in args.peers.split(",")]:
         results.append(run_swarm(n, args, workdir / f"n{n}"))
-    out = {"benchmark": "load", "config": vars(args) | {"model": "tiny-llama", "trainable_parameters": 3227968}, "machine": machine_info(1),
-           "results": results}
+    out = {
+        "benchmark": "load",
+        "config": vars(args) | {"model": "tiny-llama", "trainable_parameters": 3227968},
+        "machine": machine_info(1),
+        "results": results,
+    }
     write_results("load", out, args.out)
     log(f"wrote {args.out} (logs in {workdir})")
     return 0 if all(r["all_hashes_equal"] and r["every_round_applied_by_every_peer"] for r in results) else 1

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from _common import add_common_args, setup_torch
+
 from harness import machine_info, table, write_results
 
 
@@ -55,13 +56,15 @@ def child(args) -> dict:
     setup_torch(args.threads)
     import torch
 
+    from onebyte.peer.train import TrainConfig, batch_indices
     from onebyte.tasks.data import load_task
     from onebyte.tasks.loaded_model import trainable_parameters
     from onebyte.tasks.loading import load_model
-    from onebyte.peer.train import TrainConfig, batch_indices
 
     out = {"case": args.child, "rss_start_kib": _status_kib("VmRSS")}
-    cfg = TrainConfig(model=args.model, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size, lr=1e-6, eps=1e-3)
+    cfg = TrainConfig(
+        model=args.model, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size, lr=1e-6, eps=1e-3
+    )
     loaded = load_model(cfg.model, kind=cfg.model_kind, dtype=cfg.dtype, device=cfg.device, init_seed=cfg.init_seed)
     task = load_task(cfg.dataset, tokenizer=loaded.tokenizer, max_length=cfg.max_length, split_seed=cfg.seed)
     model = loaded.model
@@ -85,8 +88,14 @@ def child(args) -> dict:
         from onebyte.peer.replica import Replica
         from onebyte.zo import contribution_seed
 
-        replica = Replica(model, trainable_parameters(model, cfg.trainable), lr=cfg.lr, eps=cfg.eps,
-                          codec=cfg.codec, table_log2=cfg.table_log2)
+        replica = Replica(
+            model,
+            trainable_parameters(model, cfg.trainable),
+            lr=cfg.lr,
+            eps=cfg.eps,
+            codec=cfg.codec,
+            table_log2=cfg.table_log2,
+        )
         out["rss_after_replica_kib"] = _status_kib("VmRSS")
         for step in range(args.steps):
             batch = replica.to_device(batch_for(step))
@@ -118,15 +127,30 @@ def main() -> None:
 
     results = {}
     for case in ("inference", "training"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--steps", str(args.steps),
-               "--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads),
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            case,
+            "--steps",
+            str(args.steps),
+            "--model",
+            args.model,
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             sys.stderr.write(proc.stdout + proc.stderr)
             raise SystemExit(f"child {case} failed (rc={proc.returncode})")
-        results[case] = json.loads(line[0][len("RESULT "):])
+        results[case] = json.loads(line[0][len("RESULT ") :])
         print(f"{case}: " + json.dumps(results[case]), flush=True)
 
     inf, tr = results["inference"], results["training"]
@@ -141,24 +165,43 @@ def main() -> None:
         "noise_table_mib": 32,
     }
     if inf.get("phase_peak_kib") and tr.get("phase_peak_kib"):
-        summary.update({
-            "inference_phase_peak_mib": mib(inf["phase_peak_kib"]),
-            "training_phase_peak_mib": mib(tr["phase_peak_kib"]),
-            "training_over_inference_phase_peak": tr["phase_peak_kib"] / inf["phase_peak_kib"],
-            "inference_phase_increment_mib": mib(inf["phase_increment_over_load_kib"]),
-            "training_phase_increment_mib": mib(tr["phase_increment_over_load_kib"]),
-        })
-    result = {"benchmark": "memory", "config": vars(args), "machine": machine_info(args.threads),
-              "summary": summary, "children": results}
+        summary.update(
+            {
+                "inference_phase_peak_mib": mib(inf["phase_peak_kib"]),
+                "training_phase_peak_mib": mib(tr["phase_peak_kib"]),
+                "training_over_inference_phase_peak": tr["phase_peak_kib"] / inf["phase_peak_kib"],
+                "inference_phase_increment_mib": mib(inf["phase_increment_over_load_kib"]),
+                "training_phase_increment_mib": mib(tr["phase_increment_over_load_kib"]),
+            }
+        )
+    result = {
+        "benchmark": "memory",
+        "config": vars(args),
+        "machine": machine_info(args.threads),
+        "summary": summary,
+        "children": results,
+    }
     path = write_results("memory", result, args.out)
 
     rows = []
     for case, r in results.items():
-        rows.append((case, mib(r["rss_after_load_kib"]), mib(r["ru_maxrss_kib"]), mib(r["increment_over_load_kib"]),
-                     mib(r["phase_peak_kib"]) if r.get("phase_peak_kib") else float("nan"),
-                     mib(r["phase_increment_over_load_kib"]) if r.get("phase_peak_kib") else float("nan")))
+        rows.append(
+            (
+                case,
+                mib(r["rss_after_load_kib"]),
+                mib(r["ru_maxrss_kib"]),
+                mib(r["increment_over_load_kib"]),
+                mib(r["phase_peak_kib"]) if r.get("phase_peak_kib") else float("nan"),
+                mib(r["phase_increment_over_load_kib"]) if r.get("phase_peak_kib") else float("nan"),
+            )
+        )
     print(f"\n{args.steps} forwards / steps, batch {inf['batch_shape']}, MiB")
-    print(table(rows, ("case", "RSS after load", "peak (ru_maxrss)", "peak - load RSS", "phase peak", "phase peak - load RSS")))
+    print(
+        table(
+            rows,
+            ("case", "RSS after load", "peak (ru_maxrss)", "peak - load RSS", "phase peak", "phase peak - load RSS"),
+        )
+    )
     print(f"training / inference peak (ru_maxrss): {summary['training_over_inference_peak']:.3f}  (goal <= 1.3)")
     if "training_over_inference_phase_peak" in summary:
         print(f"training / inference peak after load (phase peak): {summary['training_over_inference_phase_peak']:.3f}")

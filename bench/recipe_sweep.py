@@ -16,19 +16,27 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import setup_torch
-from harness import machine_info, write_results
-
 import numpy as np
 import torch
+from _common import setup_torch
+
+from harness import machine_info, write_results
 
 
 def features(args):
     """Trunk outputs of a hash-chosen training subset and of the whole held-out split, as a peer caches them."""
     from onebyte.peer.train import TrainConfig, build
 
-    loaded, task, replica = build(TrainConfig(model=args.model, dataset=args.dataset, trainable=args.trainable, max_length=args.max_length,
-                                              train_size=args.train, progress=False))
+    loaded, task, replica = build(
+        TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            trainable=args.trainable,
+            max_length=args.max_length,
+            train_size=args.train,
+            progress=False,
+        )
+    )
     trunk = task.trunk
     assert trunk is not None, "the trainable set reaches into the trunk: nothing to cache"
     out = {}
@@ -52,12 +60,16 @@ def main() -> None:
     p.add_argument("--dataset", default="mr")
     p.add_argument("--trainable", default=r"^model\.norm\.weight$")
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--train", type=int, default=1200, help="hash-chosen training examples whose trunk outputs are computed")
+    p.add_argument(
+        "--train", type=int, default=1200, help="hash-chosen training examples whose trunk outputs are computed"
+    )
     p.add_argument("--lrs", default="0.1,0.3,0.6")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--contribs", default="256", help="contributions per round (all peers together)")
-    p.add_argument("--samples", type=int, default=327680, help="examples seen per configuration (rounds x contributions x batch)")
+    p.add_argument(
+        "--samples", type=int, default=327680, help="examples seen per configuration (rounds x contributions x batch)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -82,7 +94,13 @@ def main() -> None:
     def ce(idx, g):
         return float(torch.nn.functional.cross_entropy(logits(Xt[idx], g), yt[idx]))
 
-    result = {"benchmark": "recipe_sweep", "config": vars(args), "machine": machine_info(args.threads), "zero_shot": score(g0), "runs": []}
+    result = {
+        "benchmark": "recipe_sweep",
+        "config": vars(args),
+        "machine": machine_info(args.threads),
+        "zero_shot": score(g0),
+        "runs": [],
+    }
     print("zero-shot", result["zero_shot"])
     rng = np.random.default_rng(0)
     for k in [int(x) for x in args.contribs.split(",")]:
@@ -100,8 +118,19 @@ def main() -> None:
                 if (r + 1) % max(1, rounds // 8) == 0 or r == rounds - 1:
                     s = score(g)
                     curve.append({"rounds": r + 1, "samples": (r + 1) * k * args.batch, **s})
-            result["runs"].append({"method": "onebyte (emulated on cached trunk outputs)", "lr": lr, "contribs_per_round": k, "rounds": rounds, "curve": curve})
-            print(f"lr {lr:g} k {k}: balanced accuracy " + " ".join(f"{c['balanced_accuracy']:.3f}" for c in curve), flush=True)
+            result["runs"].append(
+                {
+                    "method": "onebyte (emulated on cached trunk outputs)",
+                    "lr": lr,
+                    "contribs_per_round": k,
+                    "rounds": rounds,
+                    "curve": curve,
+                }
+            )
+            print(
+                f"lr {lr:g} k {k}: balanced accuracy " + " ".join(f"{c['balanced_accuracy']:.3f}" for c in curve),
+                flush=True,
+            )
     write_results("recipe_sweep", result, args.out)  # the zeroth-order runs, before the first-order line
     # first-order line on the same trainable set
     torch.set_grad_enabled(True)
@@ -116,7 +145,9 @@ def main() -> None:
             if (step + 1) % 50 == 0:
                 curve.append({"steps": step + 1, **score(g.detach())})
         result["runs"].append({"method": "Adam, full batch (first-order line)", "lr": lr, "curve": curve})
-        print(f"adam lr {lr:g}: balanced accuracy " + " ".join(f"{c['balanced_accuracy']:.3f}" for c in curve), flush=True)
+        print(
+            f"adam lr {lr:g}: balanced accuracy " + " ".join(f"{c['balanced_accuracy']:.3f}" for c in curve), flush=True
+        )
     write_results("recipe_sweep", result, args.out)
 
 

@@ -24,11 +24,11 @@ import math
 import statistics
 import time
 
-from _common import setup_torch
-from harness import machine_info, write_results
-
 import accuracy_compare as ac
 import torch
+from _common import setup_torch
+
+from harness import machine_info, write_results
 
 
 def rule_of(spec: str):
@@ -37,8 +37,11 @@ def rule_of(spec: str):
     if spec == "v1":
         return RobustRule()
     kw = dict(part.split("=") for part in spec.split(","))
-    return RobustRule(int(kw["cap"]) if "cap" in kw else None, float(kw["abs"]) if "abs" in kw else None,
-                      float(kw["median"]) if "median" in kw else None)
+    return RobustRule(
+        int(kw["cap"]) if "cap" in kw else None,
+        float(kw["abs"]) if "abs" in kw else None,
+        float(kw["median"]) if "median" in kw else None,
+    )
 
 
 def move(rep, contributions) -> float:
@@ -79,37 +82,68 @@ def main() -> None:
 
     bench = ac.Bench(args)
     original = agreement.decide_round
-    results = {"machine": machine_info(args.threads), "args": vars(args), "training": [], "flood": [], "work": {},
-               "initial_eval": bench.eval()}
+    results = {
+        "machine": machine_info(args.threads),
+        "args": vars(args),
+        "training": [],
+        "flood": [],
+        "work": {},
+        "initial_eval": bench.eval(),
+    }
     for spec in ["v1", *args.rules]:
         rule = rule_of(spec)
         agreement.decide_round = functools.partial(original, rule=rule)  # what zo_run's rounds go through
         for seed in args.seeds:
-            r = bench.zo_run(peers=args.peers, codec="log8:-8:8", lr=args.lr, eps=args.eps, samples=args.samples, seed=seed,
-                             eval_every=None, tag=f"onebyte-{args.peers}")
+            r = bench.zo_run(
+                peers=args.peers,
+                codec="log8:-8:8",
+                lr=args.lr,
+                eps=args.eps,
+                samples=args.samples,
+                seed=seed,
+                eval_every=None,
+                tag=f"onebyte-{args.peers}",
+            )
             ev = bench.eval()
             gs = [abs(g) for g in r["g"]]
             clipped = None
             if rule.clip_abs is not None or rule.clip_median is not None:
                 lim = rule.clip_abs if rule.clip_median is None else None
                 clipped = sum(1 for g in gs if lim is not None and g > lim) / len(gs) if lim is not None else None
-            row = {"rule": spec, "seed": seed, "samples": r["samples"], "eval_loss": ev["loss"], "accuracy": ev["accuracy"],
-                   "balanced_accuracy": ev["balanced_accuracy"], "g_median": statistics.median(gs),
-                   "g_p90": sorted(gs)[int(0.9 * len(gs))], "g_max": max(gs), "share_above_clip_abs": clipped}
+            row = {
+                "rule": spec,
+                "seed": seed,
+                "samples": r["samples"],
+                "eval_loss": ev["loss"],
+                "accuracy": ev["accuracy"],
+                "balanced_accuracy": ev["balanced_accuracy"],
+                "g_median": statistics.median(gs),
+                "g_p90": sorted(gs)[int(0.9 * len(gs))],
+                "g_max": max(gs),
+                "share_above_clip_abs": clipped,
+            }
             results["training"].append(row)
             print(row, flush=True)
     agreement.decide_round = original
     # the flood, from the weights the last v1 run left (any trained state will do)
     rep = bench.replica
     codec = rep.codec
-    honest = {hashlib.sha256(f"peer{i}".encode()).hexdigest(): bytes([0x41 + 3 * i, 0xC1 + 2 * i][: args.contribs]) for i in range(args.peers)}
-    sybils = {hashlib.sha256(f"sybil{i}".encode()).hexdigest(): bytes([codec.encode(codec.max_value)] * args.contribs) for i in range(args.flood_keys)}
+    honest = {
+        hashlib.sha256(f"peer{i}".encode()).hexdigest(): bytes([0x41 + 3 * i, 0xC1 + 2 * i][: args.contribs])
+        for i in range(args.peers)
+    }
+    sybils = {
+        hashlib.sha256(f"sybil{i}".encode()).hexdigest(): bytes([codec.encode(codec.max_value)] * args.contribs)
+        for i in range(args.flood_keys)
+    }
     for spec in ["v1", *args.rules]:
         rule = rule_of(spec)
         moves = {}
         for name, recs in (("normal", honest), ("flood", honest | sybils)):
             records = {k: ContributionRecord(round=7, published_at=0.0, codes=v) for k, v in recs.items()}
-            rs = decide_round("flood", 7, records, close_time=1.0, contribs_per_round=args.contribs, codec=codec, rule=rule)
+            rs = decide_round(
+                "flood", 7, records, close_time=1.0, contribs_per_round=args.contribs, codec=codec, rule=rule
+            )
             moves[name] = move(rep, rs.contributions)
             moves[f"{name}_n"] = len(rs.contributions)
         row = {"rule": spec, **moves, "ratio": moves["flood"] / moves["normal"]}
@@ -123,7 +157,12 @@ def main() -> None:
         t1 = time.perf_counter()
         rep.apply(rs.contributions)
         t2 = time.perf_counter()
-        results["work"][spec] = {"keys": 1000, "applied": len(rs.contributions), "decide_seconds": t1 - t0, "apply_seconds": t2 - t1}
+        results["work"][spec] = {
+            "keys": 1000,
+            "applied": len(rs.contributions),
+            "decide_seconds": t1 - t0,
+            "apply_seconds": t2 - t1,
+        }
         print(spec, results["work"][spec], flush=True)
     print(write_results("robust_rule", results))
 

@@ -25,10 +25,10 @@ import random
 import statistics
 import time
 
-from _common import add_common_args, setup_torch
-from harness import machine_info, results_path, write_results
-
 import torch
+from _common import add_common_args, setup_torch
+
+from harness import machine_info, results_path, write_results
 
 
 def records_part(ns: list[int], ks: list[int]) -> list[dict]:
@@ -59,7 +59,9 @@ def records_part(ns: list[int], ks: list[int]) -> list[dict]:
             value_sizes, subkey_sizes = [], []
             t0 = time.perf_counter()
             for i in range(n):
-                rec = ContributionRecord(round=12345, published_at=now, codes=bytes(rng.randrange(256) for _ in range(k)))
+                rec = ContributionRecord(
+                    round=12345, published_at=now, codes=bytes(rng.randrange(256) for _ in range(k))
+                )
                 subkey = ser.dumps(owner_subkey(idents[i].public_key))
                 record = DHTRecord(key_id, subkey, ser.dumps(rec.pack()), now + 600)
                 value = validators[i].sign_value(record)
@@ -72,7 +74,11 @@ def records_part(ns: list[int], ks: list[int]) -> list[dict]:
             t0 = time.perf_counter()
             ok = 0
             for r in signed_records:
-                ok += verify(ser.loads(r.subkey)[3:], r.value[-64:], signed_message(DHTRecord(r.key, r.subkey, r.value[:-64], r.expiration_time)))
+                ok += verify(
+                    ser.loads(r.subkey)[3:],
+                    r.value[-64:],
+                    signed_message(DHTRecord(r.key, r.subkey, r.value[:-64], r.expiration_time)),
+                )
             verify_s = time.perf_counter() - t0
             assert ok == n
             # what a reader gets after stripping signatures: {subkey: value} -> parse -> decide
@@ -85,16 +91,28 @@ def records_part(ns: list[int], ks: list[int]) -> list[dict]:
             rs = decide_round(run_id, 12345, parsed, close_time=now + 1, contribs_per_round=k, codec=codec)
             decide_s = time.perf_counter() - t0
             assert len(rs.contributions) == n * k and not reasons
-            row = {"peers": n, "codes_per_record": k, "contributions_per_round": n * k,
-                   "record_value_bytes": statistics.mean(value_sizes), "subkey_bytes": statistics.mean(subkey_sizes),
-                   "record_bytes": statistics.mean(value_sizes) + statistics.mean(subkey_sizes),
-                   "round_dict_bytes": len(whole), "round_dict_bytes_per_contribution": len(whole) / (n * k),
-                   "max_value_bytes_onebyte": MAX_VALUE_BYTES, "record_fits_onebyte_limit": max(value_sizes) <= MAX_VALUE_BYTES,
-                   "sign_seconds_all": sign_s, "verify_seconds_all": verify_s, "verify_seconds_per_record": verify_s / n,
-                   "parse_and_decide_seconds": decide_s}
-            print(f"N={n:5d} K={k:4d}: record {row['record_bytes']:.0f} B, round dict {len(whole):,} B "
-                  f"({row['round_dict_bytes_per_contribution']:.1f} B/contribution); verify {verify_s * 1e3:.0f} ms, "
-                  f"parse+decide {decide_s * 1e3:.0f} ms", flush=True)
+            row = {
+                "peers": n,
+                "codes_per_record": k,
+                "contributions_per_round": n * k,
+                "record_value_bytes": statistics.mean(value_sizes),
+                "subkey_bytes": statistics.mean(subkey_sizes),
+                "record_bytes": statistics.mean(value_sizes) + statistics.mean(subkey_sizes),
+                "round_dict_bytes": len(whole),
+                "round_dict_bytes_per_contribution": len(whole) / (n * k),
+                "max_value_bytes_onebyte": MAX_VALUE_BYTES,
+                "record_fits_onebyte_limit": max(value_sizes) <= MAX_VALUE_BYTES,
+                "sign_seconds_all": sign_s,
+                "verify_seconds_all": verify_s,
+                "verify_seconds_per_record": verify_s / n,
+                "parse_and_decide_seconds": decide_s,
+            }
+            print(
+                f"N={n:5d} K={k:4d}: record {row['record_bytes']:.0f} B, round dict {len(whole):,} B "
+                f"({row['round_dict_bytes_per_contribution']:.1f} B/contribution); verify {verify_s * 1e3:.0f} ms, "
+                f"parse+decide {decide_s * 1e3:.0f} ms",
+                flush=True,
+            )
             out.append(row)
     return out
 
@@ -122,11 +140,22 @@ def apply_part(ns: list[int], reps: int) -> list[dict]:
                 apply_round(params, contributions, 1e-9, noise)
                 times.append(time.perf_counter() - t0)
             s = min(times)
-            row = {"model": model, "trainable": regex, "trainable_parameters": numel, "tensors": len(params), "n": n,
-                   "seconds": times, "seconds_min": s, "seconds_per_contribution": s / n,
-                   "seconds_per_contribution_per_mparam": s / n / (numel / 1e6)}
-            print(f"{model} {regex or 'all'} ({numel / 1e6:.2f} M params, {len(params)} tensors) n={n:6d}: {s:.3f} s "
-                  f"({s / n * 1e3:.3f} ms/contribution, {row['seconds_per_contribution_per_mparam'] * 1e6:.1f} us/contribution/Mparam)", flush=True)
+            row = {
+                "model": model,
+                "trainable": regex,
+                "trainable_parameters": numel,
+                "tensors": len(params),
+                "n": n,
+                "seconds": times,
+                "seconds_min": s,
+                "seconds_per_contribution": s / n,
+                "seconds_per_contribution_per_mparam": s / n / (numel / 1e6),
+            }
+            print(
+                f"{model} {regex or 'all'} ({numel / 1e6:.2f} M params, {len(params)} tensors) n={n:6d}: {s:.3f} s "
+                f"({s / n * 1e3:.3f} ms/contribution, {row['seconds_per_contribution_per_mparam'] * 1e6:.1f} us/contribution/Mparam)",
+                flush=True,
+            )
             out.append(row)
             if s > 60:
                 break
@@ -152,7 +181,9 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {}
     result.update({"benchmark": "scaling_sim", "config": vars(args)})
     if not args.skip_records:
-        result["records"] = records_part([int(x) for x in args.peers.split(",")], [int(x) for x in args.codes.split(",")])
+        result["records"] = records_part(
+            [int(x) for x in args.peers.split(",")], [int(x) for x in args.codes.split(",")]
+        )
         write_results("scaling_sim", result, args.out)
     if not args.skip_apply:
         result["apply"] = apply_part([int(x) for x in args.ns.split(",")], args.reps)

@@ -20,10 +20,10 @@ import argparse
 import os
 import time
 
-from _common import add_common_args, build_default, fixed_batch, setup_torch
-from harness import machine_info, median, table, timed, write_results
-
 import torch
+from _common import add_common_args, build_default, fixed_batch, setup_torch
+
+from harness import machine_info, median, table, timed, write_results
 
 
 def main() -> None:
@@ -77,9 +77,17 @@ def main() -> None:
         t2 = time.perf_counter()
         replica.apply(contrib)
         t3 = time.perf_counter()
-        return {"step": t3 - t0, "estimate": t1 - t0, "copies": acc["t"], "copies_count": acc["n"],
-                "copied_elements": acc["elems"], "forwards": (t1 - t0) - acc["t"],
-                "encode": t2 - t1, "apply": t3 - t2, "g": g}
+        return {
+            "step": t3 - t0,
+            "estimate": t1 - t0,
+            "copies": acc["t"],
+            "copies_count": acc["n"],
+            "copied_elements": acc["elems"],
+            "forwards": (t1 - t0) - acc["t"],
+            "encode": t2 - t1,
+            "apply": t3 - t2,
+            "g": g,
+        }
 
     mezo_params = [p_ for _, p_ in model.named_parameters()]  # tied weights once
 
@@ -95,15 +103,18 @@ def main() -> None:
         with torch.no_grad():
             t0 = time.perf_counter()
             mezo_perturb(seed, eps)
-            t1 = time.perf_counter(); tp += t1 - t0
+            t1 = time.perf_counter()
+            tp += t1 - t0
             lp = float(loss_fn())
             t2 = time.perf_counter()
             mezo_perturb(seed, -2 * eps)
-            t3 = time.perf_counter(); tp += t3 - t2
+            t3 = time.perf_counter()
+            tp += t3 - t2
             lm = float(loss_fn())
             t4 = time.perf_counter()
             mezo_perturb(seed, eps)
-            t5 = time.perf_counter(); tp += t5 - t4
+            t5 = time.perf_counter()
+            tp += t5 - t4
             g = (lp - lm) / (2 * eps)
             mezo_perturb(seed, -args.lr * g)
             t6 = time.perf_counter()
@@ -118,20 +129,27 @@ def main() -> None:
         rec["warmup"] = r < args.warmup
         rec["loadavg_1min"] = os.getloadavg()[0]
         rows.append(rec)
-        print(f"rep {r}{' (warm-up)' if rec['warmup'] else ''}: 2 fwd {rec['fwd2']:.3f}s  onebyte {rec['onebyte']['step']:.3f}s"
-              + (f"  mezo {rec['mezo']['step']:.3f}s" if 'mezo' in rec else ""), flush=True)
+        print(
+            f"rep {r}{' (warm-up)' if rec['warmup'] else ''}: 2 fwd {rec['fwd2']:.3f}s  onebyte {rec['onebyte']['step']:.3f}s"
+            + (f"  mezo {rec['mezo']['step']:.3f}s" if "mezo" in rec else ""),
+            flush=True,
+        )
     perturb_mod.perturbed_copy = real_copy
 
     meas = [r for r in rows if not r["warmup"]]
     fwd2 = median([r["fwd2"] for r in meas])
-    ob = {k: median([r["onebyte"][k] for r in meas]) for k in ("step", "estimate", "copies", "forwards", "encode", "apply")}
+    ob = {
+        k: median([r["onebyte"][k] for r in meas])
+        for k in ("step", "estimate", "copies", "forwards", "encode", "apply")
+    }
     ratio = median([r["onebyte"]["step"] / r["fwd2"] for r in meas])
     summary = {
         "two_forwards_s": fwd2,
         "onebyte_step_s": ob["step"],
         "onebyte_step_over_two_forwards": ratio,
         "goal": 1.15,
-        "min_onebyte_step_over_min_two_forwards": min(r["onebyte"]["step"] for r in meas) / min(r["fwd2"] for r in meas),
+        "min_onebyte_step_over_min_two_forwards": min(r["onebyte"]["step"] for r in meas)
+        / min(r["fwd2"] for r in meas),
         "loadavg_1min_median": median([r["loadavg_1min"] for r in meas]),
         "onebyte_breakdown_s": ob,
         "onebyte_breakdown_over_two_forwards": {k: median([r["onebyte"][k] / r["fwd2"] for r in meas]) for k in ob},
@@ -142,31 +160,62 @@ def main() -> None:
     if not args.no_mezo:
         summary["mezo_step_s"] = median([r["mezo"]["step"] for r in meas])
         summary["mezo_step_over_two_forwards"] = median([r["mezo"]["step"] / r["fwd2"] for r in meas])
-        summary["mezo_breakdown_s"] = {k: median([r["mezo"][k] for r in meas]) for k in ("perturb_passes_3", "forwards", "update")}
-        summary["min_mezo_step_over_min_two_forwards"] = min(r["mezo"]["step"] for r in meas) / min(r["fwd2"] for r in meas)
+        summary["mezo_breakdown_s"] = {
+            k: median([r["mezo"][k] for r in meas]) for k in ("perturb_passes_3", "forwards", "update")
+        }
+        summary["min_mezo_step_over_min_two_forwards"] = min(r["mezo"]["step"] for r in meas) / min(
+            r["fwd2"] for r in meas
+        )
         summary["anchor_mezo_step_over_two_forwards"] = 2.31
-    result = {"benchmark": "step_time", "config": {**vars(args), "dataset": "drugreview",
-              "batch_shape": list(batch.input_ids.shape)}, "machine": machine_info(args.threads),
-              "summary": summary, "repetitions": rows}
+    result = {
+        "benchmark": "step_time",
+        "config": {**vars(args), "dataset": "drugreview", "batch_shape": list(batch.input_ids.shape)},
+        "machine": machine_info(args.threads),
+        "summary": summary,
+        "repetitions": rows,
+    }
     path = write_results("step_time", result, args.out)
 
-    tab = [("two plain forwards", fwd2, 1.0, ""),
-           ("onebyte step (estimate+encode+apply)", ob["step"], ratio, "goal <= 1.15"),
-           ("  perturbed copies (inside estimate)", ob["copies"], summary["onebyte_breakdown_over_two_forwards"]["copies"], f"{summary['perturbed_copies_per_step']} copies"),
-           ("  forwards + hooks (estimate - copies)", ob["forwards"], summary["onebyte_breakdown_over_two_forwards"]["forwards"], ""),
-           ("  encode", ob["encode"], summary["onebyte_breakdown_over_two_forwards"]["encode"], ""),
-           ("  apply (1 contribution)", ob["apply"], summary["onebyte_breakdown_over_two_forwards"]["apply"], "")]
+    tab = [
+        ("two plain forwards", fwd2, 1.0, ""),
+        ("onebyte step (estimate+encode+apply)", ob["step"], ratio, "goal <= 1.15"),
+        (
+            "  perturbed copies (inside estimate)",
+            ob["copies"],
+            summary["onebyte_breakdown_over_two_forwards"]["copies"],
+            f"{summary['perturbed_copies_per_step']} copies",
+        ),
+        (
+            "  forwards + hooks (estimate - copies)",
+            ob["forwards"],
+            summary["onebyte_breakdown_over_two_forwards"]["forwards"],
+            "",
+        ),
+        ("  encode", ob["encode"], summary["onebyte_breakdown_over_two_forwards"]["encode"], ""),
+        ("  apply (1 contribution)", ob["apply"], summary["onebyte_breakdown_over_two_forwards"]["apply"], ""),
+    ]
     if not args.no_mezo:
         mb = summary["mezo_breakdown_s"]
-        tab += [("naive MeZO step (4 regenerations)", summary["mezo_step_s"], summary["mezo_step_over_two_forwards"], "anchor note: 2.31x"),
-                ("  3 in-place perturb passes", mb["perturb_passes_3"], mb["perturb_passes_3"] / fwd2, ""),
-                ("  2 forwards", mb["forwards"], mb["forwards"] / fwd2, ""),
-                ("  update (regenerate + add)", mb["update"], mb["update"] / fwd2, "")]
-    print(f"\nbatch {list(batch.input_ids.shape)}, {args.threads} threads, median of {len(meas)} reps after {args.warmup} warm-up")
+        tab += [
+            (
+                "naive MeZO step (4 regenerations)",
+                summary["mezo_step_s"],
+                summary["mezo_step_over_two_forwards"],
+                "anchor note: 2.31x",
+            ),
+            ("  3 in-place perturb passes", mb["perturb_passes_3"], mb["perturb_passes_3"] / fwd2, ""),
+            ("  2 forwards", mb["forwards"], mb["forwards"] / fwd2, ""),
+            ("  update (regenerate + add)", mb["update"], mb["update"] / fwd2, ""),
+        ]
+    print(
+        f"\nbatch {list(batch.input_ids.shape)}, {args.threads} threads, median of {len(meas)} reps after {args.warmup} warm-up"
+    )
     print(table(tab, ("what", "seconds", "x two fwd", "note")))
-    print(f"robust to background load: min(step)/min(two fwd) = {summary['min_onebyte_step_over_min_two_forwards']:.3f}"
-          + (f", naive MeZO {summary['min_mezo_step_over_min_two_forwards']:.3f}" if not args.no_mezo else "")
-          + f"; median 1-min load average during the reps {summary['loadavg_1min_median']:.2f} on {os.cpu_count()} cores")
+    print(
+        f"robust to background load: min(step)/min(two fwd) = {summary['min_onebyte_step_over_min_two_forwards']:.3f}"
+        + (f", naive MeZO {summary['min_mezo_step_over_min_two_forwards']:.3f}" if not args.no_mezo else "")
+        + f"; median 1-min load average during the reps {summary['loadavg_1min_median']:.2f} on {os.cpu_count()} cores"
+    )
     print(f"\nwrote {path}")
 
 

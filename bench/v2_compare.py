@@ -30,10 +30,10 @@ import subprocess
 import sys
 import time
 
-from _common import add_common_args, fixed_batch, setup_torch
-from harness import ROOT, machine_info, table, write_results
-
 import torch
+from _common import add_common_args, fixed_batch, setup_torch
+
+from harness import ROOT, machine_info, table, write_results
 
 NS = (1, 8, 64, 512, 4096)
 
@@ -67,7 +67,9 @@ def memory_child(args) -> None:
     from onebyte.zo import contribution_seed
 
     directions = "dense" if args.mode in ("inference", "v1") else "lowrank:1"
-    loaded, task, rep = build(TrainConfig(model=args.model, max_length=args.max_length, directions=directions, progress=False))
+    loaded, task, rep = build(
+        TrainConfig(model=args.model, max_length=args.max_length, directions=directions, progress=False)
+    )
     batch = fixed_batch(task, args.batch_size)
     double = fixed_batch(task, args.batch_size)
     from onebyte.peer.replica import _concat
@@ -92,7 +94,14 @@ def memory_child(args) -> None:
             g, _, _ = rep.estimate_on(seed, batch, task.loss)
             rep.apply([(seed, rep.codec.decode(rep.encode(g) or 0))])
     hwm = int(re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
-    print(json.dumps({"ru_maxrss_kib": hwm if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "peak_reset_after_load": reset}))
+    print(
+        json.dumps(
+            {
+                "ru_maxrss_kib": hwm if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "peak_reset_after_load": reset,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -127,7 +136,13 @@ def main() -> None:
             b.copy_(t)
 
     def contribs(n: int, r: int):
-        return [(contribution_seed("bench", f"p{k % 64}", r, k // 64), codec.decode(0x30 + (k * 37) % 80 | (0x80 if k % 3 else 0))) for k in range(n)]
+        return [
+            (
+                contribution_seed("bench", f"p{k % 64}", r, k // 64),
+                codec.decode(0x30 + (k * 37) % 80 | (0x80 if k % 3 else 0)),
+            )
+            for k in range(n)
+        ]
 
     res: dict = {"trainable_parameters": numel, "threads": args.threads}
     sections = set(args.sections.split(","))
@@ -142,12 +157,30 @@ def main() -> None:
         apply["v2"][n] = _best(lambda: v2.apply(cs), reps, f"v2_apply_{n}") / copy_s
         if n >= 64:  # the exact sum's two routes (PROTOCOL 16.4) apart; v2.apply takes default_grouped's
             for route, grouped in (("float64", False), ("grouped_float32", True)):
-                apply.setdefault("v2_routes", {}).setdefault(route, {})[n] = _best(
-                    lambda: apply_round_exact(v2.params, cs, v2.lr, v2.noise, v2.directions, v2.exact_rule,
-                                              v2.weight_decay, v2.decay, grouped=grouped), reps, f"v2_{route}_{n}") / copy_s
+                apply.setdefault("v2_routes", {}).setdefault(route, {})[n] = (
+                    _best(
+                        lambda: apply_round_exact(
+                            v2.params,
+                            cs,
+                            v2.lr,
+                            v2.noise,
+                            v2.directions,
+                            v2.exact_rule,
+                            v2.weight_decay,
+                            v2.decay,
+                            grouped=grouped,
+                        ),
+                        reps,
+                        f"v2_{route}_{n}",
+                    )
+                    / copy_s
+                )
         loads.append(os.getloadavg()[0])
         routes = " ".join(f"{k} {v[n]:.2f}" for k, v in apply.get("v2_routes", {}).items() if n in v)
-        print(f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f} copies, v2 {apply['v2'][n]:.2f} copies {routes}", flush=True)
+        print(
+            f"apply n={n}: v1 {apply['v1'].get(n, float('nan')):.2f} copies, v2 {apply['v2'][n]:.2f} copies {routes}",
+            flush=True,
+        )
     copy_s = min(copy_s, _best(copy, max(3, args.reps)))
     rate = apply["v1"].get(64, float("nan")) / 64
     copy_s_first = apply["copy_s"]
@@ -181,11 +214,17 @@ def main() -> None:
             seed = contribution_seed("bench", "p", r, 0)
             g, _, _ = rep.estimate_on(seed, batch, task.loss)
             rep.apply([(seed, rep.codec.decode(rep.encode(g) or 0))])
+
         return run
 
     step_res = {k: [] for k in ("fwd_2b_rows", "two_fwd_b_rows", "v1_step", "v2_step", "v1_estimate", "v2_estimate")}
     for r in range(args.reps + 1 if "step" in sections else 0):  # the first is a warm-up
-        rec = {"fwd_2b_rows": _best(fwd_rows, 1), "two_fwd_b_rows": _best(fwd_two, 1), "v1_step": _best(step(v1, r), 1), "v2_step": _best(step(v2, r), 1)}
+        rec = {
+            "fwd_2b_rows": _best(fwd_rows, 1),
+            "two_fwd_b_rows": _best(fwd_two, 1),
+            "v1_step": _best(step(v1, r), 1),
+            "v2_step": _best(step(v2, r), 1),
+        }
         seed = contribution_seed("bench", "p", 100 + r, 0)
         rec["v1_estimate"] = _best(lambda: v1.estimate_on(seed, batch, task.loss), 1)
         rec["v2_estimate"] = _best(lambda: v2.estimate_on(seed, batch, task.loss), 1)
@@ -195,10 +234,14 @@ def main() -> None:
             for k, v in rec.items():
                 step_res[k].append(v)
     best = {k: min(v) if v else float("nan") for k, v in step_res.items()}
-    res["step"] = {"batch": [args.batch_size, args.max_length], "seconds_min": best, "samples": step_res,
-                   "v1_step_over_one_forward_of_same_rows": best["v1_step"] / best["fwd_2b_rows"],
-                   "v2_step_over_one_forward_of_same_rows": best["v2_step"] / best["fwd_2b_rows"],
-                   "v1_step_over_two_forwards": best["v1_step"] / best["two_fwd_b_rows"]}
+    res["step"] = {
+        "batch": [args.batch_size, args.max_length],
+        "seconds_min": best,
+        "samples": step_res,
+        "v1_step_over_one_forward_of_same_rows": best["v1_step"] / best["fwd_2b_rows"],
+        "v2_step_over_one_forward_of_same_rows": best["v2_step"] / best["fwd_2b_rows"],
+        "v1_step_over_two_forwards": best["v1_step"] / best["two_fwd_b_rows"],
+    }
 
     # --- replay (catch-up) ------------------------------------------------------------------------
     rounds = 10 if args.quick else 30
@@ -207,8 +250,11 @@ def main() -> None:
         w, t = time.perf_counter(), time.process_time()
         for r in range(rounds):
             rep.apply(contribs(8, 10_000 + r))
-        replay[name] = {"seconds_per_round_of_8": (time.process_time() - t) / rounds, "rounds_timed": rounds,
-                        "wall_seconds_per_round_of_8": (time.perf_counter() - w) / rounds}
+        replay[name] = {
+            "seconds_per_round_of_8": (time.process_time() - t) / rounds,
+            "rounds_timed": rounds,
+            "wall_seconds_per_round_of_8": (time.perf_counter() - w) / rounds,
+        }
         replay[name]["extrapolated_5000_rounds_s"] = replay[name]["seconds_per_round_of_8"] * 5000
     res["replay"] = replay
 
@@ -221,29 +267,75 @@ def main() -> None:
     if not args.skip_memory and "memory" in sections:
         mem = {}
         for mode in ("inference", "v1", "v2"):
-            cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--threads", str(args.threads),
-                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
             if out.returncode:
                 raise SystemExit(out.stderr[-2000:])
             mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])["ru_maxrss_kib"] / 1024
-        res["memory_mib"] = mem | {"v1_over_inference": mem["v1"] / mem["inference"], "v2_over_inference": mem["v2"] / mem["inference"]}
+        res["memory_mib"] = mem | {
+            "v1_over_inference": mem["v1"] / mem["inference"],
+            "v2_over_inference": mem["v2"] / mem["inference"],
+        }
     res["loadavg_1min"] = loads
     res["wall_seconds_min"] = WALL
-    path = write_results("v2_compare", {"benchmark": "v2_compare", "config": vars(args), "machine": machine_info(args.threads), "results": res}, args.out)
+    path = write_results(
+        "v2_compare",
+        {"benchmark": "v2_compare", "config": vars(args), "machine": machine_info(args.threads), "results": res},
+        args.out,
+    )
 
-    rows = [(f"apply n={n} (x copy)", apply["v1"][n] if apply["v1"][n] is not None else f"~{apply['v1_extrapolated'][n]:.0f} (extrapolated)", apply["v2"][n])
-            for n in NS if n in apply["v2"]]
+    rows = [
+        (
+            f"apply n={n} (x copy)",
+            apply["v1"][n] if apply["v1"][n] is not None else f"~{apply['v1_extrapolated'][n]:.0f} (extrapolated)",
+            apply["v2"][n],
+        )
+        for n in NS
+        if n in apply["v2"]
+    ]
     st = res["step"]
-    rows += [("step / one forward of the same rows", st["v1_step_over_one_forward_of_same_rows"], st["v2_step_over_one_forward_of_same_rows"])]
+    rows += [
+        (
+            "step / one forward of the same rows",
+            st["v1_step_over_one_forward_of_same_rows"],
+            st["v2_step_over_one_forward_of_same_rows"],
+        )
+    ]
     if replay:
-        rows += [("replay: s per round of 8", replay["v1"]["seconds_per_round_of_8"], replay["v2"]["seconds_per_round_of_8"]),
-                 ("replay: 5,000 rounds (s, extrapolated)", replay["v1"]["extrapolated_5000_rounds_s"], replay["v2"]["extrapolated_5000_rounds_s"])]
+        rows += [
+            (
+                "replay: s per round of 8",
+                replay["v1"]["seconds_per_round_of_8"],
+                replay["v2"]["seconds_per_round_of_8"],
+            ),
+            (
+                "replay: 5,000 rounds (s, extrapolated)",
+                replay["v1"]["extrapolated_5000_rounds_s"],
+                replay["v2"]["extrapolated_5000_rounds_s"],
+            ),
+        ]
     rows += [("crossing N = make / apply one", res["crossing"]["v1"]["N"], res["crossing"]["v2"]["N"])]
     if "memory_mib" in res:
-        rows += [("peak memory / inference", res["memory_mib"]["v1_over_inference"], res["memory_mib"]["v2_over_inference"])]
+        rows += [
+            ("peak memory / inference", res["memory_mib"]["v1_over_inference"], res["memory_mib"]["v2_over_inference"])
+        ]
     loads = loads or [os.getloadavg()[0]]  # a memory-only run times nothing in this process
-    print(f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average {min(loads):.1f}..{max(loads):.1f}")
+    print(
+        f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average {min(loads):.1f}..{max(loads):.1f}"
+    )
     print(table(rows, ("what", "v1 (dense)", "v2 (lowrank:1)")))
     print(f"\nwrote {path}")
 

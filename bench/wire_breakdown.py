@@ -22,7 +22,12 @@ WIRE_BYTES = Path(__file__).resolve().with_name("wire_bytes.py")  # runs the wor
 
 
 def peer_env() -> dict:
-    return os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return os.environ | {
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 # -- hivemind first-order averaging: computed ------------------------------------------------------
@@ -43,9 +48,14 @@ def hivemind_computed(ns: list[int], params: int = SMOLLM2_135M_PARAMS) -> dict:
     66-byte ACK per two segments: 2.3 % of the data, on the receiving side's tx). Matchmaking (DHT
     declare + join/leader RPCs) is a few KB per step, negligible here.
     """
-    part = 2 ** 19
-    out = {"method": "computed from hivemind 1.1.12's all-reduce wire format, NOT measured", "params": params,
-           "model": "SmolLM2-135M", "part_size_bytes": part, "per_n": []}
+    part = 2**19
+    out = {
+        "method": "computed from hivemind 1.1.12's all-reduce wire format, NOT measured",
+        "params": params,
+        "model": "SmolLM2-135M",
+        "part_size_bytes": part,
+        "per_n": [],
+    }
     frame = 40 / part + 12 / 65536 + 22 / 16384
     tcp = HEADER_BYTES_PER_PACKET / 1448 + 0.5 * HEADER_BYTES_PER_PACKET / 1448
     for n in ns:
@@ -63,9 +73,11 @@ def hivemind_computed(ns: list[int], params: int = SMOLLM2_135M_PARAMS) -> dict:
             }
         out["per_n"].append(row)
     out["overhead_factor"] = {"framing": frame, "tcp_ip_1500mtu_incl_acks": tcp}
-    out["notes"] = ("fp16 = Float16Compression as hivemind's examples configure it (the 2 bytes/parameter of anchors.md); "
-                    "fp32 = hivemind.Optimizer's default grad_compression=NoCompression(). hivemind.Optimizer also averages "
-                    "parameters/optimizer state periodically (average_state_every), not counted here.")
+    out["notes"] = (
+        "fp16 = Float16Compression as hivemind's examples configure it (the 2 bytes/parameter of anchors.md); "
+        "fp32 = hivemind.Optimizer's default grad_compression=NoCompression(). hivemind.Optimizer also averages "
+        "parameters/optimizer state periodically (average_state_every), not counted here."
+    )
     return out
 
 
@@ -116,8 +128,14 @@ def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: 
     time.sleep(8.0)
     b1, t1 = ctr(), time.time()
     bg = ((b1[0] - b0[0]) / (t1 - t0), (b1[1] - b0[1]) / (t1 - t0))
-    results: dict = {"n": n, "k": k, "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS, "background_bytes_per_second": bg[0],
-                     "background_packets_per_second": bg[1], "ops": {}}
+    results: dict = {
+        "n": n,
+        "k": k,
+        "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS,
+        "background_bytes_per_second": bg[0],
+        "background_packets_per_second": bg[1],
+        "ops": {},
+    }
 
     def batch(name: str, fns: list) -> None:
         time.sleep(0.3)
@@ -126,17 +144,31 @@ def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: 
         time.sleep(0.7)  # trailing ACKs and follow-up work the operation triggered (e.g. a cache refresh)
         c1, t1 = ctr(), time.time()
         by, pk = (c1[0] - c0[0]) - bg[0] * (t1 - t0), (c1[1] - c0[1]) - bg[1] * (t1 - t0)
-        results["ops"].setdefault(name, []).append({"bytes_per_op": by / len(fns), "packets_per_op": pk / len(fns), "results": outs})
+        results["ops"].setdefault(name, []).append(
+            {"bytes_per_op": by / len(fns), "packets_per_op": pk / len(fns), "results": outs}
+        )
 
     sha = "ab" * 32
     for r in (10, 11):  # two rounds; the second is the steady state (routing tables and connections warm)
         hb = Rec.Heartbeat(version=__version__, round=r - 1, sha256=sha, made=123 * r, rate=1.2345)
-        ann = Rec.RunAnnouncement(run_id=run, model="tiny-llama", task="drugreview", round=r - 1, protocol_version=PROTOCOL_VERSION)
+        ann = Rec.RunAnnouncement(
+            run_id=run, model="tiny-llama", task="drugreview", round=r - 1, protocol_version=PROTOCOL_VERSION
+        )
         batch("heartbeat_store", [partial(c.publish_heartbeat, run, hb, 34.0) for c in clients])
         batch("announce_store", [partial(c.announce_run, ann, 34.0) for c in clients])
         exp = time.time() + 3600
-        batch("contribution_store", [partial(c.publish_contributions, run, Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)), exp)
-                                     for c in clients])
+        batch(
+            "contribution_store",
+            [
+                partial(
+                    c.publish_contributions,
+                    run,
+                    Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)),
+                    exp,
+                )
+                for c in clients
+            ],
+        )
         batch("round_read", [lambda c=c: len(c.read_round(run, r)) for c in clients])
         hr = Rec.HashRecord(round=r, sha256=sha, set_digest="cd" * 32, contributions=n * k)
         batch("hash_store", [partial(c.publish_hash, run, hr, exp) for c in clients])
@@ -144,36 +176,63 @@ def breakdown_worker(n: int, k: int, replicas: int | None, out: str, lean_reps: 
     for rep, r in [(rep, base + rep) for base in (100, 200) for rep in lean_reps]:  # twice; the second pass is reported
         key = Rec.round_key(run, r)
         exp = time.time() + 3600
-        batch(f"lean_store_r{rep}", [
-            lambda c=c: c.dht.run_coroutine(partial(_lean_store, key, c.subkey,
-                                                    Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)).pack(), exp, rep))
-            for c in clients])
+        batch(
+            f"lean_store_r{rep}",
+            [
+                lambda c=c: c.dht.run_coroutine(
+                    partial(
+                        _lean_store,
+                        key,
+                        c.subkey,
+                        Rec.ContributionRecord(round=r, published_at=time.time(), codes=os.urandom(k)).pack(),
+                        exp,
+                        rep,
+                    )
+                )
+                for c in clients
+            ],
+        )
         batch(f"lean_read_r{rep}", [lambda c=c: c.dht.run_coroutine(partial(_lean_read, key, rep)) for c in clients])
     # the record itself, as stored: msgpack value + Ed25519 signature, msgpack subkey
     from hivemind.utils import MSGPackSerializer as M
 
     rec = Rec.ContributionRecord(round=11, published_at=time.time(), codes=os.urandom(k)).pack()
-    results["record_bytes"] = {"codes": k, "value_msgpack": len(M.dumps(rec)), "signature": 64, "subkey_msgpack": len(M.dumps(clients[0].subkey)),
-                               "heartbeat_msgpack": len(M.dumps(hb.model_dump())), "hash_msgpack": len(M.dumps(hr.model_dump())),
-                               "announce_msgpack": len(M.dumps(ann.model_dump()))}
+    results["record_bytes"] = {
+        "codes": k,
+        "value_msgpack": len(M.dumps(rec)),
+        "signature": 64,
+        "subkey_msgpack": len(M.dumps(clients[0].subkey)),
+        "heartbeat_msgpack": len(M.dumps(hb.model_dump())),
+        "hash_msgpack": len(M.dumps(hr.model_dump())),
+        "announce_msgpack": len(M.dumps(ann.model_dump())),
+    }
     # steady state = the second round's batches
     results["per_op"] = {name: v[-1]["bytes_per_op"] for name, v in results["ops"].items()}
     results["per_op_packets"] = {name: v[-1]["packets_per_op"] for name, v in results["ops"].items()}
-    results["reads_complete"] = {name: [x["results"] for x in v] for name, v in results["ops"].items() if "read" in name}
+    results["reads_complete"] = {
+        name: [x["results"] for x in v] for name, v in results["ops"].items() if "read" in name
+    }
     Path(out).write_text(json.dumps(results, indent=2, default=str))
     for c in clients:
         c.dht.shutdown()
     boot.shutdown()
 
 
-def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds: float, workdir: Path, lean_reps: list[int]) -> dict:
+def run_breakdown(
+    idx: int, n: int, k: int, replicas: int | None, round_seconds: float, workdir: Path, lean_reps: list[int]
+) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     ns = Namespace(f"onebyte-bench-{os.getpid()}-b{idx}")
     out = workdir / f"breakdown-n{n}.json"
     log(f"breakdown N={n} K={k}: per-operation bytes in namespace {ns.name}")
     with ns:
-        p = ns.popen([sys.executable, str(WIRE_BYTES), "--_breakdown-worker", json.dumps([n, k, replicas, str(out), lean_reps])],
-                     stdout=open(workdir / f"breakdown-n{n}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env())
+        p = ns.popen(
+            [sys.executable, str(WIRE_BYTES), "--_breakdown-worker", json.dumps([n, k, replicas, str(out), lean_reps])],
+            stdout=open(workdir / f"breakdown-n{n}.log", "w"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=peer_env(),
+        )
         try:
             p.wait(timeout=300)
         except subprocess.TimeoutExpired:
@@ -186,7 +245,10 @@ def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds:
     # what one round costs, op by op, as the peer loop does it (swarm.py): per peer and round one heartbeat
     # (2 stores: peers key + runs key), one contribution store, one round read, one hash store, one hash read
     # (hash_every = 1 for rounds >= 5 s), plus the background of the swarm at rest
-    per_round = {name: n * op[name] for name in ("heartbeat_store", "announce_store", "contribution_store", "round_read", "hash_store", "hash_read")}
+    per_round = {
+        name: n * op[name]
+        for name in ("heartbeat_store", "announce_store", "contribution_store", "round_read", "hash_store", "hash_read")
+    }
     per_round["background"] = res["background_bytes_per_second"] * round_seconds
     total = sum(per_round.values())
     res["model_per_round"] = per_round
@@ -197,7 +259,11 @@ def run_breakdown(idx: int, n: int, k: int, replicas: int | None, round_seconds:
     for rep in lean_reps:
         if f"lean_store_r{rep}" in op:
             lean = n * (op[f"lean_store_r{rep}"] + op[f"lean_read_r{rep}"])
-            res["lean"][f"r{rep}"] = {"bytes_per_round": lean, "bytes_per_contribution": lean / (n * k),
-                                      "store_per_op": op[f"lean_store_r{rep}"], "read_per_op": op[f"lean_read_r{rep}"],
-                                      "reads_complete": all(x == n for v in res["reads_complete"][f"lean_read_r{rep}"] for x in v)}
+            res["lean"][f"r{rep}"] = {
+                "bytes_per_round": lean,
+                "bytes_per_contribution": lean / (n * k),
+                "store_per_op": op[f"lean_store_r{rep}"],
+                "read_per_op": op[f"lean_read_r{rep}"],
+                "reads_complete": all(x == n for v in res["reads_complete"][f"lean_read_r{rep}"] for x in v),
+            }
     return res

@@ -53,11 +53,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from wire_breakdown import (
+    HEADER_BYTES_PER_PACKET,
+    HIVEMIND_DEFAULT_REPLICAS,
+    breakdown_worker,
+    hivemind_computed,
+    peer_env,
+    run_breakdown,
+)
+from wire_report import plot, print_table
+
 from harness import ROOT, log, percentile, uptime, write_results
 from harness.netns import Namespace, available
-from wire_breakdown import (HEADER_BYTES_PER_PACKET, HIVEMIND_DEFAULT_REPLICAS, breakdown_worker, hivemind_computed,
-                            peer_env, run_breakdown)
-from wire_report import plot, print_table
 
 NAIVE_BYTES_PER_CONTRIBUTION = 10_800  # anchors.md: one DHT record per 1-byte contribution, unsigned
 GOAL_BYTES_PER_CONTRIBUTION = 64  # at N = 8, every peer receiving every contribution
@@ -88,32 +95,84 @@ def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Pa
     workdir.mkdir(parents=True, exist_ok=True)
     ns = Namespace(f"onebyte-bench-{os.getpid()}-{idx}")
     rounds = args.rounds
-    start_delay = args.start_delay if args.start_delay is not None else args.startup_allowance + args.startup_per_peer * n + args.idle_seconds
+    start_delay = (
+        args.start_delay
+        if args.start_delay is not None
+        else args.startup_allowance + args.startup_per_peer * n + args.idle_seconds
+    )
     label = f"N={n} K={k} replicas={replicas or f'default({HIVEMIND_DEFAULT_REPLICAS})'}"
-    log(f"{label}: namespace {ns.name}, {rounds} rounds of {args.round_seconds:g}s, start delay {start_delay:.0f}s, logs in {workdir}")
+    log(
+        f"{label}: namespace {ns.name}, {rounds} rounds of {args.round_seconds:g}s, start delay {start_delay:.0f}s, logs in {workdir}"
+    )
     load_before = uptime()
     t_begin = time.time()
     with ns:
-        sampler = ns.popen([sys.executable, "-u", "-c", SAMPLER.replace("%INTERVAL%", str(args.sample_interval))],
-                           stdout=open(workdir / "counters.txt", "w"), stderr=subprocess.DEVNULL)
+        sampler = ns.popen(
+            [sys.executable, "-u", "-c", SAMPLER.replace("%INTERVAL%", str(args.sample_interval))],
+            stdout=open(workdir / "counters.txt", "w"),
+            stderr=subprocess.DEVNULL,
+        )
         boot_out = workdir / "bootstrap.out"
-        boot = ns.popen([*cli(), "bootstrap"], stdout=open(boot_out, "w"), stderr=open(workdir / "bootstrap.log", "w"), cwd=ROOT, env=peer_env())
+        boot = ns.popen(
+            [*cli(), "bootstrap"],
+            stdout=open(boot_out, "w"),
+            stderr=open(workdir / "bootstrap.log", "w"),
+            cwd=ROOT,
+            env=peer_env(),
+        )
         maddrs = _wait_maddrs(boot, boot_out)
         procs = []
         for i in range(n):
-            argv = [*cli(), "peer", "--run-id", f"wire-{os.getpid()}-{idx}", "--shard", f"{i}/{n}", "--rounds", str(rounds),
-                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"),
-                    "--no-progress", "--batch-size", str(args.batch_size), "--join-timeout", "300"]
+            argv = [
+                *cli(),
+                "peer",
+                "--run-id",
+                f"wire-{os.getpid()}-{idx}",
+                "--shard",
+                f"{i}/{n}",
+                "--rounds",
+                str(rounds),
+                "--report",
+                str(workdir / f"peer{i}.json"),
+                "--round-log",
+                str(workdir / f"peer{i}.rounds.jsonl"),
+                "--no-progress",
+                "--batch-size",
+                str(args.batch_size),
+                "--join-timeout",
+                "300",
+            ]
             for a in maddrs:
                 argv += ["--initial-peers", a]
             if replicas:
                 argv += ["--num-replicas", str(replicas)]
             if i == 0:
-                argv += ["--new-run", "--start-delay", str(start_delay), "--model", args.model, "--trainable", args.trainable,
-                         "--max-length", str(args.max_length), "--lr", str(args.lr), "--table-log2", str(args.table_log2),
-                         "--round-seconds", str(args.round_seconds), "--contribs-per-round", str(k),
-                         "--lean-replicas", str(args.lean_replicas)]
-            procs.append(ns.popen(argv, stdout=open(workdir / f"peer{i}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env()))
+                argv += [
+                    "--new-run",
+                    "--start-delay",
+                    str(start_delay),
+                    "--model",
+                    args.model,
+                    "--trainable",
+                    args.trainable,
+                    "--max-length",
+                    str(args.max_length),
+                    "--lr",
+                    str(args.lr),
+                    "--table-log2",
+                    str(args.table_log2),
+                    "--round-seconds",
+                    str(args.round_seconds),
+                    "--contribs-per-round",
+                    str(k),
+                    "--lean-replicas",
+                    str(args.lean_replicas),
+                ]
+            procs.append(
+                ns.popen(
+                    argv, stdout=open(workdir / f"peer{i}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=peer_env()
+                )
+            )
         joined = _follow(procs, workdir, timeout=start_delay + (rounds + 4) * args.round_seconds + 180)
         time.sleep(2 * args.sample_interval)
         end_counters = ns.counters()
@@ -186,10 +245,23 @@ def _at(samples, t: float) -> tuple[float, float]:
     return float(samples[-1][1]), float(samples[-1][2])
 
 
-def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, joined: dict[int, float], end_counters, args,
-            load_before: str, wall: float) -> dict:
+def analyse(
+    workdir: Path,
+    n: int,
+    k: int,
+    replicas: int | None,
+    rounds: int,
+    joined: dict[int, float],
+    end_counters,
+    args,
+    load_before: str,
+    wall: float,
+) -> dict:
     reports = [json.loads((workdir / f"peer{i}.json").read_text()) for i in range(n)]
-    logs = [[json.loads(ln) for ln in (workdir / f"peer{i}.rounds.jsonl").read_text().splitlines() if ln.strip()] for i in range(n)]
+    logs = [
+        [json.loads(ln) for ln in (workdir / f"peer{i}.rounds.jsonl").read_text().splitlines() if ln.strip()]
+        for i in range(n)
+    ]
     m = reports[0]["manifest"]
     start, R = m["start_time"], m["round_seconds"]
     open_at = lambda r: start + r * R  # noqa: E731
@@ -200,7 +272,12 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
     counts_equal = all(pr == per_round[0] for pr in per_round) and sorted(per_round[0]) == list(range(rounds))
     applied = [r["contributions_applied_local"] + r["contributions_applied_remote"] for r in reports]
     published = sum(r["contributions_published"] for r in reports)
-    all_received = counts_equal and len(set(applied)) == 1 and applied[0] == published and all(r["rounds_applied"] == rounds for r in reports)
+    all_received = (
+        counts_equal
+        and len(set(applied)) == 1
+        and applied[0] == published
+        and all(r["rounds_applied"] == rounds for r in reports)
+    )
     hashes_equal = len({r["final_sha256"] for r in reports}) == 1
 
     # steady-state window: rounds a..b published inside [open(a), open(b+1))
@@ -213,7 +290,12 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
     nrounds = b - a + 1
 
     # idle: every peer joined (+2 s warm-up) .. just before round 0 opens
-    idle = {"window_seconds": 0.0, "bytes_per_second": None, "packets_per_second": None, "bytes_per_peer_per_second": None}
+    idle = {
+        "window_seconds": 0.0,
+        "bytes_per_second": None,
+        "packets_per_second": None,
+        "bytes_per_peer_per_second": None,
+    }
     if len(joined) == n:
         # a whole number of heartbeat periods (peers beat every min(round_seconds, 10) s), ending just before round 0
         i0, i1 = max(joined.values()) + 2.0, open_at(0) - 0.5
@@ -222,8 +304,12 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
             i0 = i1 - beat * math.floor((i1 - i0) / beat)
         if i1 - i0 >= 4.0:
             (ib0, ip0), (ib1, ip1) = _at(samples, i0), _at(samples, i1)
-            idle = {"window_seconds": i1 - i0, "bytes_per_second": (ib1 - ib0) / (i1 - i0), "packets_per_second": (ip1 - ip0) / (i1 - i0),
-                    "bytes_per_peer_per_second": (ib1 - ib0) / (i1 - i0) / n}
+            idle = {
+                "window_seconds": i1 - i0,
+                "bytes_per_second": (ib1 - ib0) / (i1 - i0),
+                "packets_per_second": (ip1 - ip0) / (i1 - i0),
+                "bytes_per_peer_per_second": (ib1 - ib0) / (i1 - i0) / n,
+            }
 
     # round latency: max over peers of (applied - close(r))
     lat_by_round = {}
@@ -235,27 +321,58 @@ def analyse(workdir: Path, n: int, k: int, replicas: int | None, rounds: int, jo
 
     made = sum(r["contributions_made"] for r in reports)
     res = {
-        "n": n, "k": k, "lean_replicas": args.lean_replicas, "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS, "replicas_option": replicas, "rounds": rounds,
-        "round_seconds": R, "settle_seconds": m["settle_seconds"], "publish_margin": m["publish_margin"],
-        "window_rounds": [a, b], "window_seconds": t1 - t0,
-        "bytes": win_bytes, "packets": win_packets, "contributions": win_contribs, "contributions_read_in_window": read_contribs,
+        "n": n,
+        "k": k,
+        "lean_replicas": args.lean_replicas,
+        "replicas": replicas or HIVEMIND_DEFAULT_REPLICAS,
+        "replicas_option": replicas,
+        "rounds": rounds,
+        "round_seconds": R,
+        "settle_seconds": m["settle_seconds"],
+        "publish_margin": m["publish_margin"],
+        "window_rounds": [a, b],
+        "window_seconds": t1 - t0,
+        "bytes": win_bytes,
+        "packets": win_packets,
+        "contributions": win_contribs,
+        "contributions_read_in_window": read_contribs,
         "bytes_per_contribution": win_bytes / win_contribs if win_contribs else None,
         "packets_per_contribution": win_packets / win_contribs if win_contribs else None,
-        "tcp_payload_bytes_per_contribution_est": (win_bytes - HEADER_BYTES_PER_PACKET * win_packets) / win_contribs if win_contribs else None,
-        "bytes_per_round": win_bytes / nrounds, "bytes_per_peer_per_round": win_bytes / nrounds / n,
-        "packets_per_peer_per_round": win_packets / nrounds / n, "contributions_per_round": win_contribs / nrounds,
+        "tcp_payload_bytes_per_contribution_est": (win_bytes - HEADER_BYTES_PER_PACKET * win_packets) / win_contribs
+        if win_contribs
+        else None,
+        "bytes_per_round": win_bytes / nrounds,
+        "bytes_per_peer_per_round": win_bytes / nrounds / n,
+        "packets_per_peer_per_round": win_packets / nrounds / n,
+        "contributions_per_round": win_contribs / nrounds,
         "fill": win_contribs / (nrounds * n * k),
         "idle": idle,
-        "idle_bytes_in_window_share": (idle["bytes_per_second"] * (t1 - t0) / win_bytes) if idle["bytes_per_second"] and win_bytes else None,
-        "latency_seconds_by_round": lats, "latency_median_s": percentile(lats, 0.5), "latency_p95_s": percentile(lats, 0.95), "latency_max_s": max(lats) if lats else None,
-        "every_peer_received_every_contribution": all_received, "per_round_counts_equal": counts_equal,
-        "applied_per_peer": applied, "published_total": published, "made_total": made,
-        "missed_deadline_total": sum(r["missed_deadline"] for r in reports), "rejected": [r["rejected"] for r in reports],
-        "final_hashes_equal": hashes_equal, "hash_mismatches": sum(r["hash_mismatches"] for r in reports),
+        "idle_bytes_in_window_share": (idle["bytes_per_second"] * (t1 - t0) / win_bytes)
+        if idle["bytes_per_second"] and win_bytes
+        else None,
+        "latency_seconds_by_round": lats,
+        "latency_median_s": percentile(lats, 0.5),
+        "latency_p95_s": percentile(lats, 0.95),
+        "latency_max_s": max(lats) if lats else None,
+        "every_peer_received_every_contribution": all_received,
+        "per_round_counts_equal": counts_equal,
+        "applied_per_peer": applied,
+        "published_total": published,
+        "made_total": made,
+        "missed_deadline_total": sum(r["missed_deadline"] for r in reports),
+        "rejected": [r["rejected"] for r in reports],
+        "final_hashes_equal": hashes_equal,
+        "hash_mismatches": sum(r["hash_mismatches"] for r in reports),
         "contributions_per_round_all": [per_round[0].get(r) for r in range(rounds)],
-        "whole_run": {"bytes": end_counters[0], "packets": end_counters[1], "contributions": published,
-                      "bytes_per_contribution": end_counters[0] / published if published else None},
-        "wall_seconds": wall, "load_before": load_before, "load_after": uptime(),
+        "whole_run": {
+            "bytes": end_counters[0],
+            "packets": end_counters[1],
+            "contributions": published,
+            "bytes_per_contribution": end_counters[0] / published if published else None,
+        },
+        "wall_seconds": wall,
+        "load_before": load_before,
+        "load_after": uptime(),
     }
     return res
 
@@ -268,18 +385,30 @@ def _fit(rows: list[dict]) -> dict | None:
         return None
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return {"marginal_bytes_per_contribution": slope, "fixed_bytes_per_round": my - slope * mx,
-            "fixed_bytes_per_peer_per_round": (my - slope * mx) / rows[0]["n"], "points": len(xs)}
+    return {
+        "marginal_bytes_per_contribution": slope,
+        "fixed_bytes_per_round": my - slope * mx,
+        "fixed_bytes_per_peer_per_round": (my - slope * mx) / rows[0]["n"],
+        "points": len(xs),
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", default="2,4,8", help="comma-separated N values (default: %(default)s)")
-    p.add_argument("--configs", default="16:0,64:0,64:2",
-                   help="comma-separated K:replicas pairs; replicas 0 = hivemind's default (5) (default: %(default)s)")
+    p.add_argument(
+        "--configs",
+        default="16:0,64:0,64:2",
+        help="comma-separated K:replicas pairs; replicas 0 = hivemind's default (5) (default: %(default)s)",
+    )
     p.add_argument("--contribs", default=None, help="shortcut: K values (with --replicas) instead of --configs")
     p.add_argument("--replicas", default="0", help="with --contribs: replicas values, 0 = default")
-    p.add_argument("--rounds", type=int, default=8, help="rounds per configuration; the steady window is rounds 2..R-2 (default: %(default)s)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=8,
+        help="rounds per configuration; the steady window is rounds 2..R-2 (default: %(default)s)",
+    )
     p.add_argument("--round-seconds", type=float, default=8.0)
     p.add_argument("--model", default="tiny-llama")
     p.add_argument("--trainable", default=r"layers\.")
@@ -287,18 +416,29 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--table-log2", type=int, default=20)
-    p.add_argument("--lean-replicas", type=int, default=0, help="run manifest's lean_replicas: round records to/from the r nearest nodes, no crawl (0 = crawl)")
+    p.add_argument(
+        "--lean-replicas",
+        type=int,
+        default=0,
+        help="run manifest's lean_replicas: round records to/from the r nearest nodes, no crawl (0 = crawl)",
+    )
     p.add_argument("--idle-seconds", type=float, default=16.0, help="target length of the idle window before round 0")
     p.add_argument("--start-delay", type=float, default=None, help="override: seconds from run creation to round 0")
-    p.add_argument("--startup-allowance", type=float, default=10.0, help="start delay = this + per-peer * N + idle seconds")
+    p.add_argument(
+        "--startup-allowance", type=float, default=10.0, help="start delay = this + per-peer * N + idle seconds"
+    )
     p.add_argument("--startup-per-peer", type=float, default=2.5)
     p.add_argument("--sample-interval", type=float, default=0.1)
-    p.add_argument("--workdir", default=None, help="keep logs here (default: a temporary folder, removed unless --keep)")
+    p.add_argument(
+        "--workdir", default=None, help="keep logs here (default: a temporary folder, removed unless --keep)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder with all logs")
     p.add_argument("--quick", action="store_true", help="N = 2,8; K = 64; 6 rounds")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/wire_bytes.json)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-operation breakdown")
-    p.add_argument("--breakdown-k", type=int, default=64, help="K of the per-operation breakdown (default: %(default)s)")
+    p.add_argument(
+        "--breakdown-k", type=int, default=64, help="K of the per-operation breakdown (default: %(default)s)"
+    )
     p.add_argument("--_breakdown-worker", dest="breakdown_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.breakdown_worker:
@@ -344,17 +484,25 @@ def main() -> int:
                     failures.append({"n": n, "k": k, "replicas": rep or HIVEMIND_DEFAULT_REPLICAS, "error": str(e)})
                     continue
                 runs.append(r)
-                log(f"  -> {r['bytes_per_contribution'] or float('nan'):.1f} B/contribution ({r['contributions']} contributions, fill {r['fill']:.2f}), "
+                log(
+                    f"  -> {r['bytes_per_contribution'] or float('nan'):.1f} B/contribution ({r['contributions']} contributions, fill {r['fill']:.2f}), "
                     f"idle {(r['idle']['bytes_per_second'] or float('nan')):.0f} B/s, latency median {r['latency_median_s']:.2f}s "
-                    f"p95 {r['latency_p95_s']:.2f}s, all received: {r['every_peer_received_every_contribution']}")
+                    f"p95 {r['latency_p95_s']:.2f}s, all received: {r['every_peer_received_every_contribution']}"
+                )
                 if r["fill"] < 0.99 or r["missed_deadline_total"]:
-                    log(f"  WARNING: peers did not fill K={k} (fill {r['fill']:.2f}, {r['missed_deadline_total']} contributions missed the "
-                        "deadline): a peer that has not filled K by publish_by can publish too late and lose the round; use a smaller K")
+                    log(
+                        f"  WARNING: peers did not fill K={k} (fill {r['fill']:.2f}, {r['missed_deadline_total']} contributions missed the "
+                        "deadline): a peer that has not filled K by publish_by can publish too late and lose the round; use a smaller K"
+                    )
         if not args.no_breakdown:
             for n in ns_list:
                 idx += 1
                 try:
-                    breakdowns.append(run_breakdown(idx, n, args.breakdown_k, None, args.round_seconds, workroot / "breakdown", [2, 1]))
+                    breakdowns.append(
+                        run_breakdown(
+                            idx, n, args.breakdown_k, None, args.round_seconds, workroot / "breakdown", [2, 1]
+                        )
+                    )
                 except (RuntimeError, TimeoutError) as e:
                     log(f"breakdown N={n} FAILED: {e}")
                     failures.append({"n": n, "breakdown": True, "error": str(e)})
@@ -380,24 +528,38 @@ def main() -> int:
     latency_by_n = {}
     for n in sorted({r["n"] for r in runs}):
         lat = [x for r in runs if r["n"] == n for x in r["latency_seconds_by_round"]]
-        latency_by_n[str(n)] = {"median_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95), "max_s": max(lat), "rounds": len(lat),
-                                "settle_floor_s": runs[0]["settle_seconds"]}
-    at_goal_n = [r for r in runs if r["n"] == 8 and r["every_peer_received_every_contribution"] and r["bytes_per_contribution"]]
+        latency_by_n[str(n)] = {
+            "median_s": percentile(lat, 0.5),
+            "p95_s": percentile(lat, 0.95),
+            "max_s": max(lat),
+            "rounds": len(lat),
+            "settle_floor_s": runs[0]["settle_seconds"],
+        }
+    at_goal_n = [
+        r for r in runs if r["n"] == 8 and r["every_peer_received_every_contribution"] and r["bytes_per_contribution"]
+    ]
     best8 = min(at_goal_n, key=lambda r: r["bytes_per_contribution"]) if at_goal_n else None
     results = {
         "benchmark": "wire_bytes",
         "interrupted": interrupted,
         "config": vars(args) | {"configs_run": configs},
-        "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "load_at_start": load_start, "load_at_end": uptime(),
-                    "seconds": time.time() - t_all},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_at_start": load_start,
+            "load_at_end": uptime(),
+            "seconds": time.time() - t_all,
+        },
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
         "runs": runs,
         "failures": failures,
         "fits": fits,
         "latency_by_n": latency_by_n,
-        "goal": {"bytes_per_contribution_at_n8": GOAL_BYTES_PER_CONTRIBUTION,
-                 "best_at_n8": None if best8 is None else {k: best8[k] for k in ("k", "replicas", "bytes_per_contribution")},
-                 "met": bool(best8 and best8["bytes_per_contribution"] <= GOAL_BYTES_PER_CONTRIBUTION)},
+        "goal": {
+            "bytes_per_contribution_at_n8": GOAL_BYTES_PER_CONTRIBUTION,
+            "best_at_n8": None if best8 is None else {k: best8[k] for k in ("k", "replicas", "bytes_per_contribution")},
+            "met": bool(best8 and best8["bytes_per_contribution"] <= GOAL_BYTES_PER_CONTRIBUTION),
+        },
         "naive_one_record_per_contribution_bytes": NAIVE_BYTES_PER_CONTRIBUTION,
         "notes": [
             "bytes are everything on the namespace's loopback: frames incl. Ethernet/IP/TCP headers (~66 B per packet), "

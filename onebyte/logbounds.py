@@ -72,7 +72,11 @@ class BoundedLogFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.exc_info = None  # the formatter uses exc_text, cut below
         if record.exc_text and len(record.exc_text) > self.max_chars:
-            record.exc_text = record.exc_text[: self.max_chars // 2] + f"\n...[{len(record.exc_text) - self.max_chars} characters cut]...\n" + record.exc_text[-self.max_chars // 2:]
+            record.exc_text = (
+                record.exc_text[: self.max_chars // 2]
+                + f"\n...[{len(record.exc_text) - self.max_chars} characters cut]...\n"
+                + record.exc_text[-self.max_chars // 2 :]
+            )
         if len(text) > self.max_chars:
             text = text[: self.max_chars] + f"...[{len(text) - self.max_chars} characters cut]"
         if suppressed:

@@ -30,15 +30,32 @@ CODEC = "log8:-8:8"  # the default wire code (also Replica's)
 PeerKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a peer's Ed25519 public key, hex
 
 
-def setting(default: Any, description: str, *, arg_type: str | None = None, choices: list[str] | None = None,
-            metavar: str | None = None, comma_list: bool = False, train: str | None = None, run: str | None = None,
-            eval: str | None = None, **checks) -> Any:
+def setting(
+    default: Any,
+    description: str,
+    *,
+    arg_type: str | None = None,
+    choices: list[str] | None = None,
+    metavar: str | None = None,
+    comma_list: bool = False,
+    train: str | None = None,
+    run: str | None = None,
+    eval: str | None = None,
+    **checks,
+) -> Any:
     """A run setting: its default, what it means, its checks (pydantic's ``ge``, ``gt``, ...), and how
     the command line offers it: ``arg_type`` (a name in onebyte.cli.options.ARG_TYPES), ``choices``,
     ``metavar``, ``comma_list`` (given as comma-separated text), and its help text in each command
     family: ``train`` (``onebyte train``), ``run`` (``peer``, ``demo``), ``eval``; None = no help."""
-    cli = {"type": arg_type, "choices": choices, "metavar": metavar, "list": comma_list,
-           "train": train, "run": run, "eval": eval}
+    cli = {
+        "type": arg_type,
+        "choices": choices,
+        "metavar": metavar,
+        "list": comma_list,
+        "train": train,
+        "run": run,
+        "eval": eval,
+    }
     cli = {k: v for k, v in cli.items() if v}
     return Field(default, description=description, json_schema_extra={"cli": cli}, **checks)
 
@@ -47,96 +64,177 @@ class ModelSettings(BaseModel):
     """Which model, in which precision, with which parameters trained."""
 
     model: str = setting(
-        "smollm2-135m", "base model: built-in name, local folder or hub name", max_length=256,
+        "smollm2-135m",
+        "base model: built-in name, local folder or hub name",
+        max_length=256,
         train="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name (default: %(default)s)",
-        run="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name")
-    model_kind: str = setting("causal-lm", "head to load", choices=["causal-lm", "seq-cls"],
-                              train="head to load (default: %(default)s)")
-    dtype: str = setting("float32", "weight dtype", choices=["float32", "bfloat16", "float16"],
-                         train="weight dtype (default: %(default)s)")
-    trainable: str | None = setting(None, "regex over parameter names to train; None = all",
-                                    train="regex over parameter names to train (default: all)",
-                                    run="regex over parameter names to train")
-    init_seed: int = setting(0, "init seed of config-built tiny models", arg_type="nonneg_int",
-                             train="init seed of config-built tiny models")
+        run="built-in name (smollm2-135m, tiny-llama, tiny-gpt2), local folder or hub name",
+    )
+    model_kind: str = setting(
+        "causal-lm", "head to load", choices=["causal-lm", "seq-cls"], train="head to load (default: %(default)s)"
+    )
+    dtype: str = setting(
+        "float32",
+        "weight dtype",
+        choices=["float32", "bfloat16", "float16"],
+        train="weight dtype (default: %(default)s)",
+    )
+    trainable: str | None = setting(
+        None,
+        "regex over parameter names to train; None = all",
+        train="regex over parameter names to train (default: all)",
+        run="regex over parameter names to train",
+    )
+    init_seed: int = setting(
+        0, "init seed of config-built tiny models", arg_type="nonneg_int", train="init seed of config-built tiny models"
+    )
 
 
 class TaskSettings(BaseModel):
     """What defines a task's examples and scoring (a checkpoint records them: see TASK_FIELDS)."""
 
     dataset: str = setting(
-        DEFAULT_DATASET, "built-in task, local file/folder or hub name", max_length=512,
+        DEFAULT_DATASET,
+        "built-in task, local file/folder or hub name",
+        max_length=512,
         train="built-in (mr, trec, drugreview), local file/folder (csv, tsv, json, jsonl, parquet) or hub name "
-              "(default: %(default)s)",
+        "(default: %(default)s)",
         run="built-in (mr, trec, drugreview), local file/folder or hub name",
-        eval="built-in (mr, trec, drugreview), local file/folder or hub name")
-    task: str | None = setting(None, "'classification' or 'lm'; None: classification if the data has labels",
-                               choices=["classification", "lm"],
-                               train="prompt classification on label words, or language-model loss")
+        eval="built-in (mr, trec, drugreview), local file/folder or hub name",
+    )
+    task: str | None = setting(
+        None,
+        "'classification' or 'lm'; None: classification if the data has labels",
+        choices=["classification", "lm"],
+        train="prompt classification on label words, or language-model loss",
+    )
     text_column: str = setting("text", "column of the input text")
     label_column: str = setting("label", "column of the label")
     label_words: list[str] | None = setting(
-        None, "label words, in label order", comma_list=True,
+        None,
+        "label words, in label order",
+        comma_list=True,
         train="comma-separated label words, in label order, e.g. ' negative, positive'",
-        run="comma-separated label words in label order", eval="comma-separated label words, in label order")
-    template: str | None = setting(None, "prompt template with {text}", train="prompt template with {text}",
-                                   eval="prompt template with {text}")
-    max_length: int = setting(64, "tokens per example", ge=1, arg_type="positive_int",
-                              train="tokens per example (default: %(default)s)")
+        run="comma-separated label words in label order",
+        eval="comma-separated label words, in label order",
+    )
+    template: str | None = setting(
+        None, "prompt template with {text}", train="prompt template with {text}", eval="prompt template with {text}"
+    )
+    max_length: int = setting(
+        64, "tokens per example", ge=1, arg_type="positive_int", train="tokens per example (default: %(default)s)"
+    )
 
 
 class UpdateSettings(BaseModel):
     """The update rule: step size, perturbation, wire code, noise table, direction family."""
 
-    lr: float = setting(1e-5, "learning rate", gt=0, arg_type="positive_float",
-                        train="learning rate (default: %(default)s)")
-    eps: float = setting(1e-3, "perturbation scale epsilon", gt=0, arg_type="positive_float",
-                         train="perturbation scale epsilon (default: %(default)s)")
-    weight_decay: float = setting(0.0, "decoupled weight decay on matrices", ge=0, arg_type="nonneg_float",
-                                  train="decoupled weight decay on matrices (default: 0)")
+    lr: float = setting(
+        1e-5, "learning rate", gt=0, arg_type="positive_float", train="learning rate (default: %(default)s)"
+    )
+    eps: float = setting(
+        1e-3,
+        "perturbation scale epsilon",
+        gt=0,
+        arg_type="positive_float",
+        train="perturbation scale epsilon (default: %(default)s)",
+    )
+    weight_decay: float = setting(
+        0.0,
+        "decoupled weight decay on matrices",
+        ge=0,
+        arg_type="nonneg_float",
+        train="decoupled weight decay on matrices (default: 0)",
+    )
     codec: str = setting(
-        CODEC, "wire code for g",
+        CODEC,
+        "wire code for g",
         train="wire code for g: 'log8:<min_exp>:<steps_per_octave>' or 'float32' (default: %(default)s)",
-        run="'log8:<min_exp>:<steps_per_octave>' or 'float32'")
-    table_log2: int = setting(25, "log2 of the noise table size", ge=12, le=31, arg_type="positive_int",
-                              train="log2 of the noise table size (default: %(default)s)")
+        run="'log8:<min_exp>:<steps_per_octave>' or 'float32'",
+    )
+    table_log2: int = setting(
+        25,
+        "log2 of the noise table size",
+        ge=12,
+        le=31,
+        arg_type="positive_int",
+        train="log2 of the noise table size (default: %(default)s)",
+    )
     directions: str = setting(
-        "dense", "direction family: 'dense' (protocol v1) or 'lowrank:r' (v2)", arg_type="directions",
+        "dense",
+        "direction family: 'dense' (protocol v1) or 'lowrank:r' (v2)",
+        arg_type="directions",
         train="perturbation directions: 'dense' (protocol v1) or 'lowrank:<r>' (v2: evaluated inside the forward, "
-              "exact one-pass apply) (default: %(default)s)",
-        run="'dense' (protocol v1, the default) or 'lowrank:<r>' (protocol v2)")
+        "exact one-pass apply) (default: %(default)s)",
+        run="'dense' (protocol v1, the default) or 'lowrank:<r>' (protocol v2)",
+    )
 
 
 class RoundSettings(BaseModel):
     """The swarm's rounds: length, contributions, hashes, record storage, who contributes, the robust rule."""
 
-    contribs_per_round: int = setting(4, "most contributions one peer makes per round", ge=1, le=4096,
-                                      arg_type="positive_int", run="most contributions one peer makes per round")
-    round_seconds: float = setting(30.0, "round length in seconds", gt=0, le=86400, arg_type="positive_float",
-                                   run="round length in seconds")
+    contribs_per_round: int = setting(
+        4,
+        "most contributions one peer makes per round",
+        ge=1,
+        le=4096,
+        arg_type="positive_int",
+        run="most contributions one peer makes per round",
+    )
+    round_seconds: float = setting(
+        30.0, "round length in seconds", gt=0, le=86400, arg_type="positive_float", run="round length in seconds"
+    )
     hash_every: int | None = setting(
-        None, "rounds between weight hashes; None = about every 60 s", ge=1, arg_type="positive_int",
-        run="publish and compare weight hashes every this many rounds (default: about every 60 s)")
+        None,
+        "rounds between weight hashes; None = about every 60 s",
+        ge=1,
+        arg_type="positive_int",
+        run="publish and compare weight hashes every this many rounds (default: about every 60 s)",
+    )
     # round records: 0 = hivemind's crawling store/get; r > 0 = the r nearest known nodes, no crawl
     lean_replicas: int = setting(
-        0, "nearest DHT nodes that hold a round's records; 0 = crawl", ge=0, le=20, arg_type="nonneg_int",
+        0,
+        "nearest DHT nodes that hold a round's records; 0 = crawl",
+        ge=0,
+        le=20,
+        arg_type="nonneg_int",
         run="store/read round records on this many nearest DHT nodes without crawling "
-            "(0 = hivemind's crawl; default 0)")
+        "(0 = hivemind's crawl; default 0)",
+    )
     # private runs: only these keys may contribute; None = anyone (a public run). At most 64: the
     # manifest is one DHT value (<= 8 KB)
     allowed_peers: list[PeerKey] | None = setting(
-        None, "public keys that may contribute; None = anyone", max_length=64, arg_type="allowlist", metavar="FILE",
-        run="private run: only the public keys in FILE (hex, one per line, # comments) may contribute (at most 64)")
+        None,
+        "public keys that may contribute; None = anyone",
+        max_length=64,
+        arg_type="allowlist",
+        metavar="FILE",
+        run="private run: only the public keys in FILE (hex, one per line, # comments) may contribute (at most 64)",
+    )
     # the robust round rule (docs/PROTOCOL.md §15); all None = protocol v1's rule, unchanged
     max_round_contributions: int | None = setting(
-        None, "most contributions that count per round", ge=1, le=1_000_000, arg_type="positive_int",
+        None,
+        "most contributions that count per round",
+        ge=1,
+        le=1_000_000,
+        arg_type="positive_int",
         run="robust rule (PROTOCOL §15): at most this many contributions count per round (bounds apply work); "
-            "default: no cap")
-    clip_abs: float | None = setting(None, "clip every decoded |g| to this value", gt=0, arg_type="positive_float",
-                                     run="robust rule: clip every decoded |g| to this value (default: none)")
+        "default: no cap",
+    )
+    clip_abs: float | None = setting(
+        None,
+        "clip every decoded |g| to this value",
+        gt=0,
+        arg_type="positive_float",
+        run="robust rule: clip every decoded |g| to this value (default: none)",
+    )
     clip_median: float | None = setting(
-        None, "clip every decoded |g| to this multiple of the round's median |g|", gt=0, arg_type="positive_float",
-        run="robust rule: clip every decoded |g| to this multiple of the round's median |g| (default: none)")
+        None,
+        "clip every decoded |g| to this multiple of the round's median |g|",
+        gt=0,
+        arg_type="positive_float",
+        run="robust rule: clip every decoded |g| to this multiple of the round's median |g| (default: none)",
+    )
 
 
 GROUPS = (ModelSettings, TaskSettings, UpdateSettings, RoundSettings)
@@ -196,7 +294,8 @@ def _pick(source, names: tuple[str, ...]) -> dict:
 
 # the run settings as dataclass fields with their defaults: the base of onebyte.peer.train.TrainConfig
 TrainSettings = dataclasses.make_dataclass(
-    "TrainSettings", [(k, FIELDS[k].annotation, field(default=default(k))) for k in TRAIN_FIELDS])
+    "TrainSettings", [(k, FIELDS[k].annotation, field(default=default(k))) for k in TRAIN_FIELDS]
+)
 
 
 @dataclass

@@ -22,7 +22,12 @@ import psutil
 import pytest
 
 HERE = Path(__file__).resolve().parent
-KINDS = {"unit": "unit", "cli": "cli", "swarm": "swarm", "adversaries": "adversary"}  # folder -> marker (pyproject.toml)
+KINDS = {
+    "unit": "unit",
+    "cli": "cli",
+    "swarm": "swarm",
+    "adversaries": "adversary",
+}  # folder -> marker (pyproject.toml)
 MARKER = "PYTEST_ONEBYTE_SESSION"  # not ONEBYTE_*: the demo strips those from its children
 
 

@@ -20,5 +20,19 @@ from harness.machine import cpu_name, git_head, machine_info, uptime  # noqa: E4
 from harness.report import log, md_table, results_path, table, write_results  # noqa: E402
 from harness.stats import median, percentile, timed  # noqa: E402
 
-__all__ = ["ROOT", "RESULTS", "cpu_name", "git_head", "log", "machine_info", "md_table", "median", "percentile",
-           "results_path", "table", "timed", "uptime", "write_results"]
+__all__ = [
+    "ROOT",
+    "RESULTS",
+    "cpu_name",
+    "git_head",
+    "log",
+    "machine_info",
+    "md_table",
+    "median",
+    "percentile",
+    "results_path",
+    "table",
+    "timed",
+    "uptime",
+    "write_results",
+]

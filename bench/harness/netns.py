@@ -33,7 +33,7 @@ class Namespace:
         self.procs: list[subprocess.Popen] = []
         self.created = False
 
-    def create(self) -> "Namespace":
+    def create(self) -> Namespace:
         ip("netns", "add", self.name)
         self.created = True
         self.ip("link", "set", "lo", "up")
@@ -70,7 +70,7 @@ class Namespace:
         r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
         return [int(x) for x in r.stdout.split() if x.strip().isdigit()]
 
-    def __enter__(self) -> "Namespace":
+    def __enter__(self) -> Namespace:
         return self.create()
 
     def __exit__(self, *exc) -> None:
@@ -119,13 +119,34 @@ class Veth:
     """A veth pair from namespace a (address ip_a) to namespace b (ip_b), both ends up. down()/up() cut
     and heal it at b's end (a partition: b gets 'unreachable', a's packets vanish)."""
 
-    def __init__(self, a: Namespace, b: Namespace, ip_a: str, ip_b: str, *, prefix_len: int = 24,
-                 dev_a: str | None = None, dev_b: str | None = None):
+    def __init__(
+        self,
+        a: Namespace,
+        b: Namespace,
+        ip_a: str,
+        ip_b: str,
+        *,
+        prefix_len: int = 24,
+        dev_a: str | None = None,
+        dev_b: str | None = None,
+    ):
         self.ns = {"a": a, "b": b}
         self.addr = {"a": ip_a, "b": ip_b}
         self.dev = {"a": (dev_a or f"{a.name}v")[:15], "b": (dev_b or f"{b.name}v")[:15]}  # IFNAMSIZ - 1
-        ip("link", "add", self.dev["a"], "netns", a.name, "type", "veth",
-           "peer", "name", self.dev["b"], "netns", b.name)
+        ip(
+            "link",
+            "add",
+            self.dev["a"],
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.dev["b"],
+            "netns",
+            b.name,
+        )
         for side in "ab":
             self.ns[side].ip("addr", "add", f"{self.addr[side]}/{prefix_len}", "dev", self.dev[side])
             self.up(side)

@@ -56,8 +56,10 @@ class _ReplacingAppend(argparse._AppendAction):
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` on the top-level parser and on every command."""
-    text = (f"YAML or TOML file of option values (default: ${CONFIG_ENV}); "
-            "the command line and ONEBYTE_<OPTION> variables override it")
+    text = (
+        f"YAML or TOML file of option values (default: ${CONFIG_ENV}); "
+        "the command line and ONEBYTE_<OPTION> variables override it"
+    )
     parser.add_argument("--config", metavar="FILE", default=None, help=text)
     for sub in _commands(parser).values():
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=text)
@@ -105,8 +107,9 @@ def config_path(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
     return found if found is not None else (environ.get(CONFIG_ENV) or None)
 
 
-def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str],
-                 environ: Mapping[str, str] | None = None) -> None:
+def apply_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> None:
     """Make values from the config file and the environment the defaults of ``parser``'s options.
 
     Call before ``parser.parse_args(argv)``: what the command line gives still wins. Options that
@@ -166,8 +169,11 @@ def _options(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Configurable options of a parser by normalized name: each long option string and the dest."""
     out: dict[str, argparse.Action] = {}
     for action in p._actions:
-        if (not action.option_strings or action.dest in _NOT_OPTIONS
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if (
+            not action.option_strings
+            or action.dest in _NOT_OPTIONS
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
             continue
         out[_norm(action.dest)] = action
         for s in action.option_strings:

@@ -11,26 +11,34 @@ from onebyte.cli.options import add_network_args, run_id
 
 
 def add_runs_parser(sub) -> None:
-    p = sub.add_parser("runs", help="list the runs visible in a swarm",
-                       description="List runs visible in the swarm: id, model, task, round, live peers.")
+    p = sub.add_parser(
+        "runs",
+        help="list the runs visible in a swarm",
+        description="List runs visible in the swarm: id, model, task, round, live peers.",
+    )
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_runs)
 
 
 def add_status_parser(sub) -> None:
-    p = sub.add_parser("status", help="list the live peers of a run",
-                       description="Live peers of a run: round, last weight hash, contributions made and rate, "
-                                   "version.")
+    p = sub.add_parser(
+        "status",
+        help="list the live peers of a run",
+        description="Live peers of a run: round, last weight hash, contributions made and rate, version.",
+    )
     p.add_argument("--run-id", required=True, type=run_id)
     add_network_args(p, initial_required=True)
     p.set_defaults(func=cmd_status)
 
 
 def add_identity_parser(sub) -> None:
-    p = sub.add_parser("identity", help="print (creating if needed) a peer's public key",
-                       description="Print the public key of the signing key in FILE, creating the key if FILE "
-                                   "does not exist. This is the peer id others see, and what a private run's "
-                                   "--allowed-peers file lists.")
+    p = sub.add_parser(
+        "identity",
+        help="print (creating if needed) a peer's public key",
+        description="Print the public key of the signing key in FILE, creating the key if FILE "
+        "does not exist. This is the peer id others see, and what a private run's "
+        "--allowed-peers file lists.",
+    )
     p.add_argument("--identity", required=True, metavar="FILE", help="the key file `onebyte peer --identity` uses")
     p.set_defaults(func=cmd_identity)
 
@@ -38,8 +46,11 @@ def add_identity_parser(sub) -> None:
 def _report_rejected(command: str, rejected) -> None:
     """One line on stderr for records that were dropped (malformed, too deep, extension types ...)."""
     if rejected:
-        print(f"onebyte {command}: ignored {sum(rejected.values())} malformed record(s): "
-              + ", ".join(f"{n} {k}" for k, n in sorted(rejected.items())), file=sys.stderr)
+        print(
+            f"onebyte {command}: ignored {sum(rejected.values())} malformed record(s): "
+            + ", ".join(f"{n} {k}" for k, n in sorted(rejected.items())),
+            file=sys.stderr,
+        )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -75,20 +86,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     manifests, peers = status.manifests, status.peers
     for creator, m in sorted(manifests.items(), key=lambda kv: (kv[1].created_at, kv[0])):
         try:
-            created = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m.created_at)) + " UTC"
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at)) + " UTC"
         except (OverflowError, ValueError, OSError):  # a manifest's own claim, anything
             created = f"at {m.created_at!r}"
         print(f"manifest by {creator} created {created}: {clip(m.model, 64)}, lr {m.lr:g}, {m.round_seconds:g}s rounds")
     if len(manifests) > 1:
-        print(f"{len(manifests)} manifests claim this run id: "
-              "peers take the earliest unless started with --run-creator KEY")
+        print(
+            f"{len(manifests)} manifests claim this run id: "
+            "peers take the earliest unless started with --run-creator KEY"
+        )
     if not peers:
         print(f"no live peers in run {args.run_id!r}")
         return 1
     print(f"{'PEER':<18} {'ROUND':>6} {'HASH':<14} {'MADE':>7} {'RATE/s':>7} {'VERSION':<10}")
     for peer_id, hb in sorted(peers.items(), key=lambda kv: (-kv[1].round, kv[0])):
-        print(f"{peer_id[:16]:<18} {hb.round:>6} {clip(hb.sha256[:12], 12) or '-':<14} {hb.made:>7} {hb.rate:>7.3f} "
-              f"{clip(hb.version, 32):<10}")
+        print(
+            f"{peer_id[:16]:<18} {hb.round:>6} {clip(hb.sha256[:12], 12) or '-':<14} {hb.made:>7} {hb.rate:>7.3f} "
+            f"{clip(hb.version, 32):<10}"
+        )
     rounds = {hb.round for hb in peers.values()}
     print(f"{len(peers)} live peer(s), rounds {min(rounds)}..{max(rounds)}")
     return 0

@@ -14,17 +14,30 @@ from onebyte.cli.config import add_config_option
 from onebyte.cli.options import read_initial_peers_file
 
 # the commands in the order `onebyte --help` lists them
-COMMANDS = (train.add_train_parser, swarm.add_bootstrap_parser, swarm.add_peer_parser, swarm.add_demo_parser,
-            train.add_export_parser, train.add_eval_parser, inspect.add_runs_parser, inspect.add_status_parser,
-            inspect.add_identity_parser, train.add_plot_parser)
+COMMANDS = (
+    train.add_train_parser,
+    swarm.add_bootstrap_parser,
+    swarm.add_peer_parser,
+    swarm.add_demo_parser,
+    train.add_export_parser,
+    train.add_eval_parser,
+    inspect.add_runs_parser,
+    inspect.add_status_parser,
+    inspect.add_identity_parser,
+    train.add_plot_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onebyte",
-                                     description="Decentralized zeroth-order fine-tuning, about one byte per gradient.")
+    parser = argparse.ArgumentParser(
+        prog="onebyte", description="Decentralized zeroth-order fine-tuning, about one byte per gradient."
+    )
     parser.add_argument("--version", action="version", version=f"onebyte {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("ONEBYTE_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("ONEBYTE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
@@ -50,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if getattr(args, "needs_initial_peers", False) and not args.initial_peers:
         parser.error(f"{args.command}: --initial-peers (or --initial-peers-file) is required")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
     from onebyte import logbounds
 
     logbounds.install()  # other peers' bytes must not fill this peer's log (rate-limited, lines cut)

@@ -52,8 +52,10 @@ def allowlist(path: str) -> list[str]:
     keys = sorted({line.split("#")[0].strip().lower() for line in lines} - {""})
     bad = [k for k in keys if not re.fullmatch(r"[0-9a-f]{64}", k)]
     if bad or not keys or len(keys) > 64:
-        raise argparse.ArgumentTypeError(f"{path}: expected 1..64 public keys of 64 hex characters, one per line"
-                                         + (f"; bad: {bad[0][:20]!r}" if bad else ""))
+        raise argparse.ArgumentTypeError(
+            f"{path}: expected 1..64 public keys of 64 hex characters, one per line"
+            + (f"; bad: {bad[0][:20]!r}" if bad else "")
+        )
     return keys
 
 
@@ -80,8 +82,9 @@ def run_id(s: str) -> str:
 def public_key(s: str) -> str:
     """An argparse type: a peer's public key as `onebyte identity` prints it."""
     if not re.fullmatch(r"[0-9a-fA-F]{64}", s):
-        raise argparse.ArgumentTypeError(f"{s[:20]!r}: expected a public key of 64 hex characters "
-                                         "(`onebyte identity` prints one)")
+        raise argparse.ArgumentTypeError(
+            f"{s[:20]!r}: expected a public key of 64 hex characters (`onebyte identity` prints one)"
+        )
     return s.lower()
 
 
@@ -102,8 +105,14 @@ def output_path(path: str) -> str:
 
 
 # the argument types a setting's ``cli`` metadata may name
-ARG_TYPES = {"positive_int": positive_int, "nonneg_int": nonneg_int, "positive_float": positive_float,
-             "nonneg_float": nonneg_float, "directions": directions, "allowlist": allowlist}
+ARG_TYPES = {
+    "positive_int": positive_int,
+    "nonneg_int": nonneg_int,
+    "positive_float": positive_float,
+    "nonneg_float": nonneg_float,
+    "directions": directions,
+    "allowlist": allowlist,
+}
 
 
 def add_setting(g, name: str, family: str, default: bool) -> None:
@@ -126,11 +135,15 @@ def add_settings(g, names: str, family: str, default: bool = False) -> None:
         add_setting(g, name, family, default)
 
 
-MODEL_DATA = ("model model_kind dtype device dataset task text_column label_column label_words template max_length "
-              "trainable init_seed")
-RUN_SETTINGS = ("model model_kind dtype dataset task text_column label_column label_words template max_length "
-                "trainable init_seed lr eps weight_decay codec table_log2 directions contribs_per_round round_seconds "
-                "lean_replicas hash_every allowed_peers max_round_contributions clip_abs clip_median")
+MODEL_DATA = (
+    "model model_kind dtype device dataset task text_column label_column label_words template max_length "
+    "trainable init_seed"
+)
+RUN_SETTINGS = (
+    "model model_kind dtype dataset task text_column label_column label_words template max_length "
+    "trainable init_seed lr eps weight_decay codec table_log2 directions contribs_per_round round_seconds "
+    "lean_replicas hash_every allowed_peers max_round_contributions clip_abs clip_median"
+)
 
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
@@ -145,10 +158,12 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
 def add_optim_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     add_settings(g, "lr eps weight_decay", "train", default=True)
-    g.add_argument("--batch-size", type=positive_int, default=16,
-                   help="examples per contribution (default: %(default)s)")
-    g.add_argument("--contribs", type=positive_int, default=1,
-                   help="contributions (seeds) per step/round (default: %(default)s)")
+    g.add_argument(
+        "--batch-size", type=positive_int, default=16, help="examples per contribution (default: %(default)s)"
+    )
+    g.add_argument(
+        "--contribs", type=positive_int, default=1, help="contributions (seeds) per step/round (default: %(default)s)"
+    )
     add_settings(g, "codec table_log2 directions", "train", default=True)
     g.add_argument("--seed", type=nonneg_int, default=0, help="run seed: data order and splits (default: %(default)s)")
     g.add_argument("--eval-size", type=positive_int, default=None, help="held-out examples to evaluate (default: all)")
@@ -173,15 +188,25 @@ def given_settings(args: argparse.Namespace, names=settings.AGREED_FIELDS) -> di
 
 def add_network_args(p: argparse.ArgumentParser, initial_required: bool = False) -> None:
     g = p.add_argument_group("network")
-    g.add_argument("--initial-peers", type=maddr, action="append", default=[],
-                   help="multiaddr of a peer or bootstrap node to join through (repeatable)"
-                        + ("; required, here or in --initial-peers-file" if initial_required else ""))
-    g.add_argument("--initial-peers-file", default=None,
-                   help="file with more such multiaddrs, one a line (what `onebyte bootstrap --maddrs-file` writes)")
-    g.add_argument("--host-maddrs", action="append", default=None,
-                   help="multiaddrs to listen on (default: /ip4/127.0.0.1/tcp/0)")
-    g.add_argument("--announce-maddrs", action="append", default=None,
-                   help="multiaddrs others should use to reach this node")
+    g.add_argument(
+        "--initial-peers",
+        type=maddr,
+        action="append",
+        default=[],
+        help="multiaddr of a peer or bootstrap node to join through (repeatable)"
+        + ("; required, here or in --initial-peers-file" if initial_required else ""),
+    )
+    g.add_argument(
+        "--initial-peers-file",
+        default=None,
+        help="file with more such multiaddrs, one a line (what `onebyte bootstrap --maddrs-file` writes)",
+    )
+    g.add_argument(
+        "--host-maddrs", action="append", default=None, help="multiaddrs to listen on (default: /ip4/127.0.0.1/tcp/0)"
+    )
+    g.add_argument(
+        "--announce-maddrs", action="append", default=None, help="multiaddrs others should use to reach this node"
+    )
     p.set_defaults(needs_initial_peers=initial_required)
 
 
@@ -189,13 +214,22 @@ def add_nat_args(p: argparse.ArgumentParser, client_mode: bool = True) -> None:
     """How this node deals with NAT (hivemind's options, see deploy/VOLUNTEER.md)."""
     g = p.add_argument_group("NAT and relays")
     if client_mode:
-        g.add_argument("--client-mode", action="store_true",
-                       help="a DHT client: reaches others, is reached by none (behind NAT with no open port); "
-                            "needs reachable peers or a bootstrap node")
-    g.add_argument("--use-auto-relay", action="store_true",
-                   help="behind NAT: find libp2p relays among the peers and become reachable through them")
-    g.add_argument("--no-relay", action="store_true",
-                   help="do not use libp2p circuit relays at all (hivemind uses them by default)")
+        g.add_argument(
+            "--client-mode",
+            action="store_true",
+            help="a DHT client: reaches others, is reached by none (behind NAT with no open port); "
+            "needs reachable peers or a bootstrap node",
+        )
+    g.add_argument(
+        "--use-auto-relay",
+        action="store_true",
+        help="behind NAT: find libp2p relays among the peers and become reachable through them",
+    )
+    g.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not use libp2p circuit relays at all (hivemind uses them by default)",
+    )
 
 
 def dht_options(args: argparse.Namespace) -> dict:
@@ -228,7 +262,9 @@ def eval_summary(before: dict | None, after: dict | None) -> str:
     nan = float("nan")
     if "balanced_accuracy" not in b and "accuracy" not in b:
         return f"held-out loss {b.get('loss', nan):.4f} -> {a.get('loss', nan):.4f}"
-    return (f"held-out balanced accuracy {b.get('balanced_accuracy', nan):.3f} -> "
-            f"{a.get('balanced_accuracy', nan):.3f} (bias-only line {b.get('bias_line_balanced_accuracy', nan):.3f}), "
-            f"accuracy {b.get('accuracy', nan):.3f} -> {a.get('accuracy', nan):.3f}, "
-            f"loss {b.get('loss', nan):.4f} -> {a.get('loss', nan):.4f}")
+    return (
+        f"held-out balanced accuracy {b.get('balanced_accuracy', nan):.3f} -> "
+        f"{a.get('balanced_accuracy', nan):.3f} (bias-only line {b.get('bias_line_balanced_accuracy', nan):.3f}), "
+        f"accuracy {b.get('accuracy', nan):.3f} -> {a.get('accuracy', nan):.3f}, "
+        f"loss {b.get('loss', nan):.4f} -> {a.get('loss', nan):.4f}"
+    )

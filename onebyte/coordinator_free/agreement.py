@@ -27,7 +27,9 @@ class RoundSet:
     counts: dict[str, int]  # contributions per contributing peer
     digest: str  # SHA-256 of the canonical list of (peer, codes)
     rejected: Counter = field(default_factory=Counter)
-    records: list[tuple[str, bytes]] = field(default_factory=list)  # accepted (peer, codes), canonical order: the seed-log entry
+    records: list[tuple[str, bytes]] = field(
+        default_factory=list
+    )  # accepted (peer, codes), canonical order: the seed-log entry
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from onebyte.coordinator_free.agreement import RoundSet
-from onebyte.zo.codec import decode_codes
-from onebyte.zo.codec import ByteCodec, Float32Codec
+from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes
 
 WINDOW = 256  # recent codes kept per peer
 MIN_CODES = 32  # judge a peer only after this many codes
@@ -64,8 +63,13 @@ class InfluenceMonitor:
                 old = [statistics.median(v) for p, v in self.recent.items() if p not in new and v]
                 swarm_med = statistics.median(old) if old else 0.0
                 for p, v in new.items():
-                    self.flood[p] = Suspect(p, sum(1 for x in v if x >= self.g_max) / len(v), statistics.median(v), swarm_med,
-                                            f"one of {len(new)} new keys in round {rs.round} sending saturated codes")
+                    self.flood[p] = Suspect(
+                        p,
+                        sum(1 for x in v if x >= self.g_max) / len(v),
+                        statistics.median(v),
+                        swarm_med,
+                        f"one of {len(new)} new keys in round {rs.round} sending saturated codes",
+                    )
         while len(self.recent) > MAX_KEYS:
             gone = next(iter(self.recent))
             del self.recent[gone]

@@ -79,10 +79,12 @@ class RunManifest(BaseModel):
         return RobustRule(self.max_round_contributions, self.clip_abs, self.clip_median)
 
     @model_validator(mode="after")
-    def _directions_match_version(self) -> "RunManifest":
+    def _directions_match_version(self) -> RunManifest:
         d = Directions.parse(self.directions)
         if self.protocol_version != d.protocol_version:
-            raise ValueError(f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not {self.protocol_version}")
+            raise ValueError(
+                f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not {self.protocol_version}"
+            )
         return self
 
     def record(self) -> dict:
@@ -91,7 +93,11 @@ class RunManifest(BaseModel):
         out = self.model_dump()
         if self.directions == "dense":
             out.pop("directions")
-        for k in ("max_round_contributions", "clip_abs", "clip_median"):  # the robust rule (§15): absent when unset, as in v1
+        for k in (
+            "max_round_contributions",
+            "clip_abs",
+            "clip_median",
+        ):  # the robust rule (§15): absent when unset, as in v1
             if out[k] is None:
                 out.pop(k)
         return out
@@ -144,7 +150,7 @@ def unsupported_reason(raw) -> str | None:
     return None
 
 
-def parse_manifest(raw) -> "RunManifest | UnsupportedManifest":
+def parse_manifest(raw) -> RunManifest | UnsupportedManifest:
     """A manifest from the DHT; one in a protocol this peer does not speak is kept aside, not
     counted as malformed, so that joining its run can be refused with the reason."""
     reason = unsupported_reason(raw)
@@ -158,13 +164,19 @@ def refusal(run_id: str, found: dict) -> str | None:
         return None
     speaks = ", ".join(map(str, SUPPORTED_VERSIONS))
     families = ", ".join("lowrank:r" if f == "lowrank" else f for f in SUPPORTED_DIRECTIONS)
-    return (f"run {run_id!r} uses {min(other, key=lambda m: m.created_at).reason}; this peer speaks protocol version(s) {speaks} "
-            f"with directions {families}: upgrade onebyte to join it")
+    return (
+        f"run {run_id!r} uses {min(other, key=lambda m: m.created_at).reason}; this peer speaks protocol version(s) {speaks} "
+        f"with directions {families}: upgrade onebyte to join it"
+    )
 
 
 def pick_manifest(candidates: dict[str, RunManifest], run_id: str) -> tuple[str, RunManifest] | None:
     """If several peers published a manifest for one run id, the earliest (then lowest key) wins."""
-    valid = {k: m for k, m in candidates.items() if isinstance(m, RunManifest) and m.run_id == run_id and m.protocol_version in SUPPORTED_VERSIONS}
+    valid = {
+        k: m
+        for k, m in candidates.items()
+        if isinstance(m, RunManifest) and m.run_id == run_id and m.protocol_version in SUPPORTED_VERSIONS
+    }
     if not valid:
         return None
     key = min(valid, key=lambda k: (valid[k].created_at, k))

@@ -53,7 +53,9 @@ class RoundPolicy:
 
     def replay(self, line: bytes) -> RoundSet:
         """A round's set from a seed-log entry (§14); raises SeedLogError if the entry is malformed."""
-        return replay_set(self.run_id, line, contribs_per_round=self.contribs_per_round, codec=self.codec, rule=self.rule)
+        return replay_set(
+            self.run_id, line, contribs_per_round=self.contribs_per_round, codec=self.codec, rule=self.rule
+        )
 
     def counts(self, peer_id: str) -> bool:
         """Whether this key's records can count in this run (a private run counts only its members)."""

@@ -38,7 +38,12 @@ class SeedLogError(ValueError):
 
 
 def entry_line(round_: int, digest: str, records: Iterable[tuple[str, bytes]]) -> bytes:
-    return (json.dumps({"round": round_, "digest": digest, "records": [[p, c.hex()] for p, c in records]}, separators=(",", ":")) + "\n").encode()
+    return (
+        json.dumps(
+            {"round": round_, "digest": digest, "records": [[p, c.hex()] for p, c in records]}, separators=(",", ":")
+        )
+        + "\n"
+    ).encode()
 
 
 def parse_line(line: bytes) -> tuple[int, str, list[tuple[str, bytes]]]:
@@ -54,20 +59,37 @@ def parse_line(line: bytes) -> tuple[int, str, list[tuple[str, bytes]]]:
         raise SeedLogError(f"malformed seed-log entry: {type(e).__name__}") from None
     # exactly as entry_line writes them (docs/PROTOCOL.md §14): an integer round, lowercase hex
     # strings; a peer id in capitals would derive other seeds from the same digest
-    if (type(obj["round"]) is not int or round_ < 0 or not isinstance(obj["digest"], str) or not _HEX64.fullmatch(digest)
-            or not isinstance(obj["records"], list)
-            or any(not (isinstance(e, list) and isinstance(e[0], str) and _HEX64.fullmatch(e[0]) and isinstance(e[1], str) and c.hex() == e[1])
-                   for (_, c), e in zip(records, obj["records"]))):
+    if (
+        type(obj["round"]) is not int
+        or round_ < 0
+        or not isinstance(obj["digest"], str)
+        or not _HEX64.fullmatch(digest)
+        or not isinstance(obj["records"], list)
+        or any(
+            not (
+                isinstance(e, list)
+                and isinstance(e[0], str)
+                and _HEX64.fullmatch(e[0])
+                and isinstance(e[1], str)
+                and c.hex() == e[1]
+            )
+            for (_, c), e in zip(records, obj["records"])
+        )
+    ):
         raise SeedLogError("malformed seed-log entry: bad round, digest, peer id or codes (integer, lowercase hex)")
     return round_, digest, records
 
 
-def replay_set(run_id: str, line: bytes, *, contribs_per_round: int, codec: ByteCodec | Float32Codec, rule: RobustRule = V1_RULE) -> RoundSet:
+def replay_set(
+    run_id: str, line: bytes, *, contribs_per_round: int, codec: ByteCodec | Float32Codec, rule: RobustRule = V1_RULE
+) -> RoundSet:
     """Rebuild a round's set from its log entry through the same rule as live rounds; the digest
     must come out as logged, so a corrupted or altered entry is refused, never applied."""
     round_, digest, records = parse_line(line)
     recs = {p: ContributionRecord(round=round_, published_at=0.0, codes=c) for p, c in records}
-    rs = decide_round(run_id, round_, recs, close_time=math.inf, contribs_per_round=contribs_per_round, codec=codec, rule=rule)
+    rs = decide_round(
+        run_id, round_, recs, close_time=math.inf, contribs_per_round=contribs_per_round, codec=codec, rule=rule
+    )
     if rs.rejected or rs.digest != digest or len(recs) != len(records):
         raise SeedLogError(f"seed-log entry for round {round_} does not reproduce its digest")
     return rs

@@ -17,17 +17,30 @@ class BootstrapNode:
     """Starts the DHT node (and its Prometheus metrics with ``metrics_port``); ``maddrs`` are the
     addresses peers pass as ``--initial-peers``. ``run`` keeps it up until ``stop`` is set."""
 
-    def __init__(self, initial_peers: list[str], *, host_maddrs: list[str] | None = None,
-                 announce_maddrs: list[str] | None = None, identity_path: str | None = None,
-                 metrics_port: int | None = None, dht_options: dict | None = None):
+    def __init__(
+        self,
+        initial_peers: list[str],
+        *,
+        host_maddrs: list[str] | None = None,
+        announce_maddrs: list[str] | None = None,
+        identity_path: str | None = None,
+        metrics_port: int | None = None,
+        dht_options: dict | None = None,
+    ):
         self.metrics = None
         if metrics_port is not None:
             from onebyte.metrics.bootstrap import BootstrapMetrics
 
             self.metrics = BootstrapMetrics()
             self.metrics.serve(metrics_port)
-        self.dht = start_dht(Identity(), initial_peers, host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
-                             announce_maddrs=announce_maddrs, identity_path=identity_path, **(dht_options or {}))
+        self.dht = start_dht(
+            Identity(),
+            initial_peers,
+            host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+            announce_maddrs=announce_maddrs,
+            identity_path=identity_path,
+            **(dht_options or {}),
+        )
         self.maddrs = [str(a) for a in self.dht.get_visible_maddrs(latest=True)]
 
     def write_maddrs(self, path: str | Path) -> None:

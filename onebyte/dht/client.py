@@ -128,7 +128,11 @@ class RecordClient:
         if not self.dht.is_alive():
             raise DHTUnavailable("the DHT process is not running")
         try:
-            return bool(self.dht.store(key, value, expiration, subkey=self.subkey, return_future=True).result(timeout=self.timeout))
+            return bool(
+                self.dht.store(key, value, expiration, subkey=self.subkey, return_future=True).result(
+                    timeout=self.timeout
+                )
+            )
         except TimeoutError:
             log.warning("store of %s timed out after %.1fs", key, self.timeout)
             return False
@@ -140,7 +144,9 @@ class RecordClient:
         if not self.dht.is_alive():
             raise DHTUnavailable("the DHT process is not running")
         try:
-            found, dropped = self.dht.run_coroutine(partial(_bounded_get, key, latest), return_future=True).result(timeout=self.timeout)
+            found, dropped = self.dht.run_coroutine(partial(_bounded_get, key, latest), return_future=True).result(
+                timeout=self.timeout
+            )
         except TimeoutError:
             raise DHTUnavailable(f"get of {key} timed out after {self.timeout:.1f}s") from None
         except Exception as e:  # noqa: BLE001 - whatever broke in the DHT process, this read failed, the peer goes on
@@ -171,14 +177,18 @@ class RecordClient:
 
     def read_round(self, run_id: str, round_: int) -> dict[str, R.ContributionRecord]:
         """All verified contribution records for a round, by peer id. Raises DHTUnavailable."""
-        return R.parse_subkeys(self._read_round_data(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected)
+        return R.parse_subkeys(
+            self._read_round_data(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected
+        )
 
     # -- hashes ------------------------------------------------------------------------------
     def publish_hash(self, run_id: str, rec: R.HashRecord, expiration: float) -> bool:
         return self._store_round_data(R.hash_key(run_id, rec.round), rec.model_dump(), expiration)
 
     def read_hashes(self, run_id: str, round_: int) -> dict[str, R.HashRecord]:
-        return R.parse_subkeys(self._read_round_data(R.hash_key(run_id, round_)), lambda v: R.HashRecord(**v), self.rejected)
+        return R.parse_subkeys(
+            self._read_round_data(R.hash_key(run_id, round_)), lambda v: R.HashRecord(**v), self.rejected
+        )
 
     # -- membership, manifest, run list ------------------------------------------------------
     def publish_heartbeat(self, run_id: str, hb: R.Heartbeat, ttl: float) -> bool:
@@ -238,7 +248,11 @@ def _evict_invalid(node, key_id, dropped: dict[str, int]) -> None:
         with value.freeze():
             entries = list(value.items())
         for subkey, (value_bytes, _expiration) in entries:
-            ok = subkey_owner(subkey) is not None and isinstance(value_bytes, bytes) and len(value_bytes) > SIGNATURE_BYTES
+            ok = (
+                subkey_owner(subkey) is not None
+                and isinstance(value_bytes, bytes)
+                and len(value_bytes) > SIGNATURE_BYTES
+            )
             if ok:
                 try:
                     wire.loads(value_bytes[:-SIGNATURE_BYTES], max_bytes=MAX_STORED_BYTES)

@@ -21,7 +21,9 @@ SIGNATURE_BYTES = 64
 class Identity:
     def __init__(self, private_key: Ed25519PrivateKey | None = None):
         self.private_key = private_key or Ed25519PrivateKey.generate()
-        self.public_key = self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key = self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     @property
     def peer_id(self) -> str:
@@ -31,7 +33,7 @@ class Identity:
         return self.private_key.sign(message)
 
     @classmethod
-    def load_or_create(cls, path: str | Path | None) -> "Identity":
+    def load_or_create(cls, path: str | Path | None) -> Identity:
         """Load a PEM private key from ``path``, or create one there (atomically) if it is missing."""
         if path is None:
             return cls()
@@ -45,7 +47,9 @@ class Identity:
                 raise ValueError(f"identity file {path} holds a {type(key).__name__}, expected an Ed25519 key")
             return cls(key)
         ident = cls()
-        pem = ident.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = ident.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:

@@ -18,7 +18,9 @@ from onebyte.dht import wire
 
 
 def _nearest(node, key_id: DHTID, replicas: int) -> list:
-    cands = node.protocol.routing_table.get_nearest_neighbors(key_id, replicas, exclude=node.node_id) + [(node.node_id, None)]
+    cands = node.protocol.routing_table.get_nearest_neighbors(key_id, replicas, exclude=node.node_id) + [
+        (node.node_id, None)
+    ]
     return sorted(cands, key=lambda c: key_id.xor_distance(c[0]))[:replicas]
 
 

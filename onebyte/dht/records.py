@@ -51,7 +51,7 @@ class ContributionRecord(_Strict):
         return [1, self.round, self.published_at, self.codes]
 
     @classmethod
-    def unpack(cls, value: Any) -> "ContributionRecord":
+    def unpack(cls, value: Any) -> ContributionRecord:
         # exactly a msgpack array whose first element is the integer 1 (not true, not 1.0): an
         # implementation written from docs/PROTOCOL.md §10.1 must keep the same records
         if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int and value[0] == 1):

@@ -39,23 +39,41 @@ def owner_subkey(public_key: bytes) -> bytes:
 
 def subkey_owner(subkey: object) -> bytes | None:
     """The public key inside an onebyte subkey, or None if it is not one."""
-    if isinstance(subkey, bytes) and len(subkey) == len(SUBKEY_MARKER) + PUBLIC_KEY_BYTES and subkey.startswith(SUBKEY_MARKER):
-        return subkey[len(SUBKEY_MARKER):]
+    if (
+        isinstance(subkey, bytes)
+        and len(subkey) == len(SUBKEY_MARKER) + PUBLIC_KEY_BYTES
+        and subkey.startswith(SUBKEY_MARKER)
+    ):
+        return subkey[len(SUBKEY_MARKER) :]
     return None
 
 
-_PACKED_SUBKEY_PREFIX = b"\xc4" + bytes([len(SUBKEY_MARKER) + PUBLIC_KEY_BYTES]) + SUBKEY_MARKER  # msgpack bin 8 of 35 bytes
+_PACKED_SUBKEY_PREFIX = (
+    b"\xc4" + bytes([len(SUBKEY_MARKER) + PUBLIC_KEY_BYTES]) + SUBKEY_MARKER
+)  # msgpack bin 8 of 35 bytes
 
 
 def packed_subkey_owner(packed: object) -> bytes | None:
     """The public key inside a msgpack-encoded onebyte subkey, compared byte for byte (no decoder runs)."""
-    if isinstance(packed, bytes) and len(packed) == len(_PACKED_SUBKEY_PREFIX) + PUBLIC_KEY_BYTES and packed.startswith(_PACKED_SUBKEY_PREFIX):
-        return packed[len(_PACKED_SUBKEY_PREFIX):]
+    if (
+        isinstance(packed, bytes)
+        and len(packed) == len(_PACKED_SUBKEY_PREFIX) + PUBLIC_KEY_BYTES
+        and packed.startswith(_PACKED_SUBKEY_PREFIX)
+    ):
+        return packed[len(_PACKED_SUBKEY_PREFIX) :]
     return None
 
 
 def signed_message(record: DHTRecord) -> bytes:
-    return b"onebyte/record/v1" + struct.pack("<I", len(record.key)) + record.key + struct.pack("<I", len(record.subkey)) + record.subkey + struct.pack("<d", record.expiration_time) + record.value
+    return (
+        b"onebyte/record/v1"
+        + struct.pack("<I", len(record.key))
+        + record.key
+        + struct.pack("<I", len(record.subkey))
+        + record.subkey
+        + struct.pack("<d", record.expiration_time)
+        + record.value
+    )
 
 
 class Ed25519OwnerValidator(RecordValidatorBase):

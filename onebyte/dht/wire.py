@@ -45,9 +45,18 @@ def loads(data: bytes, *, max_bytes: int = MAX_BYTES) -> Any:
     if len(data) > max_bytes:
         raise WireError("oversized", f"{len(data)} bytes")
     try:
-        obj = msgpack.unpackb(bytes(data), raw=False, ext_hook=_refuse_ext, strict_map_key=True, use_list=True,
-                              max_str_len=max_bytes, max_bin_len=max_bytes,
-                              max_array_len=MAX_CONTAINER_ITEMS, max_map_len=MAX_CONTAINER_ITEMS, max_ext_len=0)
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            ext_hook=_refuse_ext,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=MAX_CONTAINER_ITEMS,
+            max_map_len=MAX_CONTAINER_ITEMS,
+            max_ext_len=0,
+        )
     except WireError:
         raise
     except msgpack.StackError:
@@ -87,7 +96,9 @@ def check_object(obj: Any, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_I
             else:
                 stack.extend((v, depth + 1) for v in o)
             continue
-        raise WireError("extension_type" if not isinstance(o, (tuple, set)) else "malformed", f"a value of type {type(o).__name__}")
+        raise WireError(
+            "extension_type" if not isinstance(o, (tuple, set)) else "malformed", f"a value of type {type(o).__name__}"
+        )
 
 
 def clip(text: object, limit: int = 200) -> str:

@@ -31,8 +31,12 @@ class BootstrapMetrics:
         self.info = Info("onebyte_bootstrap", "Bootstrap node identity and version", registry=r)
         self.uptime = Gauge("onebyte_bootstrap_uptime_seconds", "Seconds since this bootstrap node started", registry=r)
         self.uptime.set_function(lambda: time.time() - self.started)
-        self.routing_peers = Gauge("onebyte_bootstrap_routing_table_peers", "DHT nodes in this node's routing table", registry=r)
-        self.stored_records = Gauge("onebyte_bootstrap_stored_records", "DHT records (keys) this node stores", registry=r)
+        self.routing_peers = Gauge(
+            "onebyte_bootstrap_routing_table_peers", "DHT nodes in this node's routing table", registry=r
+        )
+        self.stored_records = Gauge(
+            "onebyte_bootstrap_stored_records", "DHT records (keys) this node stores", registry=r
+        )
         self.visible_maddrs = Gauge("onebyte_bootstrap_visible_maddrs", "Multiaddrs this node announces", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0"):

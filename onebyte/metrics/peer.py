@@ -15,7 +15,16 @@ import logging
 import time
 from collections import Counter as _Counts
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, disable_created_metrics, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 
 log = logging.getLogger("onebyte.metrics")
 
@@ -44,28 +53,69 @@ class PeerMetrics:
         self.info = Info("onebyte_peer", "Peer identity and versions", registry=r)
         self.round = Gauge("onebyte_round", "Last round applied by this peer", registry=r)
         self.train_loss = Gauge("onebyte_train_loss", "Mean of L+ and L- of the last contribution", registry=r)
-        self.eval_accuracy = Gauge("onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", registry=r)
+        self.eval_accuracy = Gauge(
+            "onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", registry=r
+        )
         self.eval_loss = Gauge("onebyte_eval_loss", "Held-out loss at the last evaluation", registry=r)
-        self.eval_balanced_accuracy = Gauge("onebyte_eval_balanced_accuracy_ratio", "Held-out balanced accuracy (mean recall over classes, "
-                                            "0..1) at the last evaluation", registry=r)
+        self.eval_balanced_accuracy = Gauge(
+            "onebyte_eval_balanced_accuracy_ratio",
+            "Held-out balanced accuracy (mean recall over classes, 0..1) at the last evaluation",
+            registry=r,
+        )
         self.made = Counter("onebyte_contributions_made", "Contributions computed by this peer", registry=r)
-        self.published = Counter("onebyte_contributions_published", "Contributions published in a signed record", registry=r)
-        self.applied = Counter("onebyte_contributions_applied", "Contributions applied to the weights, by origin (local/remote)", ["origin"], registry=r)
-        self.rejected = Counter("onebyte_records_rejected", "Records or contributions rejected, by reason and by the stage that "
-                                "refused them (round: deciding a round, parse: reading a record, validator: this peer's DHT node)",
-                                ["reason", "stage"], registry=r)
+        self.published = Counter(
+            "onebyte_contributions_published", "Contributions published in a signed record", registry=r
+        )
+        self.applied = Counter(
+            "onebyte_contributions_applied",
+            "Contributions applied to the weights, by origin (local/remote)",
+            ["origin"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "onebyte_records_rejected",
+            "Records or contributions rejected, by reason and by the stage that "
+            "refused them (round: deciding a round, parse: reading a record, validator: this peer's DHT node)",
+            ["reason", "stage"],
+            registry=r,
+        )
         self.live_peers = Gauge("onebyte_live_peers", "Peers of the run seen alive (heartbeats)", registry=r)
-        self.wire_bytes = Counter("onebyte_wire_bytes", "Record payload bytes this peer stored or read, by direction", ["direction"], registry=r)
-        self.step_seconds = Histogram("onebyte_step_seconds", "Time to compute one contribution (two forward passes)", buckets=STEP_BUCKETS, registry=r)
-        self.round_latency = Histogram("onebyte_round_latency_seconds", "From a round's close to this peer applying it", buckets=LATENCY_BUCKETS, registry=r)
-        self.apply_seconds = Histogram("onebyte_apply_seconds", "Time to apply one round", buckets=STEP_BUCKETS, registry=r)
+        self.wire_bytes = Counter(
+            "onebyte_wire_bytes",
+            "Record payload bytes this peer stored or read, by direction",
+            ["direction"],
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "onebyte_step_seconds",
+            "Time to compute one contribution (two forward passes)",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.round_latency = Histogram(
+            "onebyte_round_latency_seconds",
+            "From a round's close to this peer applying it",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.apply_seconds = Histogram(
+            "onebyte_apply_seconds", "Time to apply one round", buckets=STEP_BUCKETS, registry=r
+        )
         self.catchups = Counter("onebyte_catchups", "Catch-ups completed, by method", ["method"], registry=r)
-        self.catchup_seconds = Histogram("onebyte_catchup_seconds", "Duration of a catch-up", buckets=LATENCY_BUCKETS, registry=r)
+        self.catchup_seconds = Histogram(
+            "onebyte_catchup_seconds", "Duration of a catch-up", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.repairs = Counter("onebyte_repairs", "Repairs after a weight-hash disagreement", registry=r)
-        self.hash_checks = Counter("onebyte_hash_checks", "Weight-hash comparisons with other peers, by result", ["result"], registry=r)
+        self.hash_checks = Counter(
+            "onebyte_hash_checks", "Weight-hash comparisons with other peers, by result", ["result"], registry=r
+        )
         self.hash_mismatches = Counter("onebyte_hash_mismatches", "Weight-hash comparisons this peer lost", registry=r)
         self.checkpoints = Counter("onebyte_checkpoints_saved", "Checkpoints written", registry=r)
-        self.suspect_peers = Gauge("onebyte_suspect_peers", "Peers whose codes push far harder than the swarm's (influence monitor)", registry=r)
+        self.suspect_peers = Gauge(
+            "onebyte_suspect_peers",
+            "Peers whose codes push far harder than the swarm's (influence monitor)",
+            registry=r,
+        )
         for origin in ("local", "remote"):
             self.applied.labels(origin=origin)
         for result in ("agree", "disagree"):
@@ -94,7 +144,9 @@ class PeerMetrics:
         self.published.inc(n)
         self.wire_bytes.labels(direction="sent").inc(payload_bytes)
 
-    def on_applied(self, round_: int, local: int, remote: int, apply_seconds: float, latency_seconds: float | None) -> None:
+    def on_applied(
+        self, round_: int, local: int, remote: int, apply_seconds: float, latency_seconds: float | None
+    ) -> None:
         self.round.set(round_)
         self.applied.labels(origin="local").inc(local)
         self.applied.labels(origin="remote").inc(remote)

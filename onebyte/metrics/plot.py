@@ -105,7 +105,10 @@ def _read_report(rep: dict, data: RunData, read_workdir: bool, name: str = "peer
             data.labels.setdefault(f"peer{i}", f"peer{i} ({str(peer.get('peer_id', ''))[:8]})")
         evaluator, rounds = "peer0", rep.get("rounds")
         m = rep.get("manifest") or {}
-        data.title = data.title or f"{rep.get('run_id', 'run')}: {len(rep['peers'])} peers, {m.get('model', '?')}, {m.get('round_seconds', '?')} s rounds"
+        data.title = (
+            data.title
+            or f"{rep.get('run_id', 'run')}: {len(rep['peers'])} peers, {m.get('model', '?')}, {m.get('round_seconds', '?')} s rounds"
+        )
         workdir = Path(rep["workdir"]) if read_workdir and rep.get("workdir") else None
         if workdir is not None and workdir.is_dir():
             for log in sorted(workdir.glob("peer*.rounds.jsonl")):
@@ -163,12 +166,27 @@ def _accuracy(ax, data: RunData) -> bool:
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, style, color=color, alpha=1.0 if key == "balanced_accuracy" else 0.45, markersize=4, label=f"{label} {what}")
+            ax.plot(
+                xs,
+                ys,
+                style,
+                color=color,
+                alpha=1.0 if key == "balanced_accuracy" else 0.45,
+                markersize=4,
+                label=f"{label} {what}",
+            )
             if key == "balanced_accuracy":
                 for x, y in (pts[0], pts[-1]):
                     ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
             drawn = True
-        line = next((ev["bias_line_balanced_accuracy"] for _, ev in points if isinstance(ev.get("bias_line_balanced_accuracy"), (int, float))), None)
+        line = next(
+            (
+                ev["bias_line_balanced_accuracy"]
+                for _, ev in points
+                if isinstance(ev.get("bias_line_balanced_accuracy"), (int, float))
+            ),
+            None,
+        )
         if line is not None:
             ax.axhline(line, color=color, linestyle=":", linewidth=1.2, label=f"bias-only line at start ({line:.3f})")
     ax.set_title("held-out evaluation")
@@ -187,7 +205,14 @@ def _contributions(ax, data: RunData) -> bool:
     for i, (name, events) in enumerate(sorted(data.logs.items())):
         local = {e["round"]: e.get("local") or 0 for e in events}
         heights = [local.get(r, 0) for r in rounds]
-        ax.bar(rounds, heights, bottom=[bottom[r] for r in rounds], color=f"C{i % 10}", label=f"{data.labels.get(name, name)}'s", width=0.8)
+        ax.bar(
+            rounds,
+            heights,
+            bottom=[bottom[r] for r in rounds],
+            color=f"C{i % 10}",
+            label=f"{data.labels.get(name, name)}'s",
+            width=0.8,
+        )
         for r, h in zip(rounds, heights):
             bottom[r] += h
     total = {}
@@ -240,12 +265,22 @@ def _bytes(ax, data: RunData) -> bool:
         ax.legend(fontsize=8)
     elif data.bytes_runs:
         runs = data.bytes_runs
-        labels = [f"{r.get('n')} peers\nK={r.get('k')}" + (f"\nlean {r['lean_replicas']}" if r.get("lean_replicas") else "") for r in runs]
+        labels = [
+            f"{r.get('n')} peers\nK={r.get('k')}" + (f"\nlean {r['lean_replicas']}" if r.get("lean_replicas") else "")
+            for r in runs
+        ]
         values = [r["bytes_per_contribution"] for r in runs]
         bars = ax.bar(range(len(runs)), values, color="C0")
         ax.set_xticks(range(len(runs)), labels, fontsize=8)
         for b, v in zip(bars, values):
-            ax.annotate(f"{v:.0f} B", (b.get_x() + b.get_width() / 2, v), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+            ax.annotate(
+                f"{v:.0f} B",
+                (b.get_x() + b.get_width() / 2, v),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=8,
+            )
     else:
         return False
     ax.set_title("bytes on the wire per contribution")
@@ -263,13 +298,19 @@ def plot(inputs: list[str | Path], out_dir: str | Path, title: str | None = None
     """Write the charts the inputs have data for into ``out_dir``; return their paths."""
     data = load(inputs)
     if not (data.logs or data.evals or data.bytes_runs):
-        raise ValueError(f"nothing to plot in {', '.join(map(str, inputs))}: no applied rounds, evaluations or wire_bytes runs")
+        raise ValueError(
+            f"nothing to plot in {', '.join(map(str, inputs))}: no applied rounds, evaluations or wire_bytes runs"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    single = {"loss.png": lambda ax: _loss(ax, data, smooth), "accuracy.png": lambda ax: _accuracy(ax, data),
-              "contributions.png": lambda ax: _contributions(ax, data), "latency.png": lambda ax: _latency(ax, data),
-              "bytes.png": lambda ax: _bytes(ax, data)}
+    single = {
+        "loss.png": lambda ax: _loss(ax, data, smooth),
+        "accuracy.png": lambda ax: _accuracy(ax, data),
+        "contributions.png": lambda ax: _contributions(ax, data),
+        "latency.png": lambda ax: _latency(ax, data),
+        "bytes.png": lambda ax: _bytes(ax, data),
+    }
     for name, draw in single.items():
         fig = Figure(figsize=(7, 4))
         if draw(fig.add_subplot()):

@@ -41,8 +41,8 @@ import torch
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import averaging_pb2, runtime_pb2
-from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from hivemind.utils.multiaddr import Multiaddr
+from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import safe_open
 
@@ -106,9 +106,14 @@ def parse_info(raw: bytes) -> dict:
     try:
         info = InfoAnswer.model_validate_json(raw)
     except ValidationError as e:
-        raise ValueError(f"malformed .info answer ({e.error_count()} error(s): {clip(e.errors()[0]['msg'], 120)})") from None
-    return {"log": list(info.log) if info.log else None, "contributions": info.contributions,
-            "checkpoint": info.checkpoint.model_dump() if info.checkpoint else None}
+        raise ValueError(
+            f"malformed .info answer ({e.error_count()} error(s): {clip(e.errors()[0]['msg'], 120)})"
+        ) from None
+    return {
+        "log": list(info.log) if info.log else None,
+        "contributions": info.contributions,
+        "checkpoint": info.checkpoint.model_dump() if info.checkpoint else None,
+    }
 
 
 class TransferError(RuntimeError):
@@ -143,7 +148,9 @@ class Transfer:
         # where others can dial us: what the DHT announces, minus the /p2p/<id> suffix
         self.addrs = [str(a).split("/p2p/")[0] for a in dht.get_visible_maddrs()][:4]
         self._connected: set[str] = set()
-        self.state_limit: tuple[int, int] | None = None  # (tensor bytes, tensors) of this model: no checkpoint is larger
+        self.state_limit: tuple[int, int] | None = (
+            None  # (tensor bytes, tensors) of this model: no checkpoint is larger
+        )
         self.offers: dict[str, int] = {}  # p2p id -> checkpoint bytes it advertised in its last .info answer
         self.health: dict[str, list[float]] = {}  # p2p id -> [successes, failures, time of the last failure]
 
@@ -170,8 +177,11 @@ class Transfer:
         async def info(_req: averaging_pb2.DownloadData, _ctx: P2PContext) -> averaging_pb2.DownloadData:
             span = state.log_span()
             ck = state.checkpoint()
-            meta = {"log": list(span) if span else None, "contributions": state.log_contributions(*span) if span else 0,
-                    "checkpoint": {"round": ck[1], "sha256": ck[2], "bytes": ck[0].stat().st_size} if ck else None}
+            meta = {
+                "log": list(span) if span else None,
+                "contributions": state.log_contributions(*span) if span else 0,
+                "checkpoint": {"round": ck[1], "sha256": ck[2], "bytes": ck[0].stat().st_size} if ck else None,
+            }
             return averaging_pb2.DownloadData(metadata=json.dumps(meta).encode())
 
         async def log_handler(req: averaging_pb2.DownloadData, _ctx: P2PContext):
@@ -211,8 +221,12 @@ class Transfer:
 
         async def register():
             await self.p2p.add_protobuf_handler(f"{self.prefix}.info", info, averaging_pb2.DownloadData)
-            await self.p2p.add_protobuf_handler(f"{self.prefix}.log", log_handler, averaging_pb2.DownloadData, stream_output=True)
-            await self.p2p.add_protobuf_handler(f"{self.prefix}.state", state_handler, averaging_pb2.DownloadData, stream_output=True)
+            await self.p2p.add_protobuf_handler(
+                f"{self.prefix}.log", log_handler, averaging_pb2.DownloadData, stream_output=True
+            )
+            await self.p2p.add_protobuf_handler(
+                f"{self.prefix}.state", state_handler, averaging_pb2.DownloadData, stream_output=True
+            )
 
         self._call(register())
 
@@ -230,8 +244,9 @@ class Transfer:
         self._connected.add(p2p_id)
 
     async def _info(self, p2p_id: str) -> dict:
-        resp = await self.p2p.call_protobuf_handler(PeerID.from_base58(p2p_id), f"{self.prefix}.info",
-                                                    averaging_pb2.DownloadData(), averaging_pb2.DownloadData)
+        resp = await self.p2p.call_protobuf_handler(
+            PeerID.from_base58(p2p_id), f"{self.prefix}.info", averaging_pb2.DownloadData(), averaging_pb2.DownloadData
+        )
         info = parse_info(resp.metadata)
         if info["checkpoint"]:
             self.offers[p2p_id] = info["checkpoint"]["bytes"]
@@ -240,7 +255,9 @@ class Transfer:
     def info(self, p2p_id: str, timeout: float = 5.0) -> dict:
         return self._guarded(self._info(p2p_id), timeout, f"info from {p2p_id[:12]}", p2p_id)
 
-    def probe(self, candidates: list[tuple[str, list[str]]], *, deadline: float = 5.0, concurrency: int = 16) -> dict[str, dict | str]:
+    def probe(
+        self, candidates: list[tuple[str, list[str]]], *, deadline: float = 5.0, concurrency: int = 16
+    ) -> dict[str, dict | str]:
         """Dial and ask .info of every (p2p id, addrs) at once, at most ``concurrency`` at a time,
         each within ``deadline`` seconds (dial included): p2p id -> its parsed answer, or the
         reason it failed. Stalled sources cost one deadline in all, not one each."""
@@ -274,7 +291,7 @@ class Transfer:
         try:
             async for msg in self._read_stream(p2p_id, reader, writer, req, max_bytes=max_bytes, idle=idle):
                 yield msg
-        except asyncio.TimeoutError:  # (the same class as the whole call's timeout: say which it was)
+        except TimeoutError:  # (the same class as the whole call's timeout: say which it was)
             raise TransferError(f"peer {p2p_id[:12]} sent nothing for {idle:.0f}s") from None
         finally:
             writer.close()
@@ -292,7 +309,9 @@ class Transfer:
             header = await asyncio.wait_for(reader.readexactly(P2P.HEADER_LEN), idle)
             length = int.from_bytes(header, P2P.BYTEORDER)
             if length > MAX_MESSAGE_BYTES:
-                raise TransferError(f"peer {p2p_id[:12]} sent a message of {length} bytes (at most {MAX_MESSAGE_BYTES})")
+                raise TransferError(
+                    f"peer {p2p_id[:12]} sent a message of {length} bytes (at most {MAX_MESSAGE_BYTES})"
+                )
             total += length
             if total > max_bytes:
                 raise TransferError(f"peer {p2p_id[:12]} sent more than the {max_bytes} bytes this answer may have")
@@ -313,7 +332,9 @@ class Transfer:
         async def go():
             req = averaging_pb2.DownloadData(metadata=json.dumps({"first": first, "last": last}).encode())
             lines: list[bytes] = []
-            async for msg in self._stream(p2p_id, f"{self.prefix}.log", req, max_bytes=MAX_LOG_BYTES, idle=IDLE_SECONDS):
+            async for msg in self._stream(
+                p2p_id, f"{self.prefix}.log", req, max_bytes=MAX_LOG_BYTES, idle=IDLE_SECONDS
+            ):
                 for line in msg.metadata.split(b"\n"):
                     if not line:
                         continue
@@ -337,7 +358,9 @@ class Transfer:
 
         async def go():
             meta, parts, tensors = None, [], []
-            stream = self._stream(p2p_id, f"{self.prefix}.state", averaging_pb2.DownloadData(), max_bytes=max_bytes, idle=IDLE_SECONDS)
+            stream = self._stream(
+                p2p_id, f"{self.prefix}.state", averaging_pb2.DownloadData(), max_bytes=max_bytes, idle=IDLE_SECONDS
+            )
             async for msg in stream:
                 if msg.metadata:
                     if meta is not None or len(msg.metadata) > MAX_META_BYTES:
@@ -345,9 +368,13 @@ class Transfer:
                     try:
                         meta = StateHeader.model_validate_json(msg.metadata).model_dump()
                     except ValidationError as e:
-                        raise TransferError(f"peer {p2p_id[:12]} sent a malformed checkpoint header ({e.error_count()} error(s))") from None
+                        raise TransferError(
+                            f"peer {p2p_id[:12]} sent a malformed checkpoint header ({e.error_count()} error(s))"
+                        ) from None
                     if len(meta["names"]) > limit_tensors:
-                        raise TransferError(f"peer {p2p_id[:12]} offers {len(meta['names'])} tensors, the model has {limit_tensors}")
+                        raise TransferError(
+                            f"peer {p2p_id[:12]} offers {len(meta['names'])} tensors, the model has {limit_tensors}"
+                        )
                 if msg.HasField("tensor_part"):
                     if msg.tensor_part.dtype and parts:  # hivemind marks a tensor's first part with its dtype
                         tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))

@@ -30,8 +30,17 @@ def estimate_apply_cost(replica) -> float:
 
 
 class RoundApplier:
-    def __init__(self, state: ReplicaState, policy: RoundPolicy, *, peer_id: str, tag: str, stats: Counter, metrics: PeerMetrics,
-                 observers: Iterable[Callable[[RoundSet], None]] = ()):
+    def __init__(
+        self,
+        state: ReplicaState,
+        policy: RoundPolicy,
+        *,
+        peer_id: str,
+        tag: str,
+        stats: Counter,
+        metrics: PeerMetrics,
+        observers: Iterable[Callable[[RoundSet], None]] = (),
+    ):
         self.state, self.policy, self.peer_id, self.tag = state, policy, peer_id, tag
         self.stats, self.metrics = stats, metrics
         self.influence = InfluenceMonitor(policy.codec)

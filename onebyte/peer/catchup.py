@@ -57,8 +57,15 @@ class Plan:
     seconds: float  # estimated
 
 
-def plans(applied: int, target: int, sources: list[Source], *, apply_seconds_per_contribution: float, bandwidth: float,
-          state_valid: bool = True) -> list[Plan]:
+def plans(
+    applied: int,
+    target: int,
+    sources: list[Source],
+    *,
+    apply_seconds_per_contribution: float,
+    bandwidth: float,
+    state_valid: bool = True,
+) -> list[Plan]:
     """Every way to reach ``target`` from ``applied``, cheapest first (a tail the sources' logs do
     not cover is read from the DHT afterwards by the normal loop, at the same cost either way)."""
     # the median source's contributions per round: one source inventing a count moves no estimate
@@ -80,8 +87,12 @@ def plans(applied: int, target: int, sources: list[Source], *, apply_seconds_per
 
 # -- the catch-up itself --------------------------------------------------------------------------
 LOG_FETCH_ROUNDS = 500  # rounds per seed-log request
-CATCHUP_LAG = 4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
-CATCHUP_RETRY_SECONDS = 30.0  # retry a failed catch-up every 2 s for this long, then read the missed rounds from the DHT meanwhile
+CATCHUP_LAG = (
+    4  # rounds behind the newest final round at which a peer fetches the log/checkpoint instead of reading the DHT
+)
+CATCHUP_RETRY_SECONDS = (
+    30.0  # retry a failed catch-up every 2 s for this long, then read the missed rounds from the DHT meanwhile
+)
 # (bounded in time, not in tries: with stalling sources an attempt itself costs a deadline per source)
 # catch-up sources (PROTOCOL §14, "Bounds"): fake heartbeats whose addresses stall must not make a joiner wait on each
 MAX_PROBED = 64  # peers asked for .info per catch-up attempt
@@ -92,8 +103,16 @@ PROBE_CONCURRENCY = 32
 FAILED_BACKOFF = 120.0  # a peer that failed is asked last for this long
 
 
-def start_transfer(dht, run_id: str, state: ReplicaState, checkpoints: CheckpointDir, *, stop: threading.Event, tag: str,
-                   stats: Counter) -> Transfer | None:
+def start_transfer(
+    dht,
+    run_id: str,
+    state: ReplicaState,
+    checkpoints: CheckpointDir,
+    *,
+    stop: threading.Event,
+    tag: str,
+    stats: Counter,
+) -> Transfer | None:
     """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
     params = state.replica.params
     for attempt in range(3):
@@ -106,8 +125,14 @@ def start_transfer(dht, run_id: str, state: ReplicaState, checkpoints: Checkpoin
             t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest))
             return t
         except (OSError, TransferError, RuntimeError) as e:
-            log.warning("[%s] round=%d p2p catch-up service not started (attempt %d): %s: %s", tag, state.applied, attempt + 1,
-                        type(e).__name__, e)
+            log.warning(
+                "[%s] round=%d p2p catch-up service not started (attempt %d): %s: %s",
+                tag,
+                state.applied,
+                attempt + 1,
+                type(e).__name__,
+                e,
+            )
             stop.wait(1.0 + attempt)
     stats["transfer_unavailable"] += 1
     return None
@@ -116,14 +141,31 @@ def start_transfer(dht, run_id: str, state: ReplicaState, checkpoints: Checkpoin
 class CatchUp:
     """Reaches the swarm's newest final round from other peers' logs and checkpoints (PROTOCOL §14)."""
 
-    def __init__(self, state: ReplicaState, applier: RoundApplier, voting: HashVoting, transfer: Transfer | None,
-                 client: RecordClient, *, peer_id: str, tag: str, hash_every: int, mode: str, progress: bool,
-                 stop: threading.Event, round_log: RoundLog, stats: Counter, metrics: PeerMetrics):
+    def __init__(
+        self,
+        state: ReplicaState,
+        applier: RoundApplier,
+        voting: HashVoting,
+        transfer: Transfer | None,
+        client: RecordClient,
+        *,
+        peer_id: str,
+        tag: str,
+        hash_every: int,
+        mode: str,
+        progress: bool,
+        stop: threading.Event,
+        round_log: RoundLog,
+        stats: Counter,
+        metrics: PeerMetrics,
+    ):
         self.state, self.applier, self.voting, self.transfer, self.client = state, applier, voting, transfer, client
         self.policy = applier.policy
         self.peer_id, self.tag, self.hash_every, self.mode, self.progress = peer_id, tag, hash_every, mode, progress
         self.stop, self.round_log, self.stats, self.metrics = stop, round_log, stats, metrics
-        self.refused_offers: set[tuple[str, int, str]] = set()  # (peer, round, sha256) of offers refused: never fetched again
+        self.refused_offers: set[tuple[str, int, str]] = (
+            set()
+        )  # (peer, round, sha256) of offers refused: never fetched again
         self.bandwidth = DEFAULT_BANDWIDTH
         self.next_at = 0.0  # no attempt before this time
         self.failing_since: float | None = None
@@ -163,8 +205,11 @@ class CatchUp:
         now = time.time()
         health = self.transfer.health
         known = self.client.routing_peers()
-        cands = [(pid, hb) for pid, hb in beats.items()
-                 if pid != self.peer_id and hb.p2p_id and (trusted is None or pid in trusted)]
+        cands = [
+            (pid, hb)
+            for pid, hb in beats.items()
+            if pid != self.peer_id and hb.p2p_id and (trusted is None or pid in trusted)
+        ]
 
         def rank(c):
             ok, failed, last_failed = health.get(c[1].p2p_id, (0, 0, 0.0))
@@ -193,14 +238,24 @@ class CatchUp:
         if failures:
             self.stats["sources_failed"] += len(failures)
             examples = "; ".join(f"{p[:8]}: {clip(why, 80)}" for p, why in failures[:3])
-            log.info("[%s] round=%d %d of %d peer(s) asked cannot serve catch-up (%d not asked) (e.g. %s)", self.tag,
-                     self.state.applied, len(failures), len(asked), unasked, examples)
-        fresh = [s for s in out if not rank((s.peer_id, beats[s.peer_id]))[0]]  # sources that failed lately go only when no other answered
+            log.info(
+                "[%s] round=%d %d of %d peer(s) asked cannot serve catch-up (%d not asked) (e.g. %s)",
+                self.tag,
+                self.state.applied,
+                len(failures),
+                len(asked),
+                unasked,
+                examples,
+            )
+        fresh = [
+            s for s in out if not rank((s.peer_id, beats[s.peer_id]))[0]
+        ]  # sources that failed lately go only when no other answered
         return (fresh or out)[:MAX_SOURCES], len(failures)
 
     def _probe(self, cands) -> dict:
-        return self.transfer.probe([(hb.p2p_id, list(hb.p2p_addrs)) for _, hb in cands], deadline=PROBE_SECONDS,
-                                   concurrency=PROBE_CONCURRENCY)
+        return self.transfer.probe(
+            [(hb.p2p_id, list(hb.p2p_addrs)) for _, hb in cands], deadline=PROBE_SECONDS, concurrency=PROBE_CONCURRENCY
+        )
 
     def admit(self, src: Source, target: int) -> None:
         """Refuse, before any byte is fetched, a checkpoint this peer cannot check (§14): of a round
@@ -221,8 +276,14 @@ class CatchUp:
             reason = f"round {q} is past the round this peer is catching up to ({target})"
         else:
             agreed = self.voting.checkpoint_hash(q)
-            reason = None if agreed == sha else (f"its hash {sha[:12]} is not voted by more than half of round {q}'s contributors "
-                                                 f"(such a hash: {(agreed or 'none')[:12]})")
+            reason = (
+                None
+                if agreed == sha
+                else (
+                    f"its hash {sha[:12]} is not voted by more than half of round {q}'s contributors "
+                    f"(such a hash: {(agreed or 'none')[:12]})"
+                )
+            )
         if reason:
             if not (q <= newest and not q % self.hash_every and agreed is None):
                 self.refused_offers.add(offer)  # not while the votes may still come in: then it is asked again
@@ -235,8 +296,14 @@ class CatchUp:
         t0 = time.time()
         start = self.state.applied
         sources, unreachable = self.sources(trusted)
-        options = plans(start, target, sources, apply_seconds_per_contribution=self.applier.seconds_per_contribution,
-                        bandwidth=self.bandwidth, state_valid=state_valid)
+        options = plans(
+            start,
+            target,
+            sources,
+            apply_seconds_per_contribution=self.applier.seconds_per_contribution,
+            bandwidth=self.bandwidth,
+            state_valid=state_valid,
+        )
         if self.mode != "auto":
             options = [p for p in options if p.method == self.mode]
         elif start >= 0:  # a peer with a state of its own replays onto it; only a fresh joiner takes a checkpoint (§14)
@@ -247,24 +314,53 @@ class CatchUp:
                     self.install(plan.source, target)
                 self.replay_log(plan.source, target)
             except (TransferError, CheckpointError, SeedLogError, DHTUnavailable) as e:
-                log.warning("[%s] round=%d catch-up by %s from %s failed: %s", self.tag, self.state.applied, plan.method,
-                            plan.source.peer_id[:8], e)
+                log.warning(
+                    "[%s] round=%d catch-up by %s from %s failed: %s",
+                    self.tag,
+                    self.state.applied,
+                    plan.method,
+                    plan.source.peer_id[:8],
+                    e,
+                )
                 if plan.method == "checkpoint" and self.state.applied != start:
                     break  # the checkpoint is in: the normal loop reads the rest from the DHT
                 continue
             break
         else:
             outcome = "failed" if options or unreachable else "nobody"
-            log.info("[%s] round=%d no catch-up to round %d: %s", self.tag, self.state.applied, target,
-                     "no peer offers one" if outcome == "nobody" else f"{len(options)} plan(s) failed, {unreachable} peer(s) unreachable")
+            log.info(
+                "[%s] round=%d no catch-up to round %d: %s",
+                self.tag,
+                self.state.applied,
+                target,
+                "no peer offers one"
+                if outcome == "nobody"
+                else f"{len(options)} plan(s) failed, {unreachable} peer(s) unreachable",
+            )
             return outcome
         seconds = time.time() - t0
         self.stats[f"catchups_{plan.method}"] += 1
         self.metrics.on_catchup(plan.method, seconds)
-        log.info("[%s] round=%d caught up from round %d by %s from %s in %.2fs (estimated %.2fs)", self.tag, self.state.applied,
-                 start, plan.method, plan.source.peer_id[:8], seconds, plan.seconds)
-        self.round_log.write({"event": "catchup", "time": time.time(), "method": plan.method, "from_round": start,
-                              "round": self.state.applied, "seconds": seconds})
+        log.info(
+            "[%s] round=%d caught up from round %d by %s from %s in %.2fs (estimated %.2fs)",
+            self.tag,
+            self.state.applied,
+            start,
+            plan.method,
+            plan.source.peer_id[:8],
+            seconds,
+            plan.seconds,
+        )
+        self.round_log.write(
+            {
+                "event": "catchup",
+                "time": time.time(),
+                "method": plan.method,
+                "from_round": start,
+                "round": self.state.applied,
+                "seconds": seconds,
+            }
+        )
         return "done"
 
     def install(self, src: Source, target: int) -> None:
@@ -278,20 +374,34 @@ class CatchUp:
         if (q, sha) != (int(src.checkpoint["round"]), str(src.checkpoint["sha256"])):
             self.refused_offers.add((src.peer_id, int(src.checkpoint["round"]), str(src.checkpoint["sha256"])))
             self.stats["checkpoints_refused"] += 1
-            raise CheckpointError(f"peer {src.peer_id[:8]} sent round {q} hash {sha[:12]}, not the checkpoint it offered")
+            raise CheckpointError(
+                f"peer {src.peer_id[:8]} sent round {q} hash {sha[:12]}, not the checkpoint it offered"
+            )
         install_state(tensors, self.state.replica.params, sha, f"round {q} from peer {src.peer_id[:8]}")
         self.state.anchor = Base(q, sha, self.state.snapshot())
         self.state.jumped_to(q, sha)
         self.voting.forget_after(q)
-        log.info("[%s] round=%d installed checkpoint from %s (%.1f MB in %.2fs, hash %s agreed)", self.tag, q, src.peer_id[:8],
-                 size / 1e6, time.time() - t0, sha[:12])
+        log.info(
+            "[%s] round=%d installed checkpoint from %s (%.1f MB in %.2fs, hash %s agreed)",
+            self.tag,
+            q,
+            src.peer_id[:8],
+            size / 1e6,
+            time.time() - t0,
+            sha[:12],
+        )
 
     def replay_log(self, src: Source, target: int) -> None:
         """Apply the source's seed-log entries up to ``target`` (what its log covers)."""
         st = self.state
         last = min(target, src.log[1]) if src.log else st.applied
-        with tqdm(total=max(0, last - st.applied), desc=f"catch-up {self.tag}", unit="round", disable=not self.progress,
-                  leave=False) as bar:
+        with tqdm(
+            total=max(0, last - st.applied),
+            desc=f"catch-up {self.tag}",
+            unit="round",
+            disable=not self.progress,
+            leave=False,
+        ) as bar:
             while st.applied < last and not self.stop.is_set():
                 lines = self.transfer.fetch_log(src.p2p_id, st.applied + 1, min(last, st.applied + LOG_FETCH_ROUNDS))
                 if not lines:

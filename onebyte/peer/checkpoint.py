@@ -34,7 +34,9 @@ class CheckpointInfo:
     meta: dict
 
 
-def save_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]], round_: int, meta: dict | None = None) -> CheckpointInfo:
+def save_checkpoint(
+    path: str | Path, params: Sequence[tuple[str, torch.Tensor]], round_: int, meta: dict | None = None
+) -> CheckpointInfo:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,9 @@ def save_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]]
     return CheckpointInfo(path, round_, digest, meta or {})
 
 
-def load_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]], expect: dict | None = None) -> CheckpointInfo:
+def load_checkpoint(
+    path: str | Path, params: Sequence[tuple[str, torch.Tensor]], expect: dict | None = None
+) -> CheckpointInfo:
     """Verify ``path`` against its own hash, ``expect`` (meta entries that must match, e.g. the run
     id) and ``params``' names, shapes and dtypes, then copy it into ``params``. Raises
     CheckpointError (and changes nothing) otherwise."""
@@ -86,19 +90,27 @@ def load_checkpoint(path: str | Path, params: Sequence[tuple[str, torch.Tensor]]
     return CheckpointInfo(path, round_, digest, meta)
 
 
-def install_state(tensors: dict[str, torch.Tensor], params: Sequence[tuple[str, torch.Tensor]], claimed_sha256: str | None, where: str) -> str:
+def install_state(
+    tensors: dict[str, torch.Tensor], params: Sequence[tuple[str, torch.Tensor]], claimed_sha256: str | None, where: str
+) -> str:
     """Check a full set of trainable tensors (from a file or a peer) against its claimed hash and
     against ``params``, then copy it in; returns the hash. Nothing is changed if a check fails."""
     digest = weights_sha256(sorted(tensors.items()))
     if digest != claimed_sha256:
-        raise CheckpointError(f"checkpoint {where} is corrupted: its weights hash {digest[:12]} but it claims {str(claimed_sha256)[:12]}")
+        raise CheckpointError(
+            f"checkpoint {where} is corrupted: its weights hash {digest[:12]} but it claims {str(claimed_sha256)[:12]}"
+        )
     expected = {name: t for name, t in params}
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise CheckpointError(f"checkpoint {where} belongs to another model or trainable set (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise CheckpointError(
+            f"checkpoint {where} belongs to another model or trainable set (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for name, t in tensors.items():
         if t.shape != expected[name].shape or t.dtype != expected[name].dtype:
-            raise CheckpointError(f"checkpoint {where}: tensor {name} is {t.dtype}{list(t.shape)}, model has {expected[name].dtype}{list(expected[name].shape)}")
+            raise CheckpointError(
+                f"checkpoint {where}: tensor {name} is {t.dtype}{list(t.shape)}, model has {expected[name].dtype}{list(expected[name].shape)}"
+            )
     with torch.no_grad():
         for name, t in tensors.items():
             expected[name].copy_(t)

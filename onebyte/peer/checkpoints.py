@@ -25,8 +25,17 @@ KEEP_CHECKPOINTS = 2
 
 
 class CheckpointDir:
-    def __init__(self, folder: Path | None, manifest: RunManifest, state: ReplicaState, *, every_seconds: float, tag: str,
-                 stats: Counter, metrics: PeerMetrics):
+    def __init__(
+        self,
+        folder: Path | None,
+        manifest: RunManifest,
+        state: ReplicaState,
+        *,
+        every_seconds: float,
+        tag: str,
+        stats: Counter,
+        metrics: PeerMetrics,
+    ):
         self.folder, self.state, self.every_seconds, self.tag = folder, state, every_seconds, tag
         self.meta = {"run_id": manifest.run_id, "initial_sha256": manifest.initial_sha256}
         self.stats, self.metrics = stats, metrics
@@ -66,22 +75,37 @@ class CheckpointDir:
                 self.stats["checkpoints_rejected"] += 1
                 aside = path.with_name(path.name + ".refused")  # kept for inspection, out of rotation and serving
                 path.replace(aside)
-                log.warning("[%s] round=%d not resuming from %s (moved to %s): %s", self.tag, st.applied, path.name, aside.name, e)
+                log.warning(
+                    "[%s] round=%d not resuming from %s (moved to %s): %s",
+                    self.tag,
+                    st.applied,
+                    path.name,
+                    aside.name,
+                    e,
+                )
                 continue
             st.applied, st.hashes[info.round] = info.round, info.sha256
             self.newest, self.written_at = (path, info.round, info.sha256), time.time()
             st.verified.add((info.round, info.sha256))  # the state this peer resumes from is its base
             break
         first = st.applied + 1
-        while (line := st.seedlog.get(st.applied + 1)) is not None and st.applied + 1 <= applier.policy.clock.last_final(time.time()):
+        while (
+            line := st.seedlog.get(st.applied + 1)
+        ) is not None and st.applied + 1 <= applier.policy.clock.last_final(time.time()):
             try:
                 applier.replay(line)
             except SeedLogError as e:
                 log.warning("[%s] round=%d own seed log unusable from here: %s", self.tag, st.applied + 1, e)
                 break
         if st.applied >= 0:
-            log.info("[%s] round=%d resumed from %s and replayed own log rounds %d..%d", self.tag, st.applied,
-                     self.newest[0].name if self.newest else "the initial weights", first, st.applied)
+            log.info(
+                "[%s] round=%d resumed from %s and replayed own log rounds %d..%d",
+                self.tag,
+                st.applied,
+                self.newest[0].name if self.newest else "the initial weights",
+                first,
+                st.applied,
+            )
 
     def confirmed_bases(self) -> list[Base]:
         """Own checkpoint files whose state the swarm or a recomputation confirmed (repair bases)."""

@@ -25,8 +25,22 @@ log = logging.getLogger("onebyte.peer")
 
 
 class Contributor:
-    def __init__(self, replica: Replica, task, pool: list[int], policy: RoundPolicy, client: RecordClient, *, peer_id: str,
-                 tag: str, seed: int, batch_size: int, population: int, stats: Counter, metrics: PeerMetrics):
+    def __init__(
+        self,
+        replica: Replica,
+        task,
+        pool: list[int],
+        policy: RoundPolicy,
+        client: RecordClient,
+        *,
+        peer_id: str,
+        tag: str,
+        seed: int,
+        batch_size: int,
+        population: int,
+        stats: Counter,
+        metrics: PeerMetrics,
+    ):
         self.replica, self.task, self.pool, self.policy, self.client = replica, task, pool, policy, client
         self.peer_id, self.tag, self.seed, self.batch_size, self.population = peer_id, tag, seed, batch_size, population
         self.stats, self.metrics = stats, metrics

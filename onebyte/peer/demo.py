@@ -48,7 +48,9 @@ def _cli() -> list[str]:
 def start_bootstrap(workdir: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, list[str]]:
     """Start ``onebyte bootstrap`` and return it with the multiaddrs it printed."""
     out = open(workdir / "bootstrap.log", "w")
-    proc = subprocess.Popen([*_cli(), "bootstrap", *extra], stdout=subprocess.PIPE, stderr=out, text=True, env=child_environment())
+    proc = subprocess.Popen(
+        [*_cli(), "bootstrap", *extra], stdout=subprocess.PIPE, stderr=out, text=True, env=child_environment()
+    )
     maddrs: list[str] = []
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -82,9 +84,26 @@ def run_demo(cfg: DemoConfig) -> dict:
     log.info("bootstrap node at %s; logs in %s", maddrs[0], workdir)
     try:
         for i in range(cfg.peers):
-            args = [*_cli(), "peer", "--run-id", run_id, "--shard", f"{i}/{cfg.peers}", "--rounds", str(cfg.rounds), "--threads", str(threads),
-                    "--report", str(workdir / f"peer{i}.json"), "--round-log", str(workdir / f"peer{i}.rounds.jsonl"), "--no-progress"]
-            if i < 2:  # two peers keep checkpoints and their seed log for late joiners (each checkpoint is a full copy of the weights)
+            args = [
+                *_cli(),
+                "peer",
+                "--run-id",
+                run_id,
+                "--shard",
+                f"{i}/{cfg.peers}",
+                "--rounds",
+                str(cfg.rounds),
+                "--threads",
+                str(threads),
+                "--report",
+                str(workdir / f"peer{i}.json"),
+                "--round-log",
+                str(workdir / f"peer{i}.rounds.jsonl"),
+                "--no-progress",
+            ]
+            if (
+                i < 2
+            ):  # two peers keep checkpoints and their seed log for late joiners (each checkpoint is a full copy of the weights)
                 args += ["--checkpoint-dir", str(workdir / f"peer{i}.checkpoints")]
             for a in maddrs:
                 args += ["--initial-peers", a]
@@ -97,7 +116,11 @@ def run_demo(cfg: DemoConfig) -> dict:
             else:  # the creator evaluates before it publishes the run: on a loaded machine that can take minutes
                 args += ["--join-timeout", "900", *_peer_local_args(cfg.peer_args)]
             log_f = open(workdir / f"peer{i}.log", "w")
-            procs.append(subprocess.Popen(args, stdout=log_f, stderr=subprocess.STDOUT, env=child_environment() | {"PYTHONUNBUFFERED": "1"}))
+            procs.append(
+                subprocess.Popen(
+                    args, stdout=log_f, stderr=subprocess.STDOUT, env=child_environment() | {"PYTHONUNBUFFERED": "1"}
+                )
+            )
             if i == 0:
                 time.sleep(1.0)
         _follow(procs, workdir, cfg)
@@ -132,7 +155,12 @@ def _peer_local_args(args: list[str]) -> list[str]:
 
 
 def _follow(procs, workdir: Path, cfg: DemoConfig) -> None:
-    bar = tqdm(total=cfg.rounds * cfg.peers, desc=f"demo: {cfg.peers} peers x {cfg.rounds} rounds", unit="round", disable=not cfg.progress)
+    bar = tqdm(
+        total=cfg.rounds * cfg.peers,
+        desc=f"demo: {cfg.peers} peers x {cfg.rounds} rounds",
+        unit="round",
+        disable=not cfg.progress,
+    )
     deadline = time.time() + cfg.timeout
     done = 0
     while any(p.poll() is None for p in procs):
@@ -161,17 +189,39 @@ def _summarize(workdir: Path, cfg: DemoConfig, run_id: str, codes: list) -> dict
         if not f.exists():
             raise RuntimeError(f"peer {i} wrote no report (exit code {codes[i]}); see {workdir / f'peer{i}.log'}")
         r = json.loads(f.read_text())
-        peers.append({k: r[k] for k in ("peer_id", "rounds_applied", "last_round", "contributions_made", "contributions_published",
-                                        "contributions_applied_local", "contributions_applied_remote", "missed_deadline",
-                                        "hash_agreements", "hash_mismatches", "rejected", "final_sha256")})
+        peers.append(
+            {
+                k: r[k]
+                for k in (
+                    "peer_id",
+                    "rounds_applied",
+                    "last_round",
+                    "contributions_made",
+                    "contributions_published",
+                    "contributions_applied_local",
+                    "contributions_applied_remote",
+                    "missed_deadline",
+                    "hash_agreements",
+                    "hash_mismatches",
+                    "rejected",
+                    "final_sha256",
+                )
+            }
+        )
         if i == 0:
             first = r
     hashes = {p["final_sha256"] for p in peers}
     report = {
-        "run_id": run_id, "peers": peers, "rounds": cfg.rounds, "all_hashes_equal": len(hashes) == 1,
-        "eval_before": first["eval_before"], "eval_after": first["eval_after"], "eval_curve": first.get("eval_curve", []),
+        "run_id": run_id,
+        "peers": peers,
+        "rounds": cfg.rounds,
+        "all_hashes_equal": len(hashes) == 1,
+        "eval_before": first["eval_before"],
+        "eval_after": first["eval_after"],
+        "eval_curve": first.get("eval_curve", []),
         "manifest": first["manifest"],
-        "contributions_total": sum(p["contributions_published"] for p in peers), "workdir": str(workdir),
+        "contributions_total": sum(p["contributions_published"] for p in peers),
+        "workdir": str(workdir),
     }
     if cfg.report:
         write_json_atomic(cfg.report, report)

@@ -55,7 +55,9 @@ def find_checkpoint(path: str | Path, run_id: str | None = None) -> tuple[list[P
             runs = [d for d in runs if d.name == run_id]
         if len(runs) != 1:
             names = ", ".join(sorted(d.name for d in runs)) or "none"
-            raise CheckpointError(f"{path} holds checkpoints of {len(runs)} runs ({names}); pass --run-id or the run's folder")
+            raise CheckpointError(
+                f"{path} holds checkpoints of {len(runs)} runs ({names}); pass --run-id or the run's folder"
+            )
         folder = runs[0]
     return sorted(folder.glob("ckpt-*.safetensors"), reverse=True), _pinned(folder / "manifest.json")
 
@@ -79,7 +81,9 @@ def _checkpoint_meta(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {e}") from None
 
 
-def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str | None = None, device: str = "cpu") -> Trained:
+def from_checkpoint(
+    path: str | Path, *, run_id: str | None = None, model: str | None = None, device: str = "cpu"
+) -> Trained:
     """The base model of the checkpoint's run with the checkpoint installed (newest intact one)."""
     files, manifest = find_checkpoint(path, run_id)
     if manifest is not None and run_id is not None and manifest.run_id != run_id:
@@ -94,13 +98,20 @@ def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str |
         if not name:
             raise CheckpointError(f"{file} does not say which model it belongs to; pass --model")
         if loaded is None or loaded.name != name:  # one load for every candidate file: a refused file changes nothing
-            loaded = load_model(name, kind=settings.get("model_kind") or "causal-lm", dtype=settings.get("dtype") or "float32",
-                                device=device, init_seed=settings.get("init_seed") or 0)
+            loaded = load_model(
+                name,
+                kind=settings.get("model_kind") or "causal-lm",
+                dtype=settings.get("dtype") or "float32",
+                device=device,
+                init_seed=settings.get("init_seed") or 0,
+            )
         if manifest is not None:
             params = trainable_parameters(loaded.model, manifest.trainable)
             if weights_sha256(params) != manifest.initial_sha256:
-                raise CheckpointError(f"model {name!r} does not start from run {manifest.run_id!r}'s initial weights "
-                                      f"(hash {weights_sha256(params)[:12]}, the run's {manifest.initial_sha256[:12]}): a checkpoint of another model or run")
+                raise CheckpointError(
+                    f"model {name!r} does not start from run {manifest.run_id!r}'s initial weights "
+                    f"(hash {weights_sha256(params)[:12]}, the run's {manifest.initial_sha256[:12]}): a checkpoint of another model or run"
+                )
         else:
             wanted = set(meta["_names"])
             params = [(n, p) for n, p in trainable_parameters(loaded.model) if n in wanted]
@@ -112,8 +123,15 @@ def from_checkpoint(path: str | Path, *, run_id: str | None = None, model: str |
                 raise
             errors.append(str(e))  # a truncated newest file: the one before it may be intact
             continue
-        info = {"source": "checkpoint", "checkpoint": str(file), "round": ck.round, "sha256": ck.sha256, "model": name,
-                "run_id": manifest.run_id if manifest else meta.get("run_id"), "refused": errors}
+        info = {
+            "source": "checkpoint",
+            "checkpoint": str(file),
+            "round": ck.round,
+            "sha256": ck.sha256,
+            "model": name,
+            "run_id": manifest.run_id if manifest else meta.get("run_id"),
+            "refused": errors,
+        }
         return Trained(loaded, manifest, info, {k: settings.get(k) for k in TASK_FIELDS})
     raise CheckpointError(f"no intact checkpoint in {path}: {errors[-1] if errors else 'none found'}")
 
@@ -129,6 +147,11 @@ def from_live_run(swarm_cfg) -> Trained:
     if peer.applied < 0:
         raise CheckpointError(f"caught up with no round of run {swarm_cfg.run_id!r}: nothing to export yet")
     loaded = peer.joined.loaded
-    info = {"source": "live run", "run_id": swarm_cfg.run_id, "round": peer.applied, "sha256": report.get("final_sha256"),
-            "model": peer.manifest.model}
+    info = {
+        "source": "live run",
+        "run_id": swarm_cfg.run_id,
+        "round": peer.applied,
+        "sha256": report.get("final_sha256"),
+        "model": peer.manifest.model,
+    }
     return Trained(loaded, peer.manifest, info, {k: getattr(peer.manifest, k) for k in TASK_FIELDS})

@@ -19,8 +19,8 @@ from onebyte.coordinator_free.manifest import RunManifest, parse_manifest, pick_
 from onebyte.dht.client import DHTUnavailable
 from onebyte.peer.node import Node
 from onebyte.peer.replica import Replica
-from onebyte.settings import SwarmConfig, agreed_fields, default_manifest_fields, train_fields
 from onebyte.peer.train import TrainConfig, build, write_json_atomic
+from onebyte.settings import SwarmConfig, agreed_fields, default_manifest_fields, train_fields
 from onebyte.tasks.loaded_model import LoadedModel
 from onebyte.tasks.pretrained import warm_imports
 from onebyte.tasks.task import Task
@@ -65,8 +65,12 @@ def evaluate(task, replica: Replica, cfg: SwarmConfig, node: Node, applied: int,
     with torch.no_grad():
         ev = task.evaluate(replica.model, batch_size=cfg.eval_batch_size, limit=limit or cfg.eval_size)
     node.metrics.on_eval(ev.get("accuracy"), ev.get("loss"), ev.get("balanced_accuracy"))
-    log.info("[%s] round=%d eval %s", node.tag, applied,
-             " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+    log.info(
+        "[%s] round=%d eval %s",
+        node.tag,
+        applied,
+        " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()),
+    )
     return ev
 
 
@@ -84,10 +88,17 @@ class Joiner:
         picked = pick_manifest(found, cfg.run_id)
         if picked is None and refusal(cfg.run_id, found):
             raise ManifestConflict(refusal(cfg.run_id, found))
-        distinct = {m.model_dump_json() for m in found.values() if isinstance(m, RunManifest) and m.run_id == cfg.run_id}
+        distinct = {
+            m.model_dump_json() for m in found.values() if isinstance(m, RunManifest) and m.run_id == cfg.run_id
+        }
         if picked is not None and len(distinct) > 1:
-            log.warning("[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with --run-creator KEY)",
-                        tag, len(found), cfg.run_id, picked[0][:16])
+            log.warning(
+                "[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with --run-creator KEY)",
+                tag,
+                len(found),
+                cfg.run_id,
+                picked[0][:16],
+            )
         return picked
 
     def pinned_path(self) -> Path | None:
@@ -107,11 +118,15 @@ class Joiner:
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = path.with_name(path.name + ".refused")
             path.replace(aside)
-            log.warning("[%s] round=-1 pinned manifest %s unreadable (moved to %s): %s", self.node.tag, path, aside.name, e)
+            log.warning(
+                "[%s] round=-1 pinned manifest %s unreadable (moved to %s): %s", self.node.tag, path, aside.name, e
+            )
             return None
         if self.cfg.run_creator and creator != self.cfg.run_creator:
-            raise ManifestConflict(f"{path} pins run {self.cfg.run_id!r} to creator {creator[:16]}, not --run-creator "
-                                   f"{self.cfg.run_creator[:16]}; use another --checkpoint-dir for another run")
+            raise ManifestConflict(
+                f"{path} pins run {self.cfg.run_id!r} to creator {creator[:16]}, not --run-creator "
+                f"{self.cfg.run_creator[:16]}; use another --checkpoint-dir for another run"
+            )
         return creator, manifest
 
     def pin(self, creator: str, manifest: RunManifest) -> None:
@@ -129,11 +144,17 @@ class Joiner:
         now = time.time()
         r = float(settings["round_seconds"])
         manifest = RunManifest(
-            run_id=cfg.run_id, created_at=now, start_time=now + cfg.start_delay, round_seconds=r,
-            publish_margin=min(max(0.15 * r, 1.0), 0.5 * r), settle_seconds=max(0.2 * r, 3.0),
+            run_id=cfg.run_id,
+            created_at=now,
+            start_time=now + cfg.start_delay,
+            round_seconds=r,
+            publish_margin=min(max(0.15 * r, 1.0), 0.5 * r),
+            settle_seconds=max(0.2 * r, 3.0),
             hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
             protocol_version=Directions.parse(settings["directions"]).protocol_version,
-            initial_sha256=built[2].sha256(), task_description=built[1].describe(), ties=ties(built[2]),
+            initial_sha256=built[2].sha256(),
+            task_description=built[1].describe(),
+            ties=ties(built[2]),
             **agreed_fields(settings, but=("round_seconds", "hash_every")),
         )
         if not node.client.publish_manifest(cfg.run_id, manifest.record(), now + 30 * 24 * 3600):
@@ -156,27 +177,40 @@ class Joiner:
         while found is None:
             if time.time() > deadline:
                 by = f" created by {cfg.run_creator[:16]}" if cfg.run_creator else ""
-                raise ManifestConflict(f"no run {cfg.run_id!r}{by} is visible from {cfg.initial_peers or 'this DHT'} after "
-                                       f"{cfg.join_timeout:.0f}s; start it with --new-run or check --initial-peers")
+                raise ManifestConflict(
+                    f"no run {cfg.run_id!r}{by} is visible from {cfg.initial_peers or 'this DHT'} after "
+                    f"{cfg.join_timeout:.0f}s; start it with --new-run or check --initial-peers"
+                )
             time.sleep(1.0)
             found = self.read_manifest()
         creator, manifest = found
         conflicts = manifest.conflicts(cfg.local)
         if conflicts:
-            raise ManifestConflict(f"run {cfg.run_id!r} uses other settings than you passed: " + "; ".join(conflicts)
-                                   + " (omit them to take the run's settings)")
+            raise ManifestConflict(
+                f"run {cfg.run_id!r} uses other settings than you passed: "
+                + "; ".join(conflicts)
+                + " (omit them to take the run's settings)"
+            )
         node.client.lean_replicas = manifest.lean_replicas
         if manifest.allowed_peers is not None and node.peer_id not in manifest.allowed_peers:
-            log.warning("[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the run but its "
-                        "contributions will not count", tag, manifest.run_id)
+            log.warning(
+                "[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the run but its "
+                "contributions will not count",
+                tag,
+                manifest.run_id,
+            )
         loaded, task, replica = built or build(train_config(manifest.model_dump(), cfg))
         initial = replica.sha256()
         if initial != manifest.initial_sha256:
-            raise ManifestConflict(f"your copy of {manifest.model!r} has initial weights {initial[:12]}, the run started from "
-                                   f"{manifest.initial_sha256[:12]}: a different model version or dtype")
+            raise ManifestConflict(
+                f"your copy of {manifest.model!r} has initial weights {initial[:12]}, the run started from "
+                f"{manifest.initial_sha256[:12]}: a different model version or dtype"
+            )
         if manifest.ties is not None and manifest.ties != ties(replica):
-            raise ManifestConflict(f"your copy of {manifest.model!r} ties tensors as {ties(replica)}, the run's creator had "
-                                   f"{manifest.ties}: another model version")
+            raise ManifestConflict(
+                f"your copy of {manifest.model!r} ties tensors as {ties(replica)}, the run's creator had "
+                f"{manifest.ties}: another model version"
+            )
         pool = self.shard(task.num_train)
         self.pin(creator, manifest)
         return JoinedRun(creator, manifest, loaded, task, replica, pool, before)
@@ -188,5 +222,7 @@ class Joiner:
         if not pool:
             raise ValueError(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {num_train} training examples is empty")
         if cfg.max_examples and len(pool) > cfg.max_examples:
-            pool = sorted(sorted(pool, key=lambda i: hashlib.sha256(f"{cfg.seed}:{i}".encode()).digest())[: cfg.max_examples])
+            pool = sorted(
+                sorted(pool, key=lambda i: hashlib.sha256(f"{cfg.seed}:{i}".encode()).digest())[: cfg.max_examples]
+            )
         return pool

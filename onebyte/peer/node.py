@@ -26,8 +26,14 @@ class Node:
         self.tag = self.peer_id[:8]  # what every log line of this peer starts with
         self.stop = threading.Event()
         self.stats: Counter = Counter()  # what happened, for the report and the logs (metrics has the live view)
-        self.dht = start_dht(self.identity, cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
-                             num_replicas=cfg.num_replicas, **cfg.dht_options)
+        self.dht = start_dht(
+            self.identity,
+            cfg.initial_peers,
+            host_maddrs=cfg.host_maddrs,
+            announce_maddrs=cfg.announce_maddrs,
+            num_replicas=cfg.num_replicas,
+            **cfg.dht_options,
+        )
         self.client = RecordClient(self.dht, self.identity)
         self.metrics = PeerMetrics()
         if cfg.metrics_port is not None:

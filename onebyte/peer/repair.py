@@ -35,10 +35,22 @@ log = logging.getLogger("onebyte.peer")
 
 
 class Repair:
-    def __init__(self, state: ReplicaState, applier: RoundApplier, voting: HashVoting, catchup: CatchUp,
-                 checkpoints: CheckpointDir, client: RecordClient, *, initial_sha256: str,
-                 initial_weights: Callable[[], dict[str, torch.Tensor]], peer_id: str, tag: str, stats: Counter,
-                 metrics: PeerMetrics):
+    def __init__(
+        self,
+        state: ReplicaState,
+        applier: RoundApplier,
+        voting: HashVoting,
+        catchup: CatchUp,
+        checkpoints: CheckpointDir,
+        client: RecordClient,
+        *,
+        initial_sha256: str,
+        initial_weights: Callable[[], dict[str, torch.Tensor]],
+        peer_id: str,
+        tag: str,
+        stats: Counter,
+        metrics: PeerMetrics,
+    ):
         self.state, self.applier, self.voting, self.catchup = state, applier, voting, catchup
         self.checkpoints, self.client, self.policy = checkpoints, client, applier.policy
         self.initial_sha256, self.initial_weights = initial_sha256, initial_weights
@@ -87,16 +99,30 @@ class Repair:
         round_, _, records = parse_line(line)
         held = self.client.read_round(self.policy.run_id, round_)
         close = self.policy.clock.close(round_)
-        return all(p in held and held[p].codes == codes and held[p].round == round_ and held[p].published_at <= close
-                   and self.policy.counts(p) for p, codes in records)
+        return all(
+            p in held
+            and held[p].codes == codes
+            and held[p].round == round_
+            and held[p].published_at <= close
+            and self.policy.counts(p)
+            for p, codes in records
+        )
 
     def _verify_or_repair(self, q: int, initial: dict) -> None:
         st, seedlog = self.state, self.state.seedlog
         try:
             votes = self.voting.votes(q)
-        except DHTUnavailable as e:  # nothing changed yet; a failed read must not stop the peer, the next disagreement tries again
+        except (
+            DHTUnavailable
+        ) as e:  # nothing changed yet; a failed read must not stop the peer, the next disagreement tries again
             self.stats["repair_failed"] += 1
-            log.error("[%s] round=%d repair of round %d postponed: the votes could not be read (%s)", self.tag, st.applied, q, e)
+            log.error(
+                "[%s] round=%d repair of round %d postponed: the votes could not be read (%s)",
+                self.tag,
+                st.applied,
+                q,
+                e,
+            )
             return
         majority = agreed_hash([h.sha256 for h in votes.values()])
         before = st.applied
@@ -106,13 +132,22 @@ class Repair:
         bases = [b for b in self.bases(q) if all(seedlog.get(r) is not None for r in range(b.round + 1, before + 1))]
         if not bases:
             self.stats["repair_failed"] += 1
-            log.error("[%s] round=%d cannot verify round %d: no base state with a complete own log", self.tag, st.applied, q)
+            log.error(
+                "[%s] round=%d cannot verify round %d: no base state with a complete own log", self.tag, st.applied, q
+            )
             return
         base = bases[0]
         own = [seedlog.get(r) for r in range(base.round + 1, q + 1)]
         later = [seedlog.get(r) for r in range(q + 1, before + 1)]
-        log.warning("[%s] round=%d verifying round %d by recomputation from round %d (own hash %s, agreed %s)", self.tag, st.applied, q,
-                    base.round, (own_hash or "?")[:12], majority[:12])
+        log.warning(
+            "[%s] round=%d verifying round %d by recomputation from round %d (own hash %s, agreed %s)",
+            self.tag,
+            st.applied,
+            q,
+            base.round,
+            (own_hash or "?")[:12],
+            majority[:12],
+        )
         t0 = time.time()
         mine = self._recompute(base, own, initial)
         if mine == majority:
@@ -136,8 +171,16 @@ class Repair:
         self.applier.recompute(later, q + 1, rehash=True)
         self.stats["repairs_refused"] += 1
         self.voting.rechecks.pop(q, None)
-        log.error("[%s] round=%d kept its state: the hash %s claimed for round %d by %d key(s) is not reproducible from signed records "
-                  "(own log reproduces %s)", self.tag, st.applied, majority[:12], q, len(trusted), mine[:12])
+        log.error(
+            "[%s] round=%d kept its state: the hash %s claimed for round %d by %d key(s) is not reproducible from signed records "
+            "(own log reproduces %s)",
+            self.tag,
+            st.applied,
+            majority[:12],
+            q,
+            len(trusted),
+            mine[:12],
+        )
 
     def _adopt(self, q: int, majority: str, start: Base, sources, initial: dict, t0: float) -> bool:
         """Try each source's log from ``start`` to q; adopt the first that reproduces ``majority``."""
@@ -167,7 +210,12 @@ class Repair:
                 st.anchor = None
             st.jumped_to(q, majority)
             self.voting.forget_after(q)
-            self._repaired(q, majority, f"log of {src.peer_id[:8]} from round {start.round + 1}, differing entries checked against the DHT", t0)
+            self._repaired(
+                q,
+                majority,
+                f"log of {src.peer_id[:8]} from round {start.round + 1}, differing entries checked against the DHT",
+                t0,
+            )
             return True
         return False
 
@@ -176,4 +224,6 @@ class Repair:
         self.voting.rechecks.clear()  # votes lost before the repair compared the weights it replaced
         self.metrics.on_repair()
         self.state.verified.add((q, sha))
-        log.warning("[%s] round=%d repaired by recomputation (%s) in %.2fs", self.tag, self.state.applied, how, time.time() - t0)
+        log.warning(
+            "[%s] round=%d repaired by recomputation (%s) in %.2fs", self.tag, self.state.applied, how, time.time() - t0
+        )

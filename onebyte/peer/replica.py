@@ -15,7 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from onebyte.settings import CODEC
-from onebyte.zo import NoiseTable, Perturbation, UnexercisedParameterError, apply_round, make_codec, spsa_estimate, weights_sha256
+from onebyte.zo import (
+    NoiseTable,
+    Perturbation,
+    UnexercisedParameterError,
+    apply_round,
+    make_codec,
+    spsa_estimate,
+    weights_sha256,
+)
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
 from onebyte.zo.lowrank import BatchLayoutError, InForward
@@ -52,7 +60,9 @@ class Replica:
         self.noise = NoiseTable(table_log2, table_key, self.device)
         self.directions = Directions.parse(directions)
         self.exact_rule = exact_rule(self.codec) if self.directions.lowrank else None
-        self.perturbation = Perturbation(model, self.params, self.noise, self.directions if self.directions.lowrank else None)
+        self.perturbation = Perturbation(
+            model, self.params, self.noise, self.directions if self.directions.lowrank else None
+        )
         self.inforward = InForward(model, self.params, self.noise, self.directions) if self.directions.lowrank else None
         self.decay = frozenset(n for n, t in self.params if decays(n, t))
         self._checked = False
@@ -62,7 +72,14 @@ class Replica:
         return sum(t.numel() for _, t in self.params)
 
     def to_device(self, batch):
-        return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(self.device) for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)})
+        return dataclasses.replace(
+            batch,
+            **{
+                f.name: getattr(batch, f.name).to(self.device)
+                for f in dataclasses.fields(batch)
+                if isinstance(getattr(batch, f.name), torch.Tensor)
+            },
+        )
 
     def estimate(self, seed: int, loss_fn: Callable[[], torch.Tensor]) -> tuple[float, float, float]:
         """(g, L+, L-) for direction z(seed) from two forwards through perturbed copies; the
@@ -78,7 +95,9 @@ class Replica:
             return self.estimate(seed, lambda: loss(self.model, batch))
         return self.estimate_many([seed], [batch], loss)[0]
 
-    def estimate_many(self, seeds: Sequence[int], batches: Sequence, loss: Callable) -> list[tuple[float, float, float]]:
+    def estimate_many(
+        self, seeds: Sequence[int], batches: Sequence, loss: Callable
+    ) -> list[tuple[float, float, float]]:
         """One (g, L+, L-) per seed, seed k on batches[k]: with low-rank directions all of them in
         one batched forward (rows carry their own seed and sign: population batching)."""
         if len(seeds) != len(batches):
@@ -87,7 +106,9 @@ class Replica:
             try:
                 losses = self._grouped_losses(list(seeds), list(batches), loss)
             except BatchLayoutError as e:
-                log.warning("in-forward low-rank evaluation is not possible for this model (%s): using perturbed copies", e)
+                log.warning(
+                    "in-forward low-rank evaluation is not possible for this model (%s): using perturbed copies", e
+                )
                 self.inforward.supported = False
             else:
                 self._check(self.inforward.unexercised())
@@ -144,7 +165,16 @@ class Replica:
         """Apply one round: (seed, decoded g) in canonical order. Live rounds, catch-up, restart
         and repair all come through here (v1: sequential float32 rule; v2: one exact pass)."""
         if self.directions.lowrank:
-            apply_round_exact(self.params, contributions, self.lr, self.noise, self.directions, self.exact_rule, self.weight_decay, self.decay)
+            apply_round_exact(
+                self.params,
+                contributions,
+                self.lr,
+                self.noise,
+                self.directions,
+                self.exact_rule,
+                self.weight_decay,
+                self.decay,
+            )
         else:
             apply_round(self.params, contributions, self.lr, self.noise, self.weight_decay, self.decay)
 
@@ -163,7 +193,12 @@ def _concat(batches: list):
         parts = [getattr(b, name) for b in batches]
         if parts[0].dim() >= 2:
             width = max(p.shape[1] for p in parts)
-            parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0), value=_PAD.get(name, 0)) if p.shape[1] < width else p for p in parts]
+            parts = [
+                torch.nn.functional.pad(p, (width - p.shape[1], 0), value=_PAD.get(name, 0))
+                if p.shape[1] < width
+                else p
+                for p in parts
+            ]
         out[name] = torch.cat(parts, 0)
     return dataclasses.replace(batches[0], **out)
 
@@ -175,7 +210,9 @@ def _rows(obj, sl: slice, total: int):
     if isinstance(obj, Mapping):  # transformers' ModelOutput (an OrderedDict)
         return type(obj)(**{k: _rows(v, sl, total) for k, v in obj.items()})
     if dataclasses.is_dataclass(obj):  # a task's Batch
-        return dataclasses.replace(obj, **{f.name: _rows(getattr(obj, f.name), sl, total) for f in dataclasses.fields(obj)})
+        return dataclasses.replace(
+            obj, **{f.name: _rows(getattr(obj, f.name), sl, total) for f in dataclasses.fields(obj)}
+        )
     if isinstance(obj, tuple):
         return tuple(_rows(v, sl, total) for v in obj)
     return obj

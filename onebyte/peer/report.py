@@ -33,8 +33,13 @@ class RoundLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(event) + "\n")
         except OSError as e:
-            log.warning("[%s] round=%d cannot write the round log %s (%s); no more round-log lines", self.tag,
-                        event.get("round", -1), self.path, e.strerror or e)
+            log.warning(
+                "[%s] round=%d cannot write the round log %s (%s); no more round-log lines",
+                self.tag,
+                event.get("round", -1),
+                self.path,
+                e.strerror or e,
+            )
             self.path = None
 
 
@@ -79,26 +84,61 @@ class PeerReport(BaseModel):
     mean_train_loss: float | None
 
     @classmethod
-    def of(cls, *, peer_id: str, manifest, run_creator: str, interrupted: bool, applied: int, stats: Counter,
-           rejected_by_stage: dict[str, Counter], suspects: dict, final_sha256: str, hashes: dict[int, str],
-           agreement: dict[int, dict], before: dict | None, after: dict | None, curve: list[dict], seconds: float) -> PeerReport:
+    def of(
+        cls,
+        *,
+        peer_id: str,
+        manifest,
+        run_creator: str,
+        interrupted: bool,
+        applied: int,
+        stats: Counter,
+        rejected_by_stage: dict[str, Counter],
+        suspects: dict,
+        final_sha256: str,
+        hashes: dict[int, str],
+        agreement: dict[int, dict],
+        before: dict | None,
+        after: dict | None,
+        curve: list[dict],
+        seconds: float,
+    ) -> PeerReport:
         s = stats
         return cls(
-            peer_id=peer_id, run_id=manifest.run_id, run_creator=run_creator, protocol_version=manifest.protocol_version,
-            interrupted=interrupted, rounds_applied=s["rounds_applied"], last_round=applied,
-            contributions_made=s["made"], contributions_published=s["published"],
-            contributions_applied_local=s["applied_local"], contributions_applied_remote=s["applied_remote"],
-            missed_deadline=s["missed_deadline"], skipped_nonfinite=s["skipped_nonfinite"],
-            hash_agreements=s["hash_agreements"], hash_mismatches=s["hash_mismatches"],
-            repairs=s["repairs"], repairs_failed=s["repair_failed"],
+            peer_id=peer_id,
+            run_id=manifest.run_id,
+            run_creator=run_creator,
+            protocol_version=manifest.protocol_version,
+            interrupted=interrupted,
+            rounds_applied=s["rounds_applied"],
+            last_round=applied,
+            contributions_made=s["made"],
+            contributions_published=s["published"],
+            contributions_applied_local=s["applied_local"],
+            contributions_applied_remote=s["applied_remote"],
+            missed_deadline=s["missed_deadline"],
+            skipped_nonfinite=s["skipped_nonfinite"],
+            hash_agreements=s["hash_agreements"],
+            hash_mismatches=s["hash_mismatches"],
+            repairs=s["repairs"],
+            repairs_failed=s["repair_failed"],
             catchups={"log": s["catchups_log"], "checkpoint": s["catchups_checkpoint"]},
-            checkpoints_rejected=s["checkpoints_rejected"], checkpoints_refused=s["checkpoints_refused"],
-            repairs_refused=s["repairs_refused"], recomputations=s["recomputations"], votes_ignored=s["votes_ignored"],
-            suspects=suspects, rejected=dict(sum(rejected_by_stage.values(), Counter())),
+            checkpoints_rejected=s["checkpoints_rejected"],
+            checkpoints_refused=s["checkpoints_refused"],
+            repairs_refused=s["repairs_refused"],
+            recomputations=s["recomputations"],
+            votes_ignored=s["votes_ignored"],
+            suspects=suspects,
+            rejected=dict(sum(rejected_by_stage.values(), Counter())),
             rejected_by_stage={k: dict(v) for k, v in rejected_by_stage.items()},
-            final_sha256=final_sha256, hashes={str(k): v for k, v in sorted(hashes.items())},
+            final_sha256=final_sha256,
+            hashes={str(k): v for k, v in sorted(hashes.items())},
             agreement={str(k): v for k, v in agreement.items()},
-            eval_before=before, eval_after=after, eval_curve=curve, seconds=seconds, manifest=manifest.model_dump(),
+            eval_before=before,
+            eval_after=after,
+            eval_curve=curve,
+            seconds=seconds,
+            manifest=manifest.model_dump(),
             mean_train_loss=s["loss_sum"] / s["made"] if s["made"] else None,
         )
 

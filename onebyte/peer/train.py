@@ -47,7 +47,13 @@ class TrainConfig(TrainSettings):
     progress: bool = True
 
     def validate(self) -> None:
-        positive = {"steps": self.steps, "contribs": self.contribs, "batch_size": self.batch_size, "max_length": self.max_length, "eval_batch_size": self.eval_batch_size}
+        positive = {
+            "steps": self.steps,
+            "contribs": self.contribs,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "eval_batch_size": self.eval_batch_size,
+        }
         for k, v in positive.items():
             if v < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
@@ -69,9 +75,9 @@ def batch_indices(seed: int, peer_id: str, round_: int, index: int, pool: int, b
 def build(cfg: TrainConfig):
     """Load model and task as ``cfg`` says and wrap the model in a Replica."""
     from onebyte.tasks.data import load_task
-    from onebyte.tasks.trunk import FrozenTrunk
     from onebyte.tasks.loaded_model import trainable_parameters
     from onebyte.tasks.loading import load_model
+    from onebyte.tasks.trunk import FrozenTrunk
 
     loaded = load_model(cfg.model, kind=cfg.model_kind, dtype=cfg.dtype, device=cfg.device, init_seed=cfg.init_seed)
     task = load_task(
@@ -87,14 +93,36 @@ def build(cfg: TrainConfig):
         train_size=cfg.train_size,
     )
     params = trainable_parameters(loaded.model, cfg.trainable)
-    trunk = FrozenTrunk.for_params(loaded.model, params) if task.kind == "classification" and cfg.model_kind == "causal-lm" else None
-    if trunk is not None:  # only the head is trained: the frozen trunk runs once per example, not twice per contribution
+    trunk = (
+        FrozenTrunk.for_params(loaded.model, params)
+        if task.kind == "classification" and cfg.model_kind == "causal-lm"
+        else None
+    )
+    if (
+        trunk is not None
+    ):  # only the head is trained: the frozen trunk runs once per example, not twice per contribution
         task.use_trunk(trunk)
-        head = trunk.norm_name if trunk.tail_names is None else f"{trunk.norm_name}, {trunk.tail_names[0]} and {trunk.tail_names[1]}"
-        log.info("[%s] only %s %s trained: the frozen trunk runs once per example and is cached", cfg.peer_id, head,
-                 "is" if trunk.tail_names is None else "are")
-    replica = Replica(loaded.model, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, codec=cfg.codec, table_log2=cfg.table_log2,
-                      directions=cfg.directions)
+        head = (
+            trunk.norm_name
+            if trunk.tail_names is None
+            else f"{trunk.norm_name}, {trunk.tail_names[0]} and {trunk.tail_names[1]}"
+        )
+        log.info(
+            "[%s] only %s %s trained: the frozen trunk runs once per example and is cached",
+            cfg.peer_id,
+            head,
+            "is" if trunk.tail_names is None else "are",
+        )
+    replica = Replica(
+        loaded.model,
+        params,
+        lr=cfg.lr,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        codec=cfg.codec,
+        table_log2=cfg.table_log2,
+        directions=cfg.directions,
+    )
     return loaded, task, replica
 
 
@@ -111,7 +139,9 @@ def train(cfg: TrainConfig, built=None) -> dict:
     t0 = time.perf_counter()
     initial_hash = replica.sha256()
     before = evaluate()
-    log.info("[%s] step=0 eval %s trainable=%d hash=%s", cfg.peer_id, _fmt(before), replica.num_trainable, initial_hash[:12])
+    log.info(
+        "[%s] step=0 eval %s trainable=%d hash=%s", cfg.peer_id, _fmt(before), replica.num_trainable, initial_hash[:12]
+    )
 
     losses, made, skipped = [], 0, 0
     t_train = time.perf_counter()
@@ -120,12 +150,16 @@ def train(cfg: TrainConfig, built=None) -> dict:
         contributions, step_losses = [], []
         for k in range(cfg.contribs):
             seed = contribution_seed(cfg.run_id, cfg.peer_id, step, k)
-            batch = replica.to_device(task.train_batch(batch_indices(cfg.seed, cfg.peer_id, step, k, task.num_train, cfg.batch_size)))
+            batch = replica.to_device(
+                task.train_batch(batch_indices(cfg.seed, cfg.peer_id, step, k, task.num_train, cfg.batch_size))
+            )
             g, lp, lm = replica.estimate_on(seed, batch, task.loss)
             wire = replica.encode(g)
             if wire is None:  # NaN/inf loss: this contribution is not made
                 skipped += 1
-                log.warning("[%s] step=%d contribution %d skipped: non-finite g (L+=%s, L-=%s)", cfg.peer_id, step, k, lp, lm)
+                log.warning(
+                    "[%s] step=%d contribution %d skipped: non-finite g (L+=%s, L-=%s)", cfg.peer_id, step, k, lp, lm
+                )
                 continue
             contributions.append((seed, replica.codec.decode(wire)))
             step_losses.append((lp + lm) / 2)
@@ -156,7 +190,10 @@ def train(cfg: TrainConfig, built=None) -> dict:
         "total_seconds": time.perf_counter() - t0,
     }
     if cfg.checkpoint:
-        meta = {k: getattr(cfg, k) for k in ("model", "run_id", *TASK_FIELDS, "model_kind", "dtype", "init_seed", "trainable")}
+        meta = {
+            k: getattr(cfg, k)
+            for k in ("model", "run_id", *TASK_FIELDS, "model_kind", "dtype", "init_seed", "trainable")
+        }
         info = save_checkpoint(cfg.checkpoint, replica.params, cfg.steps, meta)
         report["checkpoint"] = str(info.path)
         log.info("[%s] step=%d checkpoint written to %s", cfg.peer_id, cfg.steps, info.path)

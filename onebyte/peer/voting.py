@@ -32,15 +32,30 @@ KEEP_HASH_ROUNDS = 1000  # hash intervals of votes and own hashes kept
 
 
 class HashVoting:
-    def __init__(self, state: ReplicaState, policy: RoundPolicy, client: RecordClient, *, peer_id: str, tag: str,
-                 hash_every: int, settle_seconds: float, stats: Counter, metrics: PeerMetrics):
+    def __init__(
+        self,
+        state: ReplicaState,
+        policy: RoundPolicy,
+        client: RecordClient,
+        *,
+        peer_id: str,
+        tag: str,
+        hash_every: int,
+        settle_seconds: float,
+        stats: Counter,
+        metrics: PeerMetrics,
+    ):
         self.state, self.policy, self.client = state, policy, client
         self.peer_id, self.tag, self.hash_every, self.settle_seconds = peer_id, tag, hash_every, settle_seconds
         self.stats, self.metrics = stats, metrics
         self.pending: list[int] = []  # own hash rounds whose votes were not read yet
-        self.rechecks: dict[int, tuple[float, int]] = {}  # disputed hash round -> (read its votes again at, readings so far)
+        self.rechecks: dict[
+            int, tuple[float, int]
+        ] = {}  # disputed hash round -> (read its votes again at, readings so far)
         self.expected_voters: dict[int, int] = {}  # hash round -> its contributors (who should vote on it)
-        self.voters: dict[int, frozenset[str]] = {}  # hash round -> keys whose votes count: contributors of its last windows
+        self.voters: dict[
+            int, frozenset[str]
+        ] = {}  # hash round -> keys whose votes count: contributors of its last windows
         self.windows: list[frozenset[str]] = []  # contributors of the last VOTER_WINDOWS hash intervals
         self.recent: set[str] = set()  # contributors since the last hash round
         self.digests: dict[int, str] = {}  # hash round -> this peer's set digest of it
@@ -58,7 +73,7 @@ class HashVoting:
         """Round rs.round was applied live and hashed: remember who votes on it, and vote."""
         q = rs.round
         self.expected_voters[q] = len(rs.counts)
-        self.windows = [*self.windows[-(VOTER_WINDOWS - 1):], frozenset(self.recent)]
+        self.windows = [*self.windows[-(VOTER_WINDOWS - 1) :], frozenset(self.recent)]
         self.voters[q], self.recent = frozenset().union(*self.windows), set()
         self.digests[q] = rs.digest
         for old in [k for k in self.state.hashes if k < q - KEEP_HASH_ROUNDS * self.hash_every]:
@@ -134,9 +149,19 @@ class HashVoting:
         if rep.disagree and (readings == 1 or not complete) and readings < HASH_READINGS:
             wait = max(self.round_seconds, self.settle_seconds)
             self.rechecks[q] = (time.time() + wait, readings)
-            log.warning("[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; %d of %d contributors voted): "
-                        "reading the votes again in %.0fs", self.tag, q, rep.disagree, len(reported), mine_sha[:12],
-                        (rep.majority_sha256 or "tied")[:12], len(reported) + 1, expected, wait)
+            log.warning(
+                "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; %d of %d contributors voted): "
+                "reading the votes again in %.0fs",
+                self.tag,
+                q,
+                rep.disagree,
+                len(reported),
+                mine_sha[:12],
+                (rep.majority_sha256 or "tied")[:12],
+                len(reported) + 1,
+                expected,
+                wait,
+            )
             return
         self.agreement[q] = {"agree": rep.agree, "disagree": rep.disagree, "in_majority": rep.mine_in_majority}
         self.metrics.on_hash_check(not rep.disagree)
@@ -154,9 +179,20 @@ class HashVoting:
         other = [h for h in votes.values() if h.sha256 != mine_sha]
         same_set = sum(1 for h in other if h.set_digest == self.digests.get(q))
         self.agreement[q]["diagnosis"] = {"same_set_digest": same_set, "other_set_digest": len(other) - same_set}
-        log.log(logging.ERROR if lost else logging.WARNING, "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; "
-                "%d of them saw the same round set, %d another)%s", self.tag, q, rep.disagree, len(reported), mine_sha[:12],
-                (rep.majority_sha256 or "tied")[:12], same_set, len(other) - same_set, ": verifying by recomputation" if lost else "")
+        log.log(
+            logging.ERROR if lost else logging.WARNING,
+            "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; "
+            "%d of them saw the same round set, %d another)%s",
+            self.tag,
+            q,
+            rep.disagree,
+            len(reported),
+            mine_sha[:12],
+            (rep.majority_sha256 or "tied")[:12],
+            same_set,
+            len(other) - same_set,
+            ": verifying by recomputation" if lost else "",
+        )
         if lost:
             self.lost = q
 

@@ -12,7 +12,6 @@ import json
 import sys
 
 import numpy as np
-
 import torch
 
 from onebyte.zo.codec import ByteCodec
@@ -49,10 +48,16 @@ def compute_vectors() -> dict:
         "seed_vectors_peer-b_7_3": f"{contribution_seed('vectors', 'peer-b', 7, 3):016x}",
         "name_key_layer.weight": f"{name_key('layer.weight'):016x}",
         "offset_seed_layer.weight_log2_25": tensor_offset(seed, "layer.weight", 25),
-        "z_seed_layer.weight_log2_25_first16": "".join("+" if s > 0 else "-" for s in big.direction(seed, "layer.weight", 16).tolist()),
+        "z_seed_layer.weight_log2_25_first16": "".join(
+            "+" if s > 0 else "-" for s in big.direction(seed, "layer.weight", 16).tolist()
+        ),
         "codec": codec.name,
-        "codec_magnitudes_float32le_sha256": hashlib.sha256(np.asarray(codec.magnitudes, dtype="<f4").tobytes()).hexdigest(),
-        "codec_decode_hex": {f"0x{b:02x}": float(codec.decode(b)).hex() for b in (0x00, 0x01, 0x02, 0x08, 0x41, 0x7F, 0x80, 0xC5, 0xFF)},
+        "codec_magnitudes_float32le_sha256": hashlib.sha256(
+            np.asarray(codec.magnitudes, dtype="<f4").tobytes()
+        ).hexdigest(),
+        "codec_decode_hex": {
+            f"0x{b:02x}": float(codec.decode(b)).hex() for b in (0x00, 0x01, 0x02, 0x08, 0x41, 0x7F, 0x80, 0xC5, 0xFF)
+        },
         "codec_encode": {repr(g): codec.encode(g) for g in (0.0, 0.001, 0.002, 0.0039, 1.0, -1.0, 1.05, 300.0, -1e9)},
     }
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
@@ -89,7 +94,11 @@ def compute_v2_vectors() -> dict:
         "factor_offset_seed_layer.weight_a_0_log2_25": factor_offset(seed, "layer.weight", "a", 0, 25),
         "factor_offset_seed_layer.weight_b_1_log2_25": factor_offset(seed, "layer.weight", "b", 1, 25),
         "z_seed_layer.weight_4x8_lowrank2_log2_12_rows": [" ".join(str(int(x)) for x in row) for row in z.tolist()],
-        "exact_rule_log8:-8:8": {"quantum_log2": rule.quantum_log2, "bits": rule.bits, "terms_per_float64_sum": rule.chunk},
+        "exact_rule_log8:-8:8": {
+            "quantum_log2": rule.quantum_log2,
+            "bits": rule.bits,
+            "terms_per_float64_sum": rule.chunk,
+        },
     }
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         params = vector_tensors(dtype)

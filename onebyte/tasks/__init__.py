@@ -8,11 +8,22 @@ does not pull in torch and transformers before a command needs them.
 from importlib import import_module
 
 _WHERE = {
-    "BUILTIN_TASKS": "builtin", "DEFAULT_DATASET": "builtin", "load_task": "data", "balanced_accuracy": "metrics",
-    "bias_only_line": "metrics", "classification_scores": "metrics", "DEFAULT_MODEL": "builtin_models",
-    "LoadedModel": "loaded_model", "ModelLoadError": "loaded_model", "load_model": "loading",
-    "trainable_parameters": "loaded_model", "DataError": "sources",
-    "Batch": "task", "ClassificationTask": "task", "LMTask": "task", "Task": "task",
+    "BUILTIN_TASKS": "builtin",
+    "DEFAULT_DATASET": "builtin",
+    "load_task": "data",
+    "balanced_accuracy": "metrics",
+    "bias_only_line": "metrics",
+    "classification_scores": "metrics",
+    "DEFAULT_MODEL": "builtin_models",
+    "LoadedModel": "loaded_model",
+    "ModelLoadError": "loaded_model",
+    "load_model": "loading",
+    "trainable_parameters": "loaded_model",
+    "DataError": "sources",
+    "Batch": "task",
+    "ClassificationTask": "task",
+    "LMTask": "task",
+    "Task": "task",
 }
 __all__ = sorted(_WHERE)
 

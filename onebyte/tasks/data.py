@@ -43,8 +43,16 @@ from onebyte.tasks.sources import FILE_SUFFIXES, DataError, _hub_tables, _local_
 from onebyte.tasks.splits import split_rows
 from onebyte.tasks.task import Batch, ClassificationTask, LMTask, Task
 
-__all__ = ["Batch", "ClassificationTask", "DataError", "DEFAULT_DATASET", "DEFAULT_TEMPLATE", "LMTask", "Task",
-           "load_task"]
+__all__ = [
+    "Batch",
+    "ClassificationTask",
+    "DataError",
+    "DEFAULT_DATASET",
+    "DEFAULT_TEMPLATE",
+    "LMTask",
+    "Task",
+    "load_task",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,8 +112,9 @@ def load_task(
         if template is not None or label_words is not None:
             raise DataError("the lm task uses only the text column: drop template/label_words")
         return _lm_task(tokenizer, train_rows, eval_rows, max_length, info, tables.text_column, where)
-    return _classification_task(tokenizer, train_rows, eval_rows, label_words, template, max_length, info,
-                                tables, where)
+    return _classification_task(
+        tokenizer, train_rows, eval_rows, label_words, template, max_length, info, tables, where
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +123,9 @@ def load_task(
 
 def _check_arguments(dataset, tokenizer, task, max_length, eval_size, train_size) -> str:
     """Refuse bad arguments before reading any data; the task kind (``classification`` or ``lm``)."""
-    kind = {None: "classification", "classification": "classification", "cls": "classification",
-            "lm": "lm"}.get(task if task is None else str(task).lower())
+    kind = {None: "classification", "classification": "classification", "cls": "classification", "lm": "lm"}.get(
+        task if task is None else str(task).lower()
+    )
     if kind is None:
         raise DataError(f"unknown task {task!r}; use 'classification' or 'lm'")
     if tokenizer is None:
@@ -148,8 +158,10 @@ def _read_tables(dataset: str, text_column: str, label_column: str) -> _Tables:
     builtin = BUILTIN_TASKS.get(dataset.strip().lower())
     if builtin is not None:
         train_rows, eval_rows, source = builtin.read(builtin)
-        train_t, eval_t = (_Table([{"text": t, "label": y} for t, y in rs], ["text", "label"], [builtin.name])
-                           for rs in (train_rows, eval_rows))
+        train_t, eval_t = (
+            _Table([{"text": t, "label": y} for t, y in rs], ["text", "label"], [builtin.name])
+            for rs in (train_rows, eval_rows)
+        )
         return _Tables(train_t, eval_t, "text", "label", source, builtin)
     path = Path(dataset).expanduser()
     if path.exists():
@@ -162,17 +174,17 @@ def _read_tables(dataset: str, text_column: str, label_column: str) -> _Tables:
     if path.suffix.lower() in FILE_SUFFIXES:
         raise DataError(f"dataset file {dataset!r} not found")
     if not looks_like_repo_id(repo):
-        raise DataError(f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), "
-                        "nor a local file or folder (not found)")
+        raise DataError(
+            f"unknown dataset {dataset!r}: not a built-in ({', '.join(BUILTIN_TASKS)}), "
+            "nor a local file or folder (not found)"
+        )
     train_t, eval_t, source = _hub_tables(dataset)
     return _Tables(train_t, eval_t, text_column, label_column, source, None)
 
 
 def _require_column(table: _Table, column: str, what: str, where: str) -> None:
     if column not in table.columns:
-        raise DataError(
-            f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}"
-        )
+        raise DataError(f"{where} has no {what} column {column!r}; its columns are: {', '.join(table.columns)}")
 
 
 def _as_text(v: Any) -> str:
@@ -208,8 +220,9 @@ def _usable_rows(table: _Table, tables: _Tables, kind: str, dropped: dict[str, i
     return out
 
 
-def _lm_task(tokenizer, train_rows: list, eval_rows: list, max_length: int, info: dict, text_column: str,
-             where: str) -> LMTask:
+def _lm_task(
+    tokenizer, train_rows: list, eval_rows: list, max_length: int, info: dict, text_column: str, where: str
+) -> LMTask:
     """The texts alone, truncated; a text under 2 tokens has no next token to predict and is dropped."""
 
     def enc(rs):
@@ -226,9 +239,17 @@ def _lm_task(tokenizer, train_rows: list, eval_rows: list, max_length: int, info
     return LMTask(tokenizer=tokenizer, train_ids=tr, eval_ids=ev, info=info)
 
 
-def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_words: list[str] | None,
-                         template: str | None, max_length: int, info: dict, tables: _Tables,
-                         where: str) -> ClassificationTask:
+def _classification_task(
+    tokenizer,
+    train_rows: list,
+    eval_rows: list,
+    label_words: list[str] | None,
+    template: str | None,
+    max_length: int,
+    info: dict,
+    tables: _Tables,
+    where: str,
+) -> ClassificationTask:
     """Labels to class indices, label words to their first tokens, texts to prompts."""
     label_words, mapping = label_words_and_mapping(train_rows, eval_rows, label_words, tables.label_column, where)
 
@@ -241,8 +262,7 @@ def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_wor
     if bad:
         detail = f" (label mapping {mapping})" if mapping else ""
         raise DataError(
-            f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words "
-            f"{label_words}{detail}"
+            f"{where}: labels {bad[:5]} are outside [0, {len(label_words)}) for label words {label_words}{detail}"
         )
     label_token_ids = first_tokens(tokenizer, label_words)
     template = DEFAULT_TEMPLATE if template is None else template
@@ -273,5 +293,3 @@ def _classification_task(tokenizer, train_rows: list, eval_rows: list, label_wor
         label_token_ids=label_token_ids,
         info=info,
     )
-
-

@@ -77,9 +77,7 @@ def _gguf_file(name: str, path: Path) -> tuple[Path, str | None]:
     """The folder to load from and the ``.gguf`` file in it to read, if the model is one."""
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelLoadError(
-                f"model {name!r} is a file but not a .gguf file; pass a model folder or a .gguf file"
-            )
+            raise ModelLoadError(f"model {name!r} is a file but not a .gguf file; pass a model folder or a .gguf file")
         return path.parent, path.name
     if (path / "config.json").is_file():
         return path, None
@@ -88,8 +86,7 @@ def _gguf_file(name: str, path: Path) -> tuple[Path, str | None]:
         return path, ggufs[0]
     if len(ggufs) > 1:
         raise ModelLoadError(
-            f"model folder {name!r} holds several .gguf files ({', '.join(ggufs)}); "
-            "pass the path of the one to load"
+            f"model folder {name!r} holds several .gguf files ({', '.join(ggufs)}); pass the path of the one to load"
         )
     raise ModelLoadError(f"model folder {name!r} has neither a config.json nor a .gguf file")
 
@@ -125,6 +122,5 @@ def load_hub(name: str, kind: str, torch_dtype, num_labels: int):
         return from_pretrained(name, kind, torch_dtype, num_labels)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
-            f"model {name!r} not found: not a local folder and the hub has no such repo "
-            f"or refused it ({one_line(exc)})"
+            f"model {name!r} not found: not a local folder and the hub has no such repo or refused it ({one_line(exc)})"
         ) from None

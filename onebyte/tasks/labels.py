@@ -40,8 +40,9 @@ def norm_label(v: Any) -> int | str | None:
     return s if s else None
 
 
-def label_words_and_mapping(train_rows: list, eval_rows: list, label_words: list[str] | None, label_column: str,
-                             where: str) -> tuple[list[str], dict[str, int] | None]:
+def label_words_and_mapping(
+    train_rows: list, eval_rows: list, label_words: list[str] | None, label_column: str, where: str
+) -> tuple[list[str], dict[str, int] | None]:
     """The label rule of onebyte.tasks.data's docstring: the label words, and for string labels the map from
     each label string to its class index (None for integer labels, which are the index)."""
     all_labels = [lab for _, lab in train_rows] + [lab for _, lab in eval_rows]
@@ -61,9 +62,7 @@ def label_words_and_mapping(train_rows: list, eval_rows: list, label_words: list
     elif label_words is None:
         top = max(all_labels)
         if top > 1:
-            raise DataError(
-                f"{where}: integer labels go up to {top}; pass label_words with {top + 1} words"
-            )
+            raise DataError(f"{where}: integer labels go up to {top}; pass label_words with {top + 1} words")
         label_words = list(DEFAULT_LABEL_WORDS)
     if not isinstance(label_words, (list, tuple)) or not all(isinstance(w, str) for w in label_words):
         raise DataError(f"label_words must be a list of strings, got {label_words!r}")

@@ -70,9 +70,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def trainable_parameters(
-    model: torch.nn.Module, pattern: str | None = None
-) -> list[tuple[str, torch.nn.Parameter]]:
+def trainable_parameters(model: torch.nn.Module, pattern: str | None = None) -> list[tuple[str, torch.nn.Parameter]]:
     """Named parameters whose name matches ``pattern`` (``re.search``; None = all).
 
     Sorted by name. A tensor shared under several names (tied embeddings) appears once, under the
@@ -97,7 +95,6 @@ def trainable_parameters(
     if not out:
         examples = ", ".join(n for n, _ in named[:4])
         raise ValueError(
-            f"no parameter name matches {pattern!r} (the model has {len(named)} named parameters, "
-            f"e.g. {examples})"
+            f"no parameter name matches {pattern!r} (the model has {len(named)} named parameters, e.g. {examples})"
         )
     return out

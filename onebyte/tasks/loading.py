@@ -84,8 +84,7 @@ def _build(name: str, kind: str, torch_dtype: torch.dtype, init_seed: int, num_l
             return from_pretrained(str(folder), kind, torch.float32, num_labels, local_files_only=True)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(
-                f"could not load the cached SmolLM2 folder {folder} ({one_line(exc)}); "
-                "delete it to convert again"
+                f"could not load the cached SmolLM2 folder {folder} ({one_line(exc)}); delete it to convert again"
             ) from None
     path = Path(name).expanduser()
     if path.exists():

@@ -27,7 +27,15 @@ def _scores_many(pred: np.ndarray, labels: np.ndarray, num_classes: int, balance
     return np.mean([hit[:, labels == c].mean(-1) for c in present], axis=0)
 
 
-def _best_shift(scores: np.ndarray, other_score: np.ndarray, other_class: np.ndarray, labels: np.ndarray, c: int, num_classes: int, balanced: bool) -> tuple[float, float]:
+def _best_shift(
+    scores: np.ndarray,
+    other_score: np.ndarray,
+    other_class: np.ndarray,
+    labels: np.ndarray,
+    c: int,
+    num_classes: int,
+    balanced: bool,
+) -> tuple[float, float]:
     """Exact 1-D search: the shift b of class c's scores that maximises the metric.
 
     Example i is predicted c exactly when b > other_score[i] - scores[i], and otherwise as the

@@ -14,8 +14,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from onebyte.tasks.loaded_model import ModelLoadError, one_line
 
@@ -123,7 +123,6 @@ def build_cached(final: Path, writer: Callable[[Path], None], source: dict | Non
             publish(tmp, final)
     except OSError as exc:
         raise ModelLoadError(
-            f"cannot write the model cache folder {final} ({one_line(exc)}); "
-            "set ONEBYTE_CACHE to a writable folder"
+            f"cannot write the model cache folder {final} ({one_line(exc)}); set ONEBYTE_CACHE to a writable folder"
         ) from None
     return final

@@ -7,23 +7,27 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from onebyte.tasks.loaded_model import ModelLoadError
 
-__all__ = ["drop_gguf_quantizer", "finish_tokenizer", "from_pretrained", "quiet_transformers", "seeded",
-           "warm_imports"]
+__all__ = ["drop_gguf_quantizer", "finish_tokenizer", "from_pretrained", "quiet_transformers", "seeded", "warm_imports"]
 
 
 def warm_imports() -> None:
     """Import what building any model and task needs (most of the seconds a build takes on a small
     model are transformers' lazy imports): a peer waiting for a run's manifest calls this, so that
     it joins seconds after the manifest appears instead of a quarter of a minute."""
-    for name in ("transformers.modeling_utils", "transformers.generation.utils",
-                 "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
-                 "transformers.tokenization_utils_fast", "datasets"):
+    for name in (
+        "transformers.modeling_utils",
+        "transformers.generation.utils",
+        "transformers.models.auto.modeling_auto",
+        "transformers.models.auto.tokenization_auto",
+        "transformers.tokenization_utils_fast",
+        "datasets",
+    ):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
 

@@ -27,9 +27,7 @@ def first_tokens(tokenizer, label_words: list[str]) -> list[int]:
     ids = [_first_token(tokenizer, w) for w in label_words]
     if len(set(ids)) != len(ids):
         pieces = {w: tokenizer.decode([t]) for w, t in zip(label_words, ids)}
-        raise DataError(
-            f"label words must start with distinct tokens; first tokens are {pieces}"
-        )
+        raise DataError(f"label words must start with distinct tokens; first tokens are {pieces}")
     return ids
 
 
@@ -45,8 +43,7 @@ class PromptEncoder:
         overhead = len(tokenizer(self.prefix + self.suffix)["input_ids"])
         if overhead + 1 > max_length:
             raise DataError(
-                f"the template alone takes {overhead} tokens; max_length={max_length} leaves no "
-                "room for the text"
+                f"the template alone takes {overhead} tokens; max_length={max_length} leaves no room for the text"
             )
         self.overhead = overhead
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 _EVAL_WORDS = ("validation", "valid", "val", "dev", "eval", "test")
@@ -46,7 +47,11 @@ def _load_file(path: Path):
         raise DataError(f"unsupported file type {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}")
     kwargs: dict[str, Any] = {}
     if builder == "csv":  # empty cells are missing; "NA" and friends stay text
-        kwargs = {"delimiter": "\t" if path.suffix.lower() == ".tsv" else ",", "keep_default_na": False, "na_values": [""]}
+        kwargs = {
+            "delimiter": "\t" if path.suffix.lower() == ".tsv" else ",",
+            "keep_default_na": False,
+            "na_values": [""],
+        }
     try:
         with _quiet_datasets():
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
@@ -99,7 +104,9 @@ def _read_files(paths: list[Path], shown: list[str]) -> _Table:
     try:
         ds = datasets.concatenate_datasets([d.select_columns(cols0) for d in parts]) if len(parts) > 1 else parts[0]
     except Exception as exc:  # noqa: BLE001  (e.g. a column that is text in one file and numbers in another)
-        raise DataError(f"could not join {', '.join(shown)}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        raise DataError(
+            f"could not join {', '.join(shown)}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     return _frame_to_table(ds.to_pandas(), shown)
 
 
@@ -174,11 +181,7 @@ def _dataset_dict_tables(ds, dataset: str) -> tuple[_Table, _Table | None, dict]
         raise DataError(f"dataset {dataset!r} has no 'train' split (it has {splits})")
     eval_split = next((s for s in ("validation", "valid", "dev", "test") if s in splits), None)
     train = _frame_to_table(ds["train"].to_pandas(), [f"{Path(dataset).name}[train]"])
-    ev = (
-        _frame_to_table(ds[eval_split].to_pandas(), [f"{Path(dataset).name}[{eval_split}]"])
-        if eval_split
-        else None
-    )
+    ev = _frame_to_table(ds[eval_split].to_pandas(), [f"{Path(dataset).name}[{eval_split}]"]) if eval_split else None
     return train, ev, {"train": "train", "eval": eval_split}
 
 
@@ -190,8 +193,7 @@ def _saved_dataset_tables(dataset: str, path: Path) -> tuple[_Table, _Table | No
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001
         raise DataError(
-            f"could not read the saved dataset {dataset!r}: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:200]}"
+            f"could not read the saved dataset {dataset!r}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         ) from None
     if isinstance(ds, datasets.DatasetDict):
         train, ev, _ = _dataset_dict_tables(ds, dataset)

@@ -28,8 +28,9 @@ def hash_seed(seed: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{salt}:{seed}".encode()).digest()[:8], "big")
 
 
-def split_rows(train_rows: list, eval_rows: list | None, eval_size: int | None, train_size: int | None,
-               split_seed: int, where: str) -> tuple[list, list, dict]:
+def split_rows(
+    train_rows: list, eval_rows: list | None, eval_size: int | None, train_size: int | None, split_seed: int, where: str
+) -> tuple[list, list, dict]:
     """Train and eval rows, each in table order, and how they were chosen (for describe()). One
     table is split by a hash of ``(split_seed, row)``; given splits are only cut down to size."""
     if eval_rows is None:

@@ -20,8 +20,9 @@ import hashlib
 import inspect
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,13 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
-                     None if self.keys is None else self.keys.to(device))
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            None if self.keys is None else self.keys.to(device),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,9 +67,7 @@ def _forward_params(model: torch.nn.Module) -> frozenset[str]:
     if cached is None:
         try:
             params = inspect.signature(cls.forward).parameters
-            cached = frozenset(
-                n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD
-            )
+            cached = frozenset(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
         except (TypeError, ValueError):
             cached = frozenset()
         _FORWARD_PARAMS[cls] = cached
@@ -357,4 +360,9 @@ class LMTask(Task):
                 tokens += k
                 n += len(batch)
         loss = total / tokens if tokens else math.nan
-        return {"loss": loss, "n": n, "tokens": tokens, "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan}
+        return {
+            "loss": loss,
+            "n": n,
+            "tokens": tokens,
+            "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
+        }

@@ -38,12 +38,14 @@ class FrozenTrunk:
         self.tail_names = tail
         self.cache_at = self.norm if self.tail is None else self.tail[0]
         self.head = model.get_output_embeddings()
-        self.head_trained = head_trained  # then the head runs as a module (its perturbation hooks fire) on the full vocabulary
+        self.head_trained = (
+            head_trained  # then the head runs as a module (its perturbation hooks fire) on the full vocabulary
+        )
         self.cache: dict[int, torch.Tensor] = {}
         self.bytes, self.max_bytes = 0, MAX_CACHE_BYTES
 
     @classmethod
-    def for_params(cls, model: torch.nn.Module, params) -> "FrozenTrunk | None":
+    def for_params(cls, model: torch.nn.Module, params) -> FrozenTrunk | None:
         """A trunk cache if ``params`` (the trainable tensors) all belong to the final norm or to an
         output layer that shares no tensor with the rest of the model; otherwise None."""
         if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
@@ -55,13 +57,19 @@ class FrozenTrunk:
         head = model.get_output_embeddings()
         inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         head_ok = inputs is None or all(p is not q for p in head.parameters() for q in inputs.parameters())
-        allowed = {id(p) for p in names[norm_name].parameters()} | ({id(p) for p in head.parameters()} if head_ok else set())
+        allowed = {id(p) for p in names[norm_name].parameters()} | (
+            {id(p) for p in head.parameters()} if head_ok else set()
+        )
         tail = cls._tail(names)
         tail_ids = set() if tail is None else {id(p) for n in tail for p in names[n].parameters()}
         if not params or any(id(p) not in allowed | tail_ids for _, p in params):
             return None
-        return cls(model, norm_name, head_trained=any(id(p) in {id(q) for q in head.parameters()} for _, p in params),
-                   tail=tail if any(id(p) in tail_ids for _, p in params) else None)
+        return cls(
+            model,
+            norm_name,
+            head_trained=any(id(p) in {id(q) for q in head.parameters()} for _, p in params),
+            tail=tail if any(id(p) in tail_ids for _, p in params) else None,
+        )
 
     @staticmethod
     def _tail(names: dict) -> tuple[str, str] | None:
@@ -94,7 +102,12 @@ class FrozenTrunk:
         handle = self.cache_at.register_forward_pre_hook(keep_input)
         try:
             with torch.no_grad():
-                self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
+                self.model.base_model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+                    use_cache=False,
+                )
         finally:
             handle.remove()
         fresh = {keys[r]: h for r, h in zip(missing, seen["h"])}
@@ -114,5 +127,8 @@ class FrozenTrunk:
         x = self.norm(h)
         if self.head_trained:
             return self.head(x)[:, -1, label_token_ids].float()
-        return F.linear(x[:, -1, :], self.head.weight[label_token_ids],
-                        None if self.head.bias is None else self.head.bias[label_token_ids]).float()
+        return F.linear(
+            x[:, -1, :],
+            self.head.weight[label_token_ids],
+            None if self.head.bias is None else self.head.bias[label_token_ids],
+        ).float()

@@ -36,8 +36,10 @@ class ByteCodec:
             raise ValueError(f"codec steps_per_octave must be in [1, 64], got {self.steps_per_octave}")
         if self.min_exp * self.steps_per_octave + (MAX_MAG - 1) >= 128 * self.steps_per_octave:
             # the top magnitude 2^(min_exp + 126/S) would be infinite in binary32
-            raise ValueError(f"codec log8:{self.min_exp}:{self.steps_per_octave} has magnitudes beyond float32's range "
-                             "(min_exp + 126 / steps_per_octave must be below 128)")
+            raise ValueError(
+                f"codec log8:{self.min_exp}:{self.steps_per_octave} has magnitudes beyond float32's range "
+                "(min_exp + 126 / steps_per_octave must be below 128)"
+            )
 
     @property
     def name(self) -> str:
@@ -79,12 +81,14 @@ class ByteCodec:
         return None if b is None else self.decode(b)
 
     @classmethod
-    def parse(cls, name: str) -> "ByteCodec":
+    def parse(cls, name: str) -> ByteCodec:
         # docs/PROTOCOL.md §5: exactly one spelling per codec (decimal, no '+', no leading zeros, no
         # spaces), so the manifest's string names the codec the same way for every implementation
         m = _LOG8_NAME.fullmatch(name) if isinstance(name, str) else None
         if m is None:
-            raise ValueError(f"unknown codec {name!r}: expected 'log8:<min_exp>:<steps_per_octave>' (e.g. log8:-8:8) or 'float32'")
+            raise ValueError(
+                f"unknown codec {name!r}: expected 'log8:<min_exp>:<steps_per_octave>' (e.g. log8:-8:8) or 'float32'"
+            )
         return cls(int(m.group(1)), int(m.group(2)))
 
 

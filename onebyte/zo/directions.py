@@ -52,10 +52,12 @@ class Directions:
         return self.rank > 0 and tensor.dim() == 2
 
     @classmethod
-    def parse(cls, text: str) -> "Directions":
+    def parse(cls, text: str) -> Directions:
         m = _PATTERN.match(str(text))
         if not m or (m.group(2) and int(m.group(2)) > MAX_RANK):
-            raise ValueError(f"unknown directions {text!r}: expected 'dense' or 'lowrank:<r>' with 1 <= r <= {MAX_RANK}")
+            raise ValueError(
+                f"unknown directions {text!r}: expected 'dense' or 'lowrank:<r>' with 1 <= r <= {MAX_RANK}"
+            )
         return cls(int(m.group(2)) if m.group(2) else 0)
 
 
@@ -77,7 +79,9 @@ def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -
         out = torch.empty(len(starts), length, dtype=noise.signs.dtype, device=noise.device)
         out[inside] = rows.index_select(0, starts[inside])
         wrap = torch.nonzero(~inside).flatten()
-        out[wrap] = noise.signs[(starts[wrap].view(-1, 1) + torch.arange(length, device=noise.device)) & (noise.size - 1)]
+        out[wrap] = noise.signs[
+            (starts[wrap].view(-1, 1) + torch.arange(length, device=noise.device)) & (noise.size - 1)
+        ]
         return out
     idx = starts.view(-1, 1) + torch.arange(length, dtype=torch.int64, device=noise.device).view(1, -1)
     return noise.signs[idx & (noise.size - 1)]
@@ -85,10 +89,14 @@ def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -
 
 def factor_offsets(noise: NoiseTable, seeds: list[int], name: str, factor: str, rank: int) -> torch.Tensor:
     """Offsets of every (seed, l) factor, seed-major: entry k*rank + l."""
-    return torch.stack([tensor_offsets(seeds, f"{name}/{factor}/{l}", noise.table_log2) for l in range(rank)], 1).reshape(-1)
+    return torch.stack(
+        [tensor_offsets(seeds, f"{name}/{factor}/{l}", noise.table_log2) for l in range(rank)], 1
+    ).reshape(-1)
 
 
-def factors(noise: NoiseTable, seed: int, name: str, shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def factors(
+    noise: NoiseTable, seed: int, name: str, shape: tuple[int, int], rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B): int8 matrices (m, r) and (p, r) whose columns are a_l and b_l."""
     m, p = shape
     a = windows(noise, factor_offsets(noise, [seed], name, "a", rank), 0, m).t()

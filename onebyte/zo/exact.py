@@ -65,13 +65,21 @@ def exact_rule(codec) -> ExactRule | None:
     _, e = math.frexp(codec.max_value)  # max_value < 2^e
     rule = ExactRule(q, e - q)
     if rule.bits > MAX_BITS:
-        raise ValueError(f"codec {codec.name} spans {rule.bits} bits; low-rank directions need at most {MAX_BITS} "
-                         "(use at least 7 steps per octave)")
+        raise ValueError(
+            f"codec {codec.name} spans {rule.bits} bits; low-rank directions need at most {MAX_BITS} "
+            "(use at least 7 steps per octave)"
+        )
     return rule
 
 
-def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chunk: int | None = None,
-                 coef: torch.Tensor | None = None, grouped: bool | None = None) -> torch.Tensor:
+def exact_matmul(
+    a: torch.Tensor,
+    bt: torch.Tensor,
+    rule: ExactRule | None,
+    chunk: int | None = None,
+    coef: torch.Tensor | None = None,
+    grouped: bool | None = None,
+) -> torch.Tensor:
     """S = a @ diag(coef) @ bt (float64; coef = 1 when None) by the rule: exact (chunked, int64
     between chunks) or sequential. ``grouped`` picks the float32 route of ``grouped_matmul`` for a
     +-1 ``a`` (default: ``default_grouped``); the route never changes a bit."""
@@ -99,11 +107,11 @@ def exact_matmul(a: torch.Tensor, bt: torch.Tensor, rule: ExactRule | None, chun
     if k <= chunk:
         return product(0, k)
     total = torch.zeros(a.shape[0], bt.shape[1], dtype=torch.int64, device=a.device)
-    scale = 2.0 ** -rule.quantum_log2
+    scale = 2.0**-rule.quantum_log2
     for c0 in range(0, k, chunk):
         part = product(c0, min(k, c0 + chunk))  # exact
         total += (part * scale).to(torch.int64)  # an exact integer number of quanta
-    return total.to(torch.float64) * (2.0 ** rule.quantum_log2)
+    return total.to(torch.float64) * (2.0**rule.quantum_log2)
 
 
 K_SLICE = 512  # terms per product inside an exact sum: keeps that slice of B in cache
@@ -138,7 +146,7 @@ class GroupPlan:
     quantum_log2: int
 
     @classmethod
-    def of(cls, coef: torch.Tensor, rule: ExactRule, chunk: int | None = None) -> "GroupPlan":
+    def of(cls, coef: torch.Tensor, rule: ExactRule, chunk: int | None = None) -> GroupPlan:
         coef = coef.detach().to("cpu", torch.float64)
         keep = torch.nonzero(coef != 0).flatten()  # a zero term adds nothing (and has no exponent)
         mant, expo = torch.frexp(coef[keep].abs())
@@ -183,20 +191,24 @@ class GroupPlan:
                     s.add_(buf, alpha=scale)  # a multiple of the quantum: exact
                 if len(self.slices) == 1:
                     return s
-                part = (s * 2.0 ** -self.quantum_log2).to(torch.int64)
+                part = (s * 2.0**-self.quantum_log2).to(torch.int64)
                 total = part if total is None else total.add_(part)
         if total is None:
             return torch.zeros(rows, cols, dtype=torch.float64, device=a.device)
-        return total.to(torch.float64) * 2.0 ** self.quantum_log2
+        return total.to(torch.float64) * 2.0**self.quantum_log2
 
 
-def grouped_matmul(a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor, rule: ExactRule, chunk: int | None = None) -> torch.Tensor:
+def grouped_matmul(
+    a: torch.Tensor, coef: torch.Tensor, bt: torch.Tensor, rule: ExactRule, chunk: int | None = None
+) -> torch.Tensor:
     """S = a @ diag(coef) @ bt exactly, in float32 products (GroupPlan): a (rows, K) and bt (K, cols)
     hold +-1, coef (K,) the decoded values. The same bits as the float64 route."""
     plan = GroupPlan.of(coef, rule, chunk)
     idx = plan.order.to(a.device)
     a32 = a.index_select(1, idx).to(torch.float32)
-    bt32 = bt.index_select(0, idx).to(torch.float32).mul_(plan.unit.to(device=a.device, dtype=torch.float32).view(-1, 1))
+    bt32 = (
+        bt.index_select(0, idx).to(torch.float32).mul_(plan.unit.to(device=a.device, dtype=torch.float32).view(-1, 1))
+    )
     return plan.matmul(a32, bt32)
 
 
@@ -288,7 +300,9 @@ def apply_round_exact(
                 route = default_grouped(terms, p.device) if grouped is None else grouped
                 if route and plan is None and rule is not None and terms > 1:
                     plan = GroupPlan.of(vals.repeat_interleave(directions.rank), rule, chunk)
-                _apply_lowrank(p, name, seeds, v, directions.rank, c, d, noise, rule, chunk, block_elems, plan if route else None)
+                _apply_lowrank(
+                    p, name, seeds, v, directions.rank, c, d, noise, rule, chunk, block_elems, plan if route else None
+                )
             else:
                 _apply_dense(p.view(-1), name, seeds, v, c, d, noise, rule, chunk, block_elems)
 

@@ -20,7 +20,7 @@ def weights_sha256(params: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
     for name, t in sorted(params, key=lambda kv: kv[0]):
         shape = "x".join(str(d) for d in t.shape)
-        h.update(f"{name}\0{_dtype_name(t)}\0{shape}\0".encode("utf-8"))
+        h.update(f"{name}\0{_dtype_name(t)}\0{shape}\0".encode())
         flat = t.detach().reshape(-1)
         for a in range(0, flat.numel(), _HASH_CHUNK):
             piece = flat[a : a + _HASH_CHUNK].contiguous().cpu()

@@ -37,7 +37,12 @@ def _kind(module: torch.nn.Module, owned: dict[str, torch.nn.Parameter]) -> str 
         return "linear"
     if isinstance(module, torch.nn.Embedding) and set(owned) == {"weight"} and module.max_norm is None:
         return "embedding"
-    if type(module).__name__ == "Conv1D" and set(owned) <= {"weight", "bias"} and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+    if (
+        type(module).__name__ == "Conv1D"
+        and set(owned) <= {"weight", "bias"}
+        and getattr(module, "weight", None) is not None
+        and module.weight.dim() == 2
+    ):
         return "conv1d"
     if not any(True for _ in module.children()):
         return "generic"
@@ -48,7 +53,13 @@ class InForward:
     """Context manager over a model: see the module docstring. ``params`` are the trainable
     (canonical name, tensor) pairs; tied tensors appear once and every owner uses their name."""
 
-    def __init__(self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable, directions: Directions):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: Sequence[tuple[str, torch.Tensor]],
+        noise: NoiseTable,
+        directions: Directions,
+    ):
         self.noise, self.rank = noise, directions.rank
         self.directions = directions
         self.names = {id(p): name for name, p in params}
@@ -69,7 +80,7 @@ class InForward:
         self.rows = 0
         self.eps = 0.0
 
-    def __call__(self, seeds: Sequence[int], rows: int, eps: float) -> "InForward":
+    def __call__(self, seeds: Sequence[int], rows: int, eps: float) -> InForward:
         """Directions ``seeds``, ``rows`` examples per sign: the batch has len(seeds) * 2 * rows rows."""
         self.seeds, self.rows, self.eps = list(seeds), int(rows), float(eps)
         return self
@@ -78,7 +89,7 @@ class InForward:
     def batch_rows(self) -> int:
         return len(self.seeds) * 2 * self.rows
 
-    def __enter__(self) -> "InForward":
+    def __enter__(self) -> InForward:
         if not self.supported:
             raise BatchLayoutError(f"modules {self.unsupported[:3]} own trainable tensors and submodules")
         self._cache: dict = {}
@@ -123,7 +134,9 @@ class InForward:
     def _signs(self, like: torch.Tensor) -> torch.Tensor:
         key = ("signs", like.dtype, like.device)
         if key not in self._cache:
-            self._cache[key] = torch.tensor([self.eps, -self.eps], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
+            self._cache[key] = torch.tensor([self.eps, -self.eps], dtype=like.dtype, device=like.device).view(
+                1, 2, 1, 1
+            )
         return self._cache[key]
 
     def _factors(self, name: str, shape: tuple[int, int], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,14 +147,18 @@ class InForward:
             m, p = shape
             a = windows(self.noise, factor_offsets(self.noise, self.seeds, name, "a", r), 0, m).view(P, r, m)
             b = windows(self.noise, factor_offsets(self.noise, self.seeds, name, "b", r), 0, p).view(P, r, p)
-            self._cache[key] = (a.transpose(1, 2).to(device=like.device, dtype=like.dtype),
-                                b.transpose(1, 2).to(device=like.device, dtype=like.dtype))
+            self._cache[key] = (
+                a.transpose(1, 2).to(device=like.device, dtype=like.dtype),
+                b.transpose(1, 2).to(device=like.device, dtype=like.dtype),
+            )
         return self._cache[key]
 
     def _dense(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
         key = ("z", name, like.dtype)
         if key not in self._cache:
-            self._cache[key] = windows(self.noise, tensor_offsets(self.seeds, name, self.noise.table_log2), 0, numel).to(device=like.device, dtype=like.dtype)
+            self._cache[key] = windows(
+                self.noise, tensor_offsets(self.seeds, name, self.noise.table_log2), 0, numel
+            ).to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
     def _check_rows(self, t: torch.Tensor, where: str) -> None:
@@ -207,8 +224,14 @@ class InForward:
             for k in range(len(self.seeds)):
                 for s, scale in enumerate((self.eps, -self.eps)):
                     lo = k * 2 * b + s * b
-                    cut = [a[lo : lo + b] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == B else a for a in args]
-                    kw = {key: v[lo : lo + b] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v for key, v in kwargs.items()}
+                    cut = [
+                        a[lo : lo + b] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == B else a
+                        for a in args
+                    ]
+                    kw = {
+                        key: v[lo : lo + b] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v
+                        for key, v in kwargs.items()
+                    }
                     originals = {attr: p.data for attr, p in owned.items()}
                     try:
                         for p in owned.values():

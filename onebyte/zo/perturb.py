@@ -16,7 +16,9 @@ import torch
 from onebyte.zo.noise import NoiseTable
 
 
-def perturbed_copy(theta: torch.Tensor, name: str, seed: int, scale: float, noise: NoiseTable, out: torch.Tensor | None = None) -> torch.Tensor:
+def perturbed_copy(
+    theta: torch.Tensor, name: str, seed: int, scale: float, noise: NoiseTable, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """theta + scale * z(seed, name), streamed over the noise table; theta is only read."""
     if out is None:
         out = torch.empty_like(theta, memory_format=torch.contiguous_format)
@@ -44,7 +46,9 @@ class Perturbation:
     once per context and kept until the context exits, instead of once per owner.
     """
 
-    def __init__(self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable, directions=None):
+    def __init__(
+        self, model: torch.nn.Module, params: Sequence[tuple[str, torch.Tensor]], noise: NoiseTable, directions=None
+    ):
         self.model = model
         self.noise = noise
         self.directions = directions  # onebyte.zo.directions.Directions; None = dense
@@ -66,7 +70,7 @@ class Perturbation:
         self._exercised: set[int] = set()
         self._handles: list = []
 
-    def __call__(self, seed: int, scale: float) -> "Perturbation":
+    def __call__(self, seed: int, scale: float) -> Perturbation:
         self.seed, self.scale = seed, scale
         return self
 
@@ -98,7 +102,7 @@ class Perturbation:
 
         return hook
 
-    def __enter__(self) -> "Perturbation":
+    def __enter__(self) -> Perturbation:
         self._exercised.clear()
         for module, owned in self.owners:
             self._handles.append(module.register_forward_pre_hook(self._pre(owned)))
@@ -117,8 +121,12 @@ class Perturbation:
         if self.directions is not None and self.directions.is_lowrank(original):
             from onebyte.zo.directions import lowrank_direction
 
-            z = lowrank_direction(self.noise, self.seed, name, tuple(original.shape), self.directions.rank).to(original.device)
-            return self._take(original).copy_(torch.add(original.to(torch.float32), z, alpha=self.scale))  # never in place
+            z = lowrank_direction(self.noise, self.seed, name, tuple(original.shape), self.directions.rank).to(
+                original.device
+            )
+            return self._take(original).copy_(
+                torch.add(original.to(torch.float32), z, alpha=self.scale)
+            )  # never in place
         return perturbed_copy(original, name, self.seed, self.scale, self.noise, out=self._take(original))
 
     def _take(self, like: torch.Tensor) -> torch.Tensor:
@@ -135,7 +143,9 @@ class Perturbation:
         return sorted(name for pid, name in self.names.items() if pid not in self._exercised)
 
 
-def spsa_estimate(loss_fn: Callable[[], torch.Tensor | float], perturbation: Perturbation, seed: int, eps: float) -> tuple[float, float, float]:
+def spsa_estimate(
+    loss_fn: Callable[[], torch.Tensor | float], perturbation: Perturbation, seed: int, eps: float
+) -> tuple[float, float, float]:
     """(g, L+, L-) with g = (L(theta + eps z) - L(theta - eps z)) / (2 eps), theta untouched."""
     with torch.no_grad():
         with perturbation(seed, eps):

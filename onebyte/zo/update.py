@@ -61,7 +61,9 @@ def apply_round(
                 _apply_fused(flat, offsets, coeffs, d, noise, buffers[flat.device])
 
 
-def _apply_fused(flat: torch.Tensor, offsets: list[int], coeffs: list[float], d: float | None, noise: NoiseTable, buf: torch.Tensor) -> None:
+def _apply_fused(
+    flat: torch.Tensor, offsets: list[int], coeffs: list[float], d: float | None, noise: NoiseTable, buf: torch.Tensor
+) -> None:
     """Per cache-sized chunk: accumulate D over all windows, then write theta once."""
     chunk = min(noise.chunk, flat.numel())
     delta_buf = buf[:chunk]

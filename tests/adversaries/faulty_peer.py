@@ -23,7 +23,9 @@ def altered_apply(self, rs, *, live):
         _altered.append(rs.round)
         with torch.no_grad():
             self.state.replica.params[0][1].view(-1)[0] += 0.25
-        logging.getLogger("onebyte.peer").warning("[%s] round=%d FAULT INJECTED: one weight altered", self.tag, rs.round)
+        logging.getLogger("onebyte.peer").warning(
+            "[%s] round=%d FAULT INJECTED: one weight altered", self.tag, rs.round
+        )
     return seconds
 
 

@@ -33,7 +33,15 @@ def signature_message(key: str, subkey: bytes, value: bytes, expiration: float) 
     """What an onebyte record's Ed25519 signature covers (docs/PROTOCOL.md §9), built independently
     of onebyte.dht.validator so that a mistake there would show up here."""
     k, s = key_id_bytes(key), SER.dumps(subkey)
-    return b"onebyte/record/v1" + struct.pack("<I", len(k)) + k + struct.pack("<I", len(s)) + s + struct.pack("<d", expiration) + value
+    return (
+        b"onebyte/record/v1"
+        + struct.pack("<I", len(k))
+        + k
+        + struct.pack("<I", len(s))
+        + s
+        + struct.pack("<d", expiration)
+        + value
+    )
 
 
 def signed(identity: Identity, key: str, subkey: bytes, value: bytes, expiration: float) -> bytes:
@@ -41,7 +49,9 @@ def signed(identity: Identity, key: str, subkey: bytes, value: bytes, expiration
     return value + identity.sign(signature_message(key, subkey, value, expiration))
 
 
-async def _store_everywhere(key: str, subkey: bytes, value, expiration: float, signer: bytes | None, _dht, node) -> list[bool]:
+async def _store_everywhere(
+    key: str, subkey: bytes, value, expiration: float, signer: bytes | None, _dht, node
+) -> list[bool]:
     """Runs inside the DHT process. ``value`` is the stored bytes, or ("codes", round, published_at, n):
     a v1 contribution record with n codes built here (hivemind's pipe to its DHT process refuses
     arguments over ~16 KB, an attacker's own client would not). ``signer``: raw Ed25519 private key
@@ -61,10 +71,21 @@ async def _store_everywhere(key: str, subkey: bytes, value, expiration: float, s
 
 
 def private_bytes(identity: Identity) -> bytes:
-    return identity.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return identity.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
-def store_raw(dht: DHT, key: str, subkey: bytes, value, expiration: float, *, sign_with: Identity | None = None, timeout: float = 30.0) -> list[bool]:
+def store_raw(
+    dht: DHT,
+    key: str,
+    subkey: bytes,
+    value,
+    expiration: float,
+    *,
+    sign_with: Identity | None = None,
+    timeout: float = 30.0,
+) -> list[bool]:
     """Send the record (subkey, value bytes as stored: payload || signature, or anything) to every
     node this DHT node knows, signed by ``sign_with`` if given; ``subkey=None`` stores a plain value
     (no subkey). Returns each node's answer (True = it accepted and stored it)."""

@@ -66,14 +66,22 @@ class Node:
         self.t = Transfer(self.dht, run_id)
         self.prefix = handler_prefix(run_id)
         self.offer: dict | None = None
-        stats[mode] = {"peer_id": self.identity.peer_id, "info_calls": 0, "log_calls": 0, "state_calls": 0, "bytes_sent": 0}
+        stats[mode] = {
+            "peer_id": self.identity.peer_id,
+            "info_calls": 0,
+            "log_calls": 0,
+            "state_calls": 0,
+            "bytes_sent": 0,
+        }
 
     def count(self, key: str, n: int = 1) -> None:
         with self.lock:
             self.stats[self.mode][key] += n
 
     def beat(self) -> None:
-        hb = Heartbeat(version=__version__, round=10**6, sha256="", made=1, rate=1.0, p2p_id=self.t.p2p_id, p2p_addrs=self.t.addrs)
+        hb = Heartbeat(
+            version=__version__, round=10**6, sha256="", made=1, rate=1.0, p2p_id=self.t.p2p_id, p2p_addrs=self.t.addrs
+        )
         self.client.publish_heartbeat(self.run_id, hb, 600.0)
 
     def register(self) -> None:
@@ -89,7 +97,11 @@ class Node:
             elif mode == "liar":
                 meta = {"log": [0, 10**9], "contributions": 10**12, "checkpoint": None}
             elif mode == "stall":
-                meta = {"log": [0, 10**6], "contributions": 10, "checkpoint": {"round": 0, "sha256": "0" * 64, "bytes": 1000}}
+                meta = {
+                    "log": [0, 10**6],
+                    "contributions": 10,
+                    "checkpoint": {"round": 0, "sha256": "0" * 64, "bytes": 1000},
+                }
             else:  # bigmsg
                 meta = {"log": [0, 10**6], "contributions": 10, "checkpoint": None}
             return averaging_pb2.DownloadData(metadata=json.dumps(meta).encode())
@@ -100,7 +112,9 @@ class Node:
                 await asyncio.sleep(3600)
             if mode == "liar":
                 yield averaging_pb2.DownloadData(metadata=b"[" * 100_000 + b"\n")
-                yield averaging_pb2.DownloadData(metadata=b'{"round":999999,"digest":"' + b"0" * 64 + b'","records":[]}\n')
+                yield averaging_pb2.DownloadData(
+                    metadata=b'{"round":999999,"digest":"' + b"0" * 64 + b'","records":[]}\n'
+                )
                 yield averaging_pb2.DownloadData(metadata=b'{"round":0,"digest":"' + b"0" * (2 * 1024 * 1024) + b'"}\n')
 
         async def state_handler(_req, _ctx):
@@ -108,8 +122,12 @@ class Node:
             if mode == "stall":
                 await asyncio.sleep(3600)
             if mode == "flood":
-                part = runtime_pb2.Tensor(buffer=os.urandom(64 * 1024), size=[16 * 1024], dtype="float32", compression=runtime_pb2.NONE)
-                meta = json.dumps({"round": self.offer["round"], "sha256": self.offer["sha256"], "names": ["w"]}).encode()
+                part = runtime_pb2.Tensor(
+                    buffer=os.urandom(64 * 1024), size=[16 * 1024], dtype="float32", compression=runtime_pb2.NONE
+                )
+                meta = json.dumps(
+                    {"round": self.offer["round"], "sha256": self.offer["sha256"], "names": ["w"]}
+                ).encode()
                 for i in range(10_000):  # 640 MB, unless the joiner hangs up first
                     yield averaging_pb2.DownloadData(tensor_part=part, metadata=meta if i == 0 else b"")
                     self.count("bytes_sent", len(part.buffer))
@@ -136,8 +154,12 @@ class Node:
             if mode == "bigmsg":
                 await p2p.add_binary_stream_handler(f"{self.prefix}.log", bigmsg)
             else:
-                await p2p.add_protobuf_handler(f"{self.prefix}.log", log_handler, averaging_pb2.DownloadData, stream_output=True)
-            await p2p.add_protobuf_handler(f"{self.prefix}.state", state_handler, averaging_pb2.DownloadData, stream_output=True)
+                await p2p.add_protobuf_handler(
+                    f"{self.prefix}.log", log_handler, averaging_pb2.DownloadData, stream_output=True
+                )
+            await p2p.add_protobuf_handler(
+                f"{self.prefix}.state", state_handler, averaging_pb2.DownloadData, stream_output=True
+            )
 
         self.t._call(go())
 
@@ -192,13 +214,29 @@ def main() -> None:
     if args.tarpits:  # fake live peers: fresh keys, validly signed heartbeats, addresses that stall
         for _ in range(args.tarpits):
             ident = Identity()
-            hb = Heartbeat(version=__version__, round=10**6, sha256="", made=1, rate=1.0, p2p_id=random_peer_id(),
-                           p2p_addrs=[f"/ip4/127.0.0.1/tcp/{args.tarpit_port}"])
-            store_raw(nodes[0].dht, peers_key(args.run_id), subkey_of(ident), SER.dumps(hb.model_dump()), time.time() + 600, sign_with=ident)
+            hb = Heartbeat(
+                version=__version__,
+                round=10**6,
+                sha256="",
+                made=1,
+                rate=1.0,
+                p2p_id=random_peer_id(),
+                p2p_addrs=[f"/ip4/127.0.0.1/tcp/{args.tarpit_port}"],
+            )
+            store_raw(
+                nodes[0].dht,
+                peers_key(args.run_id),
+                subkey_of(ident),
+                SER.dumps(hb.model_dump()),
+                time.time() + 600,
+                sign_with=ident,
+            )
     stats["tarpits_ready"] = time.time()
     dump()
     flood = next((n for n in nodes if n.mode == "flood"), None)
-    while flood is not None and flood.offer is None and not stop.is_set():  # an offer a joiner admits needs an agreed hash round
+    while (
+        flood is not None and flood.offer is None and not stop.is_set()
+    ):  # an offer a joiner admits needs an agreed hash round
         flood.offer = newest_agreed(flood.client, args.run_id)
         stop.wait(1.0)
     if flood is not None:

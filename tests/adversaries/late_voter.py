@@ -8,12 +8,16 @@ through the real DHT. Everything else is the real peer.
 import sys
 import time
 
-from onebyte.dht.client import RecordClient
 from onebyte import cli
+from onebyte.dht.client import RecordClient
 
 DELAY = float(sys.argv.pop(1))
 _held: list[tuple[float, str, object, float]] = []
-_publish_hash, _publish_contributions, _read_hashes = RecordClient.publish_hash, RecordClient.publish_contributions, RecordClient.read_hashes
+_publish_hash, _publish_contributions, _read_hashes = (
+    RecordClient.publish_hash,
+    RecordClient.publish_contributions,
+    RecordClient.read_hashes,
+)
 
 
 def _release(client: RecordClient) -> None:
@@ -37,6 +41,10 @@ def read_hashes(self, run_id, round_):
     return _read_hashes(self, run_id, round_)
 
 
-RecordClient.publish_hash, RecordClient.publish_contributions, RecordClient.read_hashes = publish_hash, publish_contributions, read_hashes
+RecordClient.publish_hash, RecordClient.publish_contributions, RecordClient.read_hashes = (
+    publish_hash,
+    publish_contributions,
+    read_hashes,
+)
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

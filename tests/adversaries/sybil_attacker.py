@@ -51,8 +51,25 @@ def forged_state(manifest: RunManifest, workdir: Path):
     to the smallest hash is then the attacker's unless the honest hash starts with "0" too)."""
     from onebyte.peer.train import TrainConfig, build
 
-    keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
-            "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+    keys = (
+        "model",
+        "model_kind",
+        "dtype",
+        "trainable",
+        "init_seed",
+        "dataset",
+        "task",
+        "text_column",
+        "label_column",
+        "label_words",
+        "template",
+        "max_length",
+        "lr",
+        "eps",
+        "weight_decay",
+        "codec",
+        "table_log2",
+    )
     _, _, replica = build(TrainConfig(**{k: getattr(manifest, k) for k in keys}, progress=False))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -115,8 +132,15 @@ def main(argv: list[str]) -> int:
         r_now = clock.round_at(now)
         if transfer is not None and now >= next_beat:  # three keys advertise the one server: three offers per look
             for k in keys[:3]:
-                hb = Heartbeat(version="0", round=max(-1, clock.last_final(now)), sha256="", made=0, rate=0.0, p2p_id=transfer.p2p_id,
-                               p2p_addrs=transfer.addrs)
+                hb = Heartbeat(
+                    version="0",
+                    round=max(-1, clock.last_final(now)),
+                    sha256="",
+                    made=0,
+                    rate=0.0,
+                    p2p_id=transfer.p2p_id,
+                    p2p_addrs=transfer.addrs,
+                )
                 store_raw(dht, peers_key(run_id), subkey_of(k), SER.dumps(hb.model_dump()), now + 150.0, sign_with=k)
             next_beat = now + 10.0
             write_info(workdir, out)
@@ -141,7 +165,14 @@ def main(argv: list[str]) -> int:
                     continue
                 vote = HashRecord(round=q, sha256=out["forged_sha256"], set_digest="0" * 64, contributions=n_keys)
                 for k in keys:
-                    store_raw(dht, hash_key(run_id, q), subkey_of(k), SER.dumps(vote.model_dump()), clock.close(q) + 3600, sign_with=k)
+                    store_raw(
+                        dht,
+                        hash_key(run_id, q),
+                        subkey_of(k),
+                        SER.dumps(vote.model_dump()),
+                        clock.close(q) + 3600,
+                        sign_with=k,
+                    )
                 done_votes.add(q)
         time.sleep(0.2)
 

@@ -24,20 +24,31 @@ from hivemind.utils import get_dht_time
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import RUNS_KEY, ContributionRecord, Heartbeat, hash_key, manifest_key, peers_key, round_key
-from tests.support.figures import record
 from tests.adversaries.hostile_client import SER, known_nodes, signed, store_raw, subkey_of
+from tests.support.figures import record
 from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 DEEP = b"\x91" * 600 + b"\x01"  # an array nested 600 deep: msgpack decodes it, pickle (hivemind's pipe) cannot
 DEEP_MAP = b"\x81\xa1k" * 300 + b"\x01"  # maps nested 300 deep
 EXT_FULL = msgpack.packb([msgpack.ExtType(i % 120 + 1, b"x") for i in range(1000)])  # 1,000 unknown extension objects
 TUPLE_EXT = SER.dumps((1, 2, 3))  # hivemind's own tuple extension: onebyte records never hold one
-BAD_VALUES = {"nested_600": DEEP, "nested_maps_300": DEEP_MAP, "nested_9": b"\x91" * 9 + b"\x01", "extension_types": EXT_FULL,
-              "tuple_extension": TUPLE_EXT}
+BAD_VALUES = {
+    "nested_600": DEEP,
+    "nested_maps_300": DEEP_MAP,
+    "nested_9": b"\x91" * 9 + b"\x01",
+    "extension_types": EXT_FULL,
+    "tuple_extension": TUPLE_EXT,
+}
 
 
 def key_kinds(run: str) -> dict[str, str]:
-    return {"round": round_key(run, 5), "hash": hash_key(run, 6), "peers": peers_key(run), "manifest": manifest_key(run), "runs": RUNS_KEY}
+    return {
+        "round": round_key(run, 5),
+        "hash": hash_key(run, 6),
+        "peers": peers_key(run),
+        "manifest": manifest_key(run),
+        "runs": RUNS_KEY,
+    }
 
 
 def _two_nodes():
@@ -62,7 +73,9 @@ def test_nested_and_extension_values_are_refused_under_every_key_kind():
             for name, value in BAD_VALUES.items():
                 ident = Identity()
                 answers[(kind, name)] = store_raw(a_dht, key, subkey_of(ident), value, exp, sign_with=ident)
-        assert honest._store(round_key(run, 5), ContributionRecord(round=5, published_at=1.0, codes=b"\x01").pack(), exp)
+        assert honest._store(
+            round_key(run, 5), ContributionRecord(round=5, published_at=1.0, codes=b"\x01").pack(), exp
+        )
         t0 = time.time()
         records = honest.read_round(run, 5)
         seconds = time.time() - t0
@@ -73,8 +86,14 @@ def test_nested_and_extension_values_are_refused_under_every_key_kind():
     assert all(a and not any(a) for a in answers.values()), {k: a for k, a in answers.items() if not a or any(a)}
     assert list(records) == [reader.peer_id]
     assert counts["too_deep"] >= 3 * 5 and counts["extension_type"] >= 2 * 5, counts
-    record("nested_values_refused", key_kinds=sorted(key_kinds("x")), values=sorted(BAD_VALUES), stores=len(answers),
-           refused_by_reason=dict(counts), honest_read_seconds=seconds)
+    record(
+        "nested_values_refused",
+        key_kinds=sorted(key_kinds("x")),
+        values=sorted(BAD_VALUES),
+        stores=len(answers),
+        refused_by_reason=dict(counts),
+        honest_read_seconds=seconds,
+    )
 
 
 async def _plant(keys: list[str], exp: float, ext_subkeys: int, _dht, node) -> int:
@@ -88,10 +107,16 @@ async def _plant(keys: list[str], exp: float, ext_subkeys: int, _dht, node) -> i
         key_id = DHTID.generate(source=key)
         for value in (DEEP, EXT_FULL, DEEP_MAP):
             ident = Identity()
-            node.protocol.storage.store_subkey(key_id, subkey_of(ident), signed(ident, key, subkey_of(ident), value, exp), exp)
+            node.protocol.storage.store_subkey(
+                key_id, subkey_of(ident), signed(ident, key, subkey_of(ident), value, exp), exp
+            )
             n += 1
-        for i in range(ext_subkeys):  # codes hivemind has not registered (0x40 tuple, 0x50 and 0x51 are), distinct expirations
-            node.protocol.storage.store_subkey(key_id, msgpack.ExtType(i % 60 + 1, b"%d" % i), b"\x01", exp - 1 - i * 1e-3)
+        for i in range(
+            ext_subkeys
+        ):  # codes hivemind has not registered (0x40 tuple, 0x50 and 0x51 are), distinct expirations
+            node.protocol.storage.store_subkey(
+                key_id, msgpack.ExtType(i % 60 + 1, b"%d" % i), b"\x01", exp - 1 - i * 1e-3
+            )
             n += 1
     return n
 
@@ -123,7 +148,9 @@ def test_a_reader_drops_values_that_got_past_a_validator(tmp_path):
         maddrs = [str(a) for a in r_dht.get_visible_maddrs()]
         cli = [sys.executable, "-m", "onebyte.cli"]
         peers_arg = [x for m in maddrs for x in ("--initial-peers", m)]
-        status = subprocess.run([*cli, "status", "--run-id", run, *peers_arg], capture_output=True, text=True, timeout=180, cwd=ROOT)
+        status = subprocess.run(
+            [*cli, "status", "--run-id", run, *peers_arg], capture_output=True, text=True, timeout=180, cwd=ROOT
+        )
         runs = subprocess.run([*cli, "runs", *peers_arg], capture_output=True, text=True, timeout=180, cwd=ROOT)
     finally:
         a_dht.shutdown()
@@ -135,11 +162,19 @@ def test_a_reader_drops_values_that_got_past_a_validator(tmp_path):
     assert reader.peer_id[:16] in status.stdout and "1 live peer(s)" in status.stdout, status.stdout
     assert "RecursionError" not in status.stderr and "Traceback" not in status.stderr, status.stderr[-2000:]
     assert runs.returncode == 0 and "Traceback" not in runs.stderr, runs.stderr[-2000:]
-    record("reader_drops_planted_values", read_seconds=seconds, rejected=dict(honest.rejected), lean_rejected=dict(lean.rejected),
-           status_stdout=status.stdout, status_stderr_tail=status.stderr[-300:], runs_stdout=runs.stdout)
+    record(
+        "reader_drops_planted_values",
+        read_seconds=seconds,
+        rejected=dict(honest.rejected),
+        lean_rejected=dict(lean.rejected),
+        status_stdout=status.stdout,
+        status_stderr_tail=status.stderr[-300:],
+        runs_stdout=runs.stdout,
+    )
 
 
 # -- catch-up sources: hostile answers and tarpits against a real Transfer, no swarm -------------------------------
+
 
 def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
     """A joiner's Transfer against real hostile p2p handlers (tests/adversaries/hostile_transfer.py) and an
@@ -180,10 +215,12 @@ def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
         offer = me.info(nodes["flood"].t.p2p_id)["checkpoint"]
         rss0 = psutil.Process().memory_info().rss
         failures = {}
-        for mode, call in (("flood", lambda: me.fetch_state(nodes["flood"].t.p2p_id, timeout=60)),
-                           ("bigmsg", lambda: me.fetch_log(nodes["bigmsg"].t.p2p_id, 0, 10)),
-                           ("stall", lambda: me.fetch_log(nodes["stall"].t.p2p_id, 0, 10)),
-                           ("liar", lambda: me.fetch_log(nodes["liar"].t.p2p_id, 0, 10))):
+        for mode, call in (
+            ("flood", lambda: me.fetch_state(nodes["flood"].t.p2p_id, timeout=60)),
+            ("bigmsg", lambda: me.fetch_log(nodes["bigmsg"].t.p2p_id, 0, 10)),
+            ("stall", lambda: me.fetch_log(nodes["stall"].t.p2p_id, 0, 10)),
+            ("liar", lambda: me.fetch_log(nodes["liar"].t.p2p_id, 0, 10)),
+        ):
             t0 = time.time()
             try:
                 call()
@@ -204,12 +241,22 @@ def test_hostile_sources_fail_cleanly_and_tarpits_cost_one_deadline(tmp_path):
         for n in nodes.values():
             n.dht.shutdown()
         boot.shutdown()
-    record("hostile_sources", crash_shapes=crash, checkpoint_offer=offer, failures=failures, flood_bytes_sent_by_source=flood_sent,
-           rss_growth_mb=rss_growth / 2**20, tarpits=len(candidates), probe_seconds=probe_seconds,
-           honest_answer=answers.get(honest.p2p_id))
+    record(
+        "hostile_sources",
+        crash_shapes=crash,
+        checkpoint_offer=offer,
+        failures=failures,
+        flood_bytes_sent_by_source=flood_sent,
+        rss_growth_mb=rss_growth / 2**20,
+        tarpits=len(candidates),
+        probe_seconds=probe_seconds,
+        honest_answer=answers.get(honest.p2p_id),
+    )
     assert all(kind == "refused" for kind, _ in crash), crash
     assert offer == {"round": 3, "sha256": "ab" * 32, "bytes": 1000}
-    assert "more than the" in failures["flood"][0] and str(2 * 1000 + STATE_SLACK_BYTES) in failures["flood"][0], failures
+    assert "more than the" in failures["flood"][0] and str(2 * 1000 + STATE_SLACK_BYTES) in failures["flood"][0], (
+        failures
+    )
     assert "104857600 bytes" in failures["bigmsg"][0], failures
     assert "sent nothing for" in failures["stall"][0], failures
     assert "log line of" in failures["liar"][0], failures
@@ -249,20 +296,63 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
     run, rounds, tarpits = "bounds13", 90, 60
     names = ("a", "b", "c")
     with Swarm(tmp_path) as swarm:
-        common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
+        common = [
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            "--batch-size",
+            "4",
+            "--checkpoint-interval",
+            "0",
+            "--threads",
+            "1",
+        ]
         swarm.peer("b", *common, *WAIT, "--shard", "1/3")
         swarm.peer("c", *common, *WAIT, "--shard", "2/3", "--checkpoint-dir", str(tmp_path / "c.ck"))
         swarm.wait_waiting("b", "c")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
-                   "--hash-every", "3", "--shard", "0/3", "--checkpoint-dir", str(tmp_path / "a.ck"))
+        swarm.peer(
+            "a",
+            *common,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "2",
+            "--contribs-per-round",
+            "2",
+            "--hash-every",
+            "3",
+            "--shard",
+            "0/3",
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+        )
         peers_arg = [x for m in swarm.maddrs for x in ("--initial-peers", m)]
         # hostile catch-up sources and 60 fake live peers that stall: started now, they wait for a hash round to forge an offer for
         pit = tarpit()
         out = tmp_path / "hostile.json"
         hostile_log = open(tmp_path / "hostile.log", "w")
-        hostile = subprocess.Popen([sys.executable, "-m", "tests.adversaries.hostile_transfer", "--run-id", run, *peers_arg, "--tarpits", str(tarpits),
-                                    "--tarpit-port", str(pit.getsockname()[1]), "--out", str(out)], cwd=ROOT, stdout=hostile_log,
-                                   stderr=subprocess.STDOUT)
+        hostile = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.adversaries.hostile_transfer",
+                "--run-id",
+                run,
+                *peers_arg,
+                "--tarpits",
+                str(tarpits),
+                "--tarpit-port",
+                str(pit.getsockname()[1]),
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            stdout=hostile_log,
+            stderr=subprocess.STDOUT,
+        )
         evil = None
         try:
             swarm.wait_for_round("a", 1, timeout=240)
@@ -276,13 +366,23 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
             poisoned_at = time.time()
             # the run's status and list, read through the poisoned node (in parallel: each is a fresh process)
             cli = [sys.executable, "-m", "onebyte.cli"]
-            status_p = subprocess.Popen([*cli, "status", "--run-id", run, *peers_arg], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            runs_p = subprocess.Popen([*cli, "runs", *peers_arg], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            status_p = subprocess.Popen(
+                [*cli, "status", "--run-id", run, *peers_arg],
+                cwd=ROOT,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            runs_p = subprocess.Popen(
+                [*cli, "runs", *peers_arg], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             deadline = time.time() + 240
             while not (out.exists() and "tarpits_ready" in json.loads(out.read_text())):
                 assert time.time() < deadline and hostile.poll() is None, (tmp_path / "hostile.log").read_text()[-3000:]
                 time.sleep(1)
-            ready_round = max(json.loads(line)["round"] for line in (tmp_path / "a.rounds.jsonl").read_text().splitlines())
+            ready_round = max(
+                json.loads(line)["round"] for line in (tmp_path / "a.rounds.jsonl").read_text().splitlines()
+            )
             late = swarm.peer("late", *common, "--shard", "1/3")
             rss = {n: 0 for n in (*names, "late")}
             while late.poll() is None:
@@ -309,25 +409,52 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
         logs = {n: swarm.log(n) for n in (*names, "late")}
         growth = {n: (tmp_path / f"{n}.log").stat().st_size - log_before[n] for n in names}
         reports = {n: swarm.report(n) for n in (*names, "late")}
-        caught = [json.loads(line) for line in (tmp_path / "late.rounds.jsonl").read_text().splitlines() if '"catchup"' in line]
+        caught = [
+            json.loads(line)
+            for line in (tmp_path / "late.rounds.jsonl").read_text().splitlines()
+            if '"catchup"' in line
+        ]
 
     ext_lines = {n: logs[n].count(UNKNOWN_EXT) for n in logs}
-    probes = [tuple(map(int, m)) for m in re.findall(r"(\d+) of (\d+) peer\(s\) asked cannot serve catch-up", logs["late"])]
-    record("poisoned_dht_hostile_sources_tarpits", planted_entries=planted, poisoned_keys=len(keys), attack_seconds=attack_seconds,
-           log_growth_bytes=growth, unknown_ext_lines=ext_lines, unknown_ext_lines_suppressed={n: suppressed(t) for n, t in logs.items()},
-           peak_rss_mb={n: v / 2**20 for n, v in rss.items()}, hostile=hostile_stats, tarpits=tarpits, catchups=caught, probes=probes,
-           ready_round=ready_round, exit_codes=codes, final_hashes={n: r["final_sha256"][:12] for n, r in reports.items()},
-           rejected={n: r["rejected"] for n, r in reports.items()}, status_stdout=status_out, runs_stdout=runs_out,
-           status_stderr_tail=status_err[-300:], runs_stderr_tail=runs_err[-300:])
+    probes = [
+        tuple(map(int, m)) for m in re.findall(r"(\d+) of (\d+) peer\(s\) asked cannot serve catch-up", logs["late"])
+    ]
+    record(
+        "poisoned_dht_hostile_sources_tarpits",
+        planted_entries=planted,
+        poisoned_keys=len(keys),
+        attack_seconds=attack_seconds,
+        log_growth_bytes=growth,
+        unknown_ext_lines=ext_lines,
+        unknown_ext_lines_suppressed={n: suppressed(t) for n, t in logs.items()},
+        peak_rss_mb={n: v / 2**20 for n, v in rss.items()},
+        hostile=hostile_stats,
+        tarpits=tarpits,
+        catchups=caught,
+        probes=probes,
+        ready_round=ready_round,
+        exit_codes=codes,
+        final_hashes={n: r["final_sha256"][:12] for n, r in reports.items()},
+        rejected={n: r["rejected"] for n, r in reports.items()},
+        status_stdout=status_out,
+        runs_stdout=runs_out,
+        status_stderr_tail=status_err[-300:],
+        runs_stderr_tail=runs_err[-300:],
+    )
     # nobody crashed, everybody applied every round and ends on one hash
     assert codes == {n: 0 for n in codes}, {n: logs[n][-3000:] for n, c in codes.items() if c}
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert all(r["last_round"] == rounds - 1 for r in reports.values())
     for n, text in logs.items():
         for bad in ("RecursionError", "ZeroDivisionError", "DHTUnavailable"):
             assert bad not in text, (n, bad)
     # `onebyte status` and `onebyte runs` read through the poisoned node
-    assert status_p.returncode == 0 and all(reports[n]["peer_id"][:16] in status_out for n in names), (status_out, status_err[-2000:])
+    assert status_p.returncode == 0 and all(reports[n]["peer_id"][:16] in status_out for n in names), (
+        status_out,
+        status_err[-2000:],
+    )
     assert runs_p.returncode == 0 and run in runs_out, (runs_out, runs_err[-2000:])
     # the late joiner met the tarpits and the hostile sources, and caught up anyway, within a bound
     # (from scratch, or after the first rounds: when every attempt fails for 30 s it reads rounds from the DHT meanwhile)

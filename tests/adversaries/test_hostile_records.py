@@ -27,8 +27,8 @@ from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import ContributionRecord, round_key
 from onebyte.dht.validator import owner_subkey
-from tests.support.figures import record
 from tests.adversaries.hostile_client import SER, fetch_raw, known_nodes, signed, store_raw, subkey_of
+from tests.support.figures import record
 from tests.support.swarm import START, TINY, WAIT, Swarm
 
 
@@ -77,7 +77,14 @@ def attach(swarm: Swarm, run_id: str, peers: int):
     assert len(honest) == peers, honest
     while known_nodes(dht) < peers + 1 and time.time() < deadline:  # the bootstrap node and every peer's
         time.sleep(0.5)
-    return attacker, dht, client, m, RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds), sorted(honest)
+    return (
+        attacker,
+        dht,
+        client,
+        m,
+        RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds),
+        sorted(honest),
+    )
 
 
 @pytest.mark.long
@@ -86,12 +93,41 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
     port = free_port()
     ck = {n: tmp_path / f"{n}.ck" for n in "abc"}
     with Swarm(tmp_path) as swarm:
-        common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
+        common = [
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            "--batch-size",
+            "4",
+            "--checkpoint-interval",
+            "0",
+            "--threads",
+            "1",
+        ]
         swarm.peer("b", *common, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(ck["b"]))
         swarm.peer("c", *common, *WAIT, "--shard", "2/3", "--checkpoint-dir", str(ck["c"]))
         swarm.wait_waiting("b", "c")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", str(k),
-                   "--hash-every", "3", "--shard", "0/3", "--checkpoint-dir", str(ck["a"]), "--metrics-port", str(port))
+        swarm.peer(
+            "a",
+            *common,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "3",
+            "--contribs-per-round",
+            str(k),
+            "--hash-every",
+            "3",
+            "--shard",
+            "0/3",
+            "--checkpoint-dir",
+            str(ck["a"]),
+            "--metrics-port",
+            str(port),
+        )
         swarm.wait_for_round("a", 1, timeout=180)
         attacker, dht, client, m, clock, honest = attach(swarm, run, 3)
         try:
@@ -110,8 +146,12 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
                 stored[name] = store_raw(dht, k_, sk, value, e, sign_with=ident if sign else None)
 
             # -- refused by every DHT node's validator (docs/PROTOCOL.md §9) -------------------
-            genuine = [(r, sk, v, e) for r in range(target - 2, -1, -1) for sk, v, e in fetch_raw(dht, round_key(run, r))
-                       if sk in {owner_subkey(bytes.fromhex(p)) for p in honest}]
+            genuine = [
+                (r, sk, v, e)
+                for r in range(target - 2, -1, -1)
+                for sk, v, e in fetch_raw(dht, round_key(run, r))
+                if sk in {owner_subkey(bytes.fromhex(p)) for p in honest}
+            ]
             assert genuine, "no honest record in the DHT to replay"
             old_round, victim_sk, genuine_bytes, genuine_exp = genuine[0]
             tampered = bytearray(genuine_bytes)
@@ -119,27 +159,51 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
             own = Identity()
             refused["unsigned"] = store_raw(dht, key, subkey_of(own), good(target), exp)
             refused["bad_signature"] = store_raw(dht, key, subkey_of(own), good(target) + os.urandom(64), exp)
-            refused["forged_under_victim_key"] = store_raw(dht, key, victim_sk, good(target, b"\x7f\x7f"), exp, sign_with=attacker)
+            refused["forged_under_victim_key"] = store_raw(
+                dht, key, victim_sk, good(target, b"\x7f\x7f"), exp, sign_with=attacker
+            )
             refused["replayed_into_new_round"] = store_raw(dht, key, victim_sk, genuine_bytes, genuine_exp)
-            refused["replayed_redated"] = store_raw(dht, round_key(run, old_round), victim_sk, genuine_bytes, genuine_exp + 3600)
+            refused["replayed_redated"] = store_raw(
+                dht, round_key(run, old_round), victim_sk, genuine_bytes, genuine_exp + 3600
+            )
             refused["tampered"] = store_raw(dht, round_key(run, old_round), victim_sk, bytes(tampered), genuine_exp)
-            for name, sk in (("foreign_subkey_bytes", b"evil"), ("foreign_subkey_ob2", b"ob2" + bytes(32)), ("foreign_subkey_35_bytes", bytes(35))):
+            for name, sk in (
+                ("foreign_subkey_bytes", b"evil"),
+                ("foreign_subkey_ob2", b"ob2" + bytes(32)),
+                ("foreign_subkey_35_bytes", bytes(35)),
+            ):
                 refused[name] = store_raw(dht, key, sk, good(target), exp)
-            refused["plain_value_over_the_round"] = store_raw(dht, key, None, SER.dumps(b"erased"), get_dht_time() + 365 * 86400)
+            refused["plain_value_over_the_round"] = store_raw(
+                dht, key, None, SER.dumps(b"erased"), get_dht_time() + 365 * 86400
+            )
             refused["not_msgpack"] = store_raw(dht, key, subkey_of(own), b"\xc1 not msgpack", exp, sign_with=own)
             # storage is bounded: a value larger than any reader accepts, an expiration a year ahead
             big, far = keys.setdefault("oversized", Identity()), keys.setdefault("expires_in_a_year", Identity())
             refused["oversized"] = store_raw(dht, key, subkey_of(big), ("codes", target, now, 9000), exp, sign_with=big)
-            refused["expires_in_a_year"] = store_raw(dht, key, subkey_of(far), good(target), get_dht_time() + 365 * 86400, sign_with=far)
-            refused["signed_for_another_round"] = store_raw(dht, key, subkey_of(own), signed(own, round_key(run, target + 1), subkey_of(own), good(target), exp), exp)
+            refused["expires_in_a_year"] = store_raw(
+                dht, key, subkey_of(far), good(target), get_dht_time() + 365 * 86400, sign_with=far
+            )
+            refused["signed_for_another_round"] = store_raw(
+                dht,
+                key,
+                subkey_of(own),
+                signed(own, round_key(run, target + 1), subkey_of(own), good(target), exp),
+                exp,
+            )
 
             # -- stored (validly signed by their own keys) but rejected by every reader ----------
             malformed = {
-                "not_a_record_map": {"round": target}, "version_2": [2, target, now, b"\x01"], "three_fields": [1, target, now],
-                "five_fields": [1, target, now, b"\x01", b"x"], "round_as_string": [1, str(target), now, b"\x01"],
-                "codes_as_string": [1, target, now, "\x01"], "negative_round": [1, -5, now, b"\x01"],
-                "nan_published_at": [1, target, math.nan, b"\x01"], "inf_published_at": [1, target, math.inf, b"\x01"],
-                "bare_bytes": b"\x01\x01", "no_codes": [1, target, now, b""],
+                "not_a_record_map": {"round": target},
+                "version_2": [2, target, now, b"\x01"],
+                "three_fields": [1, target, now],
+                "five_fields": [1, target, now, b"\x01", b"x"],
+                "round_as_string": [1, str(target), now, b"\x01"],
+                "codes_as_string": [1, target, now, "\x01"],
+                "negative_round": [1, -5, now, b"\x01"],
+                "nan_published_at": [1, target, math.nan, b"\x01"],
+                "inf_published_at": [1, target, math.inf, b"\x01"],
+                "bare_bytes": b"\x01\x01",
+                "no_codes": [1, target, now, b""],
             }
             for name, value in malformed.items():
                 as_new_key(name, SER.dumps(value))
@@ -149,8 +213,15 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
             as_new_key("too_many_codes", good(target, b"\x01" * (k + 1)))
             as_new_key("claims_late", SER.dumps([1, target, clock.close(target) + 1000.0, b"\x01"]))
             # harmless by the protocol: a record for a round far in the future, a backdated one for a round every peer applied
-            as_new_key("far_future_key", good(target + 10**5), k_=round_key(run, target + 10**5), e=get_dht_time() + 600)
-            as_new_key("backdated_past_round", SER.dumps([1, 0, m.start_time, b"\x7f"]), k_=round_key(run, 0), e=get_dht_time() + 600)
+            as_new_key(
+                "far_future_key", good(target + 10**5), k_=round_key(run, target + 10**5), e=get_dht_time() + 600
+            )
+            as_new_key(
+                "backdated_past_round",
+                SER.dumps([1, 0, m.start_time, b"\x7f"]),
+                k_=round_key(run, 0),
+                e=get_dht_time() + 600,
+            )
 
             # -- valid records: a contribution re-sent 20 times counts once ---------------------
             dup = keys.setdefault("duplicate", Identity())
@@ -163,10 +234,23 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
             t0 = time.time()
             flood_answers = []
             for r in range(target + 1, target + 121):
-                flood_answers += store_raw(dht, round_key(run, r), subkey_of(flood), ("codes", r, now, k + 1), clock.close(r) + 3600, sign_with=flood)
+                flood_answers += store_raw(
+                    dht,
+                    round_key(run, r),
+                    subkey_of(flood),
+                    ("codes", r, now, k + 1),
+                    clock.close(r) + 3600,
+                    sign_with=flood,
+                )
             for i in range(40):
-                flood_answers += store_raw(dht, round_key(run, target + 1), subkey_of(flood), ("codes", target + 1, now, k + 1), clock.close(target + 1) + 3600 + i,
-                          sign_with=flood)
+                flood_answers += store_raw(
+                    dht,
+                    round_key(run, target + 1),
+                    subkey_of(flood),
+                    ("codes", target + 1, now, k + 1),
+                    clock.close(target + 1) + 3600 + i,
+                    sign_with=flood,
+                )
             flood_seconds = time.time() - t0
         finally:
             dht.shutdown()
@@ -178,8 +262,12 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
                 seen = scrape(port)
             except OSError:  # it just left
                 break
-            if (seen.get(("bad_signature", "validator"), 0) >= 5 and seen.get(("unsigned", "validator"), 0) >= 1
-                    and seen.get(("not_msgpack", "validator"), 0) >= 1 and seen.get(("malformed", "round"), 0) >= 1):
+            if (
+                seen.get(("bad_signature", "validator"), 0) >= 5
+                and seen.get(("unsigned", "validator"), 0) >= 1
+                and seen.get(("not_msgpack", "validator"), 0) >= 1
+                and seen.get(("malformed", "round"), 0) >= 1
+            ):
                 break
             time.sleep(2)
         for name in "abc":
@@ -187,14 +275,29 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
         reports = {n: swarm.report(n) for n in "abc"}
         logs = {n: seed_log(ck[n]) for n in "abc"}
 
-    record("hostile_records", dht_nodes=nodes, target_round=target, refused_by_every_node=sorted(refused), stored_then_rejected=sorted(stored),
-           malformed_variants=sorted(malformed), duplicate_stores=len(dup_answers), flood={"stores": 160, "seconds": flood_seconds,
-           "rounds": 120, "accepted_by_nodes": sum(flood_answers), "answers": len(flood_answers)},
-           rejected_per_peer={n: r["rejected"] for n, r in reports.items()},
-           metrics_peer_a={f"{a}/{b}": v for (a, b), v in sorted(seen.items())},
-           distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}), hash_mismatches=sum(r["hash_mismatches"] for r in reports.values()),
-           rounds=rounds, last_rounds={n: r["last_round"] for n, r in reports.items()},
-           contributions_published={n: r["contributions_published"] for n, r in reports.items()})
+    record(
+        "hostile_records",
+        dht_nodes=nodes,
+        target_round=target,
+        refused_by_every_node=sorted(refused),
+        stored_then_rejected=sorted(stored),
+        malformed_variants=sorted(malformed),
+        duplicate_stores=len(dup_answers),
+        flood={
+            "stores": 160,
+            "seconds": flood_seconds,
+            "rounds": 120,
+            "accepted_by_nodes": sum(flood_answers),
+            "answers": len(flood_answers),
+        },
+        rejected_per_peer={n: r["rejected"] for n, r in reports.items()},
+        metrics_peer_a={f"{a}/{b}": v for (a, b), v in sorted(seen.items())},
+        distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}),
+        hash_mismatches=sum(r["hash_mismatches"] for r in reports.values()),
+        rounds=rounds,
+        last_rounds={n: r["last_round"] for n, r in reports.items()},
+        contributions_published={n: r["contributions_published"] for n, r in reports.items()},
+    )
     assert read_before, "the injection took longer than the round: nothing was tested"
     # every node refused every forged, unsigned, tampered, replayed or re-dated record
     for name, answers in refused.items():
@@ -207,7 +310,9 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
     assert seen.get(("foreign_subkey", "validator"), 0) >= 3 and seen.get(("not_msgpack", "validator"), 0) >= 1, seen
     assert seen.get(("oversized", "validator"), 0) >= 1 and seen.get(("expiration_too_far", "validator"), 0) >= 1, seen
 
-    assert seen.get(("malformed", "parse"), 0) >= len(malformed) - 1 and seen.get(("malformed", "round"), 0) >= 1, seen  # no_codes parses
+    assert seen.get(("malformed", "parse"), 0) >= len(malformed) - 1 and seen.get(("malformed", "round"), 0) >= 1, (
+        seen
+    )  # no_codes parses
 
     # every honest peer rejected every stored bad record, by reason (report JSON `rejected`)
     for n, r in reports.items():
@@ -216,10 +321,15 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
         assert rej.get("malformed", 0) >= len(malformed), (n, rej)
         assert r["rejected_by_stage"]["parse"].get("malformed", 0) >= len(malformed) - 1, (n, r["rejected_by_stage"])
         assert rej.get("wrong_round", 0) >= 3 and rej.get("late", 0) >= 1, (n, rej)
-        assert rej.get("too_many_codes", 0) >= 2, (n, rej)  # the too-many record and the flood's record for round target+1
+        assert rej.get("too_many_codes", 0) >= 2, (
+            n,
+            rej,
+        )  # the too-many record and the flood's record for round target+1
 
     # one agreed history: the same weights, the same seed log, every round applied
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert logs["a"] == logs["b"] == logs["c"]
     assert all(r["last_round"] == rounds - 1 and r["hash_mismatches"] == 0 for r in reports.values())
     history = logs["a"]
@@ -242,6 +352,7 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
 
 # -- records that broke hivemind's reader or storage (found by these tests, now refused by the validator) -------
 
+
 def _three_nodes():
     reader, writer, attacker = Identity(), Identity(), Identity()
     r_dht = start_dht(reader, [])
@@ -254,7 +365,9 @@ def test_a_signed_value_that_is_not_msgpack_is_rejected_and_hides_no_record(lean
     (reader, r_dht), (writer, w_dht), (attacker, a_dht) = _three_nodes()
     try:
         key, exp = round_key("nm", 1), get_dht_time() + 600
-        assert RecordClient(w_dht, writer)._store(key, ContributionRecord(round=1, published_at=1.0, codes=b"\x01").pack(), exp)
+        assert RecordClient(w_dht, writer)._store(
+            key, ContributionRecord(round=1, published_at=1.0, codes=b"\x01").pack(), exp
+        )
         answers = store_raw(a_dht, key, subkey_of(attacker), b"\xc1 not msgpack", exp, sign_with=attacker)
         client = RecordClient(r_dht, reader, timeout=8, lean_replicas=lean)
         records = client.read_round("nm", 1)
@@ -286,6 +399,7 @@ def test_an_unsigned_plain_value_neither_erases_nor_blocks_a_round():
 
 # -- a peer that always sends the extreme byte ----------------------------------------------------------------
 
+
 def attacker_share(history: dict, manifest: dict, attacker: str) -> list[dict]:
     """Replay a seed log from the initial weights; for every round, how far the attacker's own
     contributions moved any single weight (max |sum over its codes of c_k z_k|) against the bound
@@ -295,8 +409,25 @@ def attacker_share(history: dict, manifest: dict, attacker: str) -> list[dict]:
     from onebyte.peer.train import TrainConfig, build
     from onebyte.zo import apply_round, contribution_seed
 
-    keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column", "label_words",
-            "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+    keys = (
+        "model",
+        "model_kind",
+        "dtype",
+        "trainable",
+        "init_seed",
+        "dataset",
+        "task",
+        "text_column",
+        "label_column",
+        "label_words",
+        "template",
+        "max_length",
+        "lr",
+        "eps",
+        "weight_decay",
+        "codec",
+        "table_log2",
+    )
     _, _, replica = build(TrainConfig(**{k: manifest[k] for k in keys}, progress=False))
     assert replica.sha256() == manifest["initial_sha256"]
     run, lr, codec = manifest["run_id"], manifest["lr"], replica.codec
@@ -313,8 +444,16 @@ def attacker_share(history: dict, manifest: dict, attacker: str) -> list[dict]:
             zeros = [(name, torch.zeros_like(t)) for name, t in replica.params]
             apply_round(zeros, [(s, v * len(mine) / n) for s, v in mine], lr, replica.noise)
             moved = max(float(t.abs().max()) for _, t in zeros)
-            rows.append({"round": q, "n": n, "attacker_codes": len(mine), "max_move": moved, "bound": len(mine) * lr * codec.max_value / n,
-                         "per_contribution_bound": lr * codec.max_value / n})
+            rows.append(
+                {
+                    "round": q,
+                    "n": n,
+                    "attacker_codes": len(mine),
+                    "max_move": moved,
+                    "bound": len(mine) * lr * codec.max_value / n,
+                    "per_contribution_bound": lr * codec.max_value / n,
+                }
+            )
         replica.apply(contribs)
     return rows, replica.sha256()
 
@@ -323,7 +462,12 @@ def identity_key(path: Path) -> str:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "onebyte.cli", "identity", "--identity", str(path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onebyte.cli", "identity", "--identity", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -339,13 +483,51 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     allow = tmp_path / "allowed.txt"
     allow.write_text("# the run's members\n" + "".join(f"{key}  # {n}\n" for n, key in members.items()))
     with Swarm(tmp_path) as swarm:
-        common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--checkpoint-interval", "0", "--threads", "1"]
+        common = [
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            "--batch-size",
+            "4",
+            "--checkpoint-interval",
+            "0",
+            "--threads",
+            "1",
+        ]
         swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/4")
-        swarm.peer("x", *common, *WAIT, "--identity", str(tmp_path / "x.pem"), "--shard", "2/4", launcher=("-m", "tests.adversaries.hostile_peer", "extreme", "against"))
+        swarm.peer(
+            "x",
+            *common,
+            *WAIT,
+            "--identity",
+            str(tmp_path / "x.pem"),
+            "--shard",
+            "2/4",
+            launcher=("-m", "tests.adversaries.hostile_peer", "extreme", "against"),
+        )
         swarm.peer("o", *common, *WAIT, "--identity", str(tmp_path / "o.pem"), "--shard", "3/4")
         swarm.wait_waiting("b", "x", "o")
-        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3",
-                   "--contribs-per-round", str(k), "--hash-every", "2", "--allowed-peers", str(allow), "--checkpoint-dir", str(tmp_path / "a.ck"))
+        swarm.peer(
+            "a",
+            *common,
+            "--identity",
+            str(tmp_path / "a.pem"),
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "3",
+            "--contribs-per-round",
+            str(k),
+            "--hash-every",
+            "2",
+            "--allowed-peers",
+            str(allow),
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+        )
         for name in "abxo":
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "abxo"}
@@ -356,7 +538,9 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     assert {n: reports[n]["peer_id"] for n in "abx"} == members
     x = members["x"]
     # one agreed history, the outsider's copy included
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert all(r["hash_mismatches"] == 0 and r["last_round"] == rounds - 1 for r in reports.values())
 
     # the outsider followed the run and published, and none of it counted
@@ -365,7 +549,9 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     published = sum(reports[n]["contributions_published"] for n in "abx")
     for n, r in reports.items():
         assert r["rejected"].get("not_allowed", 0) >= 1, (n, r["rejected"])
-        if r["rounds_applied"] == rounds:  # a peer that fell behind and caught up by log did not read those rounds' records itself
+        if (
+            r["rounds_applied"] == rounds
+        ):  # a peer that fell behind and caught up by log did not read those rounds' records itself
             assert r["contributions_applied_local"] + r["contributions_applied_remote"] == published, n
     assert reports["o"]["contributions_applied_local"] == 0
     assert {pk for recs in history.values() for pk, _ in recs} <= set(members.values())
@@ -385,11 +571,21 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     for r in rows:
         assert r["max_move"] <= r["bound"] * (1 + 1e-5), r
         assert r["max_move"] >= 0.99 * r["bound"], r  # (some weight sees all its codes' z agree)
-    record("private_run_extreme_member", contribs_per_round=k, lr=reports["a"]["manifest"]["lr"], g_max=215.2694854736328, rounds=rows,
-           attacker_share_of_round=[r["attacker_codes"] / r["n"] for r in rows], reached_bound_every_round=all(r["max_move"] >= 0.99 * r["bound"] for r in rows),
-           suspects={n: reports[n]["suspects"] for n in "ab"}, attacker=x, outsider_published=reports["o"]["contributions_published"],
-           members_published=published, not_allowed={n: r["rejected"].get("not_allowed", 0) for n, r in reports.items()},
-           distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}))
+    record(
+        "private_run_extreme_member",
+        contribs_per_round=k,
+        lr=reports["a"]["manifest"]["lr"],
+        g_max=215.2694854736328,
+        rounds=rows,
+        attacker_share_of_round=[r["attacker_codes"] / r["n"] for r in rows],
+        reached_bound_every_round=all(r["max_move"] >= 0.99 * r["bound"] for r in rows),
+        suspects={n: reports[n]["suspects"] for n in "ab"},
+        attacker=x,
+        outsider_published=reports["o"]["contributions_published"],
+        members_published=published,
+        not_allowed={n: r["rejected"].get("not_allowed", 0) for n, r in reports.items()},
+        distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}),
+    )
 
 
 def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
@@ -405,8 +601,24 @@ def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
         swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/2")
         swarm.wait_waiting("b")
-        swarm.peer("a", *common, "--identity", str(tmp_path / "a.pem"), "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2",
-                   "--contribs-per-round", "2", "--hash-every", "2", "--allowed-peers", str(allow))
+        swarm.peer(
+            "a",
+            *common,
+            "--identity",
+            str(tmp_path / "a.pem"),
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "2",
+            "--contribs-per-round",
+            "2",
+            "--hash-every",
+            "2",
+            "--allowed-peers",
+            str(allow),
+        )
         swarm.wait_for_round("a", 0, timeout=180)
         _, dht, client, m, clock, _ = attach(swarm, run, 2)
         try:
@@ -416,7 +628,9 @@ def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
             for q in faked:
                 value = SER.dumps(HashRecord(round=q, sha256=fake, set_digest=fake, contributions=1).model_dump())
                 for s in sybils:
-                    assert all(store_raw(dht, hash_key(run, q), subkey_of(s), value, clock.close(q) + 3600, sign_with=s))
+                    assert all(
+                        store_raw(dht, hash_key(run, q), subkey_of(s), value, clock.close(q) + 3600, sign_with=s)
+                    )
             swarm.wait_for_round("a", faked[0] + 1, timeout=120)
             votes = client.read_hashes(run, faked[0])  # what the members read: 3 fake votes and theirs
             assert {s.peer_id for s in sybils} <= set(votes) and sum(1 for h in votes.values() if h.sha256 == fake) == 3
@@ -425,10 +639,22 @@ def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
         for name in "ab":
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in "ab"}
-    record("outsider_hash_votes", outsiders=3, members=2, fake_hash_rounds=faked,
-           peers={n: {k: r[k] for k in ("hash_mismatches", "hash_agreements", "repairs", "repairs_failed")} for n, r in reports.items()},
-           distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}))
+    record(
+        "outsider_hash_votes",
+        outsiders=3,
+        members=2,
+        fake_hash_rounds=faked,
+        peers={
+            n: {k: r[k] for k in ("hash_mismatches", "hash_agreements", "repairs", "repairs_failed")}
+            for n, r in reports.items()
+        },
+        distinct_final_hashes=len({r["final_sha256"] for r in reports.values()}),
+    )
     assert reports["a"]["final_sha256"] == reports["b"]["final_sha256"]
     for n, r in reports.items():
-        assert r["hash_mismatches"] == 0 and r["repairs"] == 0 and r["repairs_failed"] == 0, (n, r["hash_mismatches"], r["repairs_failed"])
+        assert r["hash_mismatches"] == 0 and r["repairs"] == 0 and r["repairs_failed"] == 0, (
+            n,
+            r["hash_mismatches"],
+            r["repairs_failed"],
+        )
         assert r["hash_agreements"] >= 1

@@ -40,14 +40,19 @@ def test_values_larger_than_any_reader_accepts_are_refused(nodes):
     assert len(record(MAX_VALUE_BYTES)) <= MAX_STORED_BYTES  # the largest payload a reader parses is storable
     assert store_raw(other, key, subkey_of(fits), record(MAX_VALUE_BYTES), exp, sign_with=fits) == [True]
     before = honest.validator_rejections().get("oversized", 0)
-    assert store_raw(other, key, subkey_of(too_big), ("codes", 7, time.time(), MAX_STORED_BYTES + 1), exp, sign_with=too_big) == [False]
+    assert store_raw(
+        other, key, subkey_of(too_big), ("codes", 7, time.time(), MAX_STORED_BYTES + 1), exp, sign_with=too_big
+    ) == [False]
     assert honest.validator_rejections().get("oversized", 0) == before + 1
     stored = {sk for sk, _, _ in fetch_raw(other, key)}
     assert subkey_of(fits) in stored and subkey_of(too_big) not in stored
 
 
-@pytest.mark.parametrize("ahead, accepted", [(30 * 86400.0, True), (MAX_EXPIRATION_AHEAD + 3600, False), (365 * 86400.0, False)],
-                         ids=["manifest_lifetime", "just_past_the_cap", "a_year"])
+@pytest.mark.parametrize(
+    "ahead, accepted",
+    [(30 * 86400.0, True), (MAX_EXPIRATION_AHEAD + 3600, False), (365 * 86400.0, False)],
+    ids=["manifest_lifetime", "just_past_the_cap", "a_year"],
+)
 def test_expirations_further_ahead_than_any_record_needs_are_refused(nodes, ahead, accepted):
     honest, other = nodes
     who = Identity()

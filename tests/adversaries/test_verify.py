@@ -17,13 +17,32 @@ from tests.support.figures import record
 from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 COMMON = ["--batch-size", "4", "--checkpoint-interval", "0"]
-LIGHT = ["--batch-size", "2", "--checkpoint-interval", "0"]  # a contribution costs little on a machine whose cores are busy
+LIGHT = [
+    "--batch-size",
+    "2",
+    "--checkpoint-interval",
+    "0",
+]  # a contribution costs little on a machine whose cores are busy
 
 
 def attacker(swarm: Swarm, mode: str, keys: int, run_id: str, *extra: str) -> subprocess.Popen:
     log = open(swarm.workdir / "attacker.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "tests.adversaries.sybil_attacker", mode, *extra, str(keys), run_id, str(swarm.workdir), *swarm.maddrs],
-                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.adversaries.sybil_attacker",
+            mode,
+            *extra,
+            str(keys),
+            run_id,
+            str(swarm.workdir),
+            *swarm.maddrs,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     swarm.procs["attacker"] = p
     return p
 
@@ -33,12 +52,23 @@ def attacker_info(swarm: Swarm) -> dict:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("mode,keys", [
-    ("votes", 5),
-    pytest.param("contribute", 3, marks=pytest.mark.skipif(not os.environ.get("ONEBYTE_RELIABILITY"), reason=(
-        "the 3 contributing Sybil keys (a tie) run in bench/reliability.py (ONEBYTE_RELIABILITY=1); the suite keeps the 5-key "
-        "majority, which the same verification answers, to keep make test under 40 minutes"))),
-])
+@pytest.mark.parametrize(
+    "mode,keys",
+    [
+        ("votes", 5),
+        pytest.param(
+            "contribute",
+            3,
+            marks=pytest.mark.skipif(
+                not os.environ.get("ONEBYTE_RELIABILITY"),
+                reason=(
+                    "the 3 contributing Sybil keys (a tie) run in bench/reliability.py (ONEBYTE_RELIABILITY=1); the suite keeps the 5-key "
+                    "majority, which the same verification answers, to keep make test under 40 minutes"
+                ),
+            ),
+        ),
+    ],
+)
 def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tmp_path, mode, keys):
     """Three honest peers; an attacker whose keys vote for a forged state ground to a hash starting with "0"
     at every hash round: 5 keys that never contribute (a majority of votes), or 3 that contribute
@@ -50,16 +80,65 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
     honest = ("a", "b", "c", "j")
     with Swarm(tmp_path) as swarm:
         # the members start first and wait for the manifest, so that the run need not wait long for them
-        swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"), "--threads", "1")
+        swarm.peer(
+            "b",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *LIGHT,
+            *WAIT,
+            "--shard",
+            "1/3",
+            "--checkpoint-dir",
+            str(tmp_path / "b.ck"),
+            "--threads",
+            "1",
+        )
         swarm.peer("c", "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", "2/3", "--threads", "1")
         swarm.wait_waiting("b", "c")
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "4",
-                   "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/3", "--threads", "1")
+        swarm.peer(
+            "a",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *LIGHT,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "4",
+            "--contribs-per-round",
+            "1",
+            "--hash-every",
+            "5",
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+            "--shard",
+            "0/3",
+            "--threads",
+            "1",
+        )
         attacker(swarm, mode, keys, run)
         wait_joined(swarm, ("a", "b", "c"), timeout=300)
         wait_for_text(swarm.workdir / "attacker.log", "SYBIL ATTACKER", timeout=300)
         swarm.wait_for_round("a", 12, timeout=300)
-        swarm.peer("j", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--shard", "0/3", "--catch-up", "checkpoint", "--threads", "1")
+        swarm.peer(
+            "j",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *LIGHT,
+            "--shard",
+            "0/3",
+            "--catch-up",
+            "checkpoint",
+            "--threads",
+            "1",
+        )
         for name in honest:
             assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in honest}
@@ -78,12 +157,23 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
     assert refused >= 1, logs["j"][-3000:]
     # the votes are counted (a majority, or a tie the smallest hash wins): the honest peers that lost verified
     # by recomputation and kept their state; the joiner counted only contributors and refused every offer
-    assert sum(r["repairs_refused"] for r in reports.values()) >= 1, {n: r["repairs_refused"] for n, r in reports.items()}
+    assert sum(r["repairs_refused"] for r in reports.values()) >= 1, {
+        n: r["repairs_refused"] for n, r in reports.items()
+    }
     assert all(r["repairs_failed"] == 0 for r in reports.values())
-    record(f"sybil_votes_{mode}", keys=keys, honest_voters=3, forged_prefix=forged[:4], checkpoint_offers_served=len(served),
-           offered_rounds=sorted(set(served))[:6], joiner_refused=refused, repairs=0,
-           repairs_refused={n: r["repairs_refused"] for n, r in reports.items()},
-           votes_ignored={n: r["votes_ignored"] for n, r in reports.items()}, final_hashes_equal=True)
+    record(
+        f"sybil_votes_{mode}",
+        keys=keys,
+        honest_voters=3,
+        forged_prefix=forged[:4],
+        checkpoint_offers_served=len(served),
+        offered_rounds=sorted(set(served))[:6],
+        joiner_refused=refused,
+        repairs=0,
+        repairs_refused={n: r["repairs_refused"] for n, r in reports.items()},
+        votes_ignored={n: r["votes_ignored"] for n, r in reports.items()},
+        final_hashes_equal=True,
+    )
 
 
 @pytest.fixture
@@ -137,14 +227,62 @@ def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cp
     names = ("a", "b", "c", "f1", "f2")
     with Swarm(tmp_path) as swarm:
         for i, name in enumerate(("b", "c"), start=1):
-            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
-                       "--checkpoint-dir", str(tmp_path / f"{name}.ck"), launcher=("-m", "tests.adversaries.late_voter", "1.0"))
+            swarm.peer(
+                name,
+                "--run-id",
+                run,
+                "--rounds",
+                str(rounds),
+                *LIGHT,
+                *WAIT,
+                "--shard",
+                f"{i}/5",
+                "--threads",
+                "1",
+                "--checkpoint-dir",
+                str(tmp_path / f"{name}.ck"),
+                launcher=("-m", "tests.adversaries.late_voter", "1.0"),
+            )
         for i, name in enumerate(("f1", "f2"), start=3):
-            swarm.peer(name, "--run-id", run, "--rounds", str(rounds), *LIGHT, *WAIT, "--shard", f"{i}/5", "--threads", "1",
-                       launcher=("-m", "tests.adversaries.faulty_peer", "8"))
+            swarm.peer(
+                name,
+                "--run-id",
+                run,
+                "--rounds",
+                str(rounds),
+                *LIGHT,
+                *WAIT,
+                "--shard",
+                f"{i}/5",
+                "--threads",
+                "1",
+                launcher=("-m", "tests.adversaries.faulty_peer", "8"),
+            )
         swarm.wait_waiting("b", "c", "f1", "f2")
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *LIGHT, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "5",
-                   "--contribs-per-round", "1", "--hash-every", "5", "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/5", "--threads", "1")
+        swarm.peer(
+            "a",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *LIGHT,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "5",
+            "--contribs-per-round",
+            "1",
+            "--hash-every",
+            "5",
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+            "--shard",
+            "0/5",
+            "--threads",
+            "1",
+        )
         wait_joined(swarm, names, timeout=300)
         busy = cpu_load()
         for name in names:
@@ -152,13 +290,21 @@ def test_late_hash_votes_under_cpu_load_never_repair_an_honest_peer(tmp_path, cp
         reports = {n: swarm.report(n) for n in names}
         logs = {n: swarm.log(n) for n in names}
     assert all("FAULT INJECTED" in logs[f] for f in ("f1", "f2"))
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
-    assert all(reports[n]["repairs"] == reports[n]["repairs_failed"] == 0 for n in ("a", "b", "c")), \
-        {n: (r["repairs"], r["repairs_failed"], r["repairs_refused"]) for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
+    assert all(reports[n]["repairs"] == reports[n]["repairs_failed"] == 0 for n in ("a", "b", "c")), {
+        n: (r["repairs"], r["repairs_failed"], r["repairs_refused"]) for n, r in reports.items()
+    }
     assert all(reports[f]["repairs"] >= 1 for f in ("f1", "f2")), {n: r["repairs"] for n, r in reports.items()}
-    record("late_votes_under_cpu_load", busy_loops=busy, honest_repairs=0,
-           honest_verifications_kept={n: reports[n]["repairs_refused"] for n in ("a", "b", "c")},
-           wrong_peers_repaired={f: reports[f]["repairs"] for f in ("f1", "f2")}, final_hashes_equal=True)
+    record(
+        "late_votes_under_cpu_load",
+        busy_loops=busy,
+        honest_repairs=0,
+        honest_verifications_kept={n: reports[n]["repairs_refused"] for n in ("a", "b", "c")},
+        wrong_peers_repaired={f: reports[f]["repairs"] for f in ("f1", "f2")},
+        final_hashes_equal=True,
+    )
 
 
 def round_moves(history: dict[int, list], manifest: dict, rule) -> dict[int, dict]:
@@ -168,13 +314,32 @@ def round_moves(history: dict[int, list], manifest: dict, rule) -> dict[int, dic
     from onebyte.dht.records import ContributionRecord
     from onebyte.peer.train import TrainConfig, build
 
-    keys = ("model", "model_kind", "dtype", "trainable", "init_seed", "dataset", "task", "text_column", "label_column",
-            "label_words", "template", "max_length", "lr", "eps", "weight_decay", "codec", "table_log2")
+    keys = (
+        "model",
+        "model_kind",
+        "dtype",
+        "trainable",
+        "init_seed",
+        "dataset",
+        "task",
+        "text_column",
+        "label_column",
+        "label_words",
+        "template",
+        "max_length",
+        "lr",
+        "eps",
+        "weight_decay",
+        "codec",
+        "table_log2",
+    )
     _, _, rep = build(TrainConfig(**{k: manifest[k] for k in keys}, progress=False))
     out = {}
     for q in sorted(history):
         recs = {p: ContributionRecord(round=q, published_at=0.0, codes=bytes.fromhex(c)) for p, c in history[q]}
-        rs = decide_round(manifest["run_id"], q, recs, close_time=math.inf, contribs_per_round=10**6, codec=rep.codec, rule=rule)
+        rs = decide_round(
+            manifest["run_id"], q, recs, close_time=math.inf, contribs_per_round=10**6, codec=rep.codec, rule=rule
+        )
         before = [t.clone() for _, t in rep.params]
         rep.apply(rs.contributions)
         move = math.sqrt(sum(float(((t - b) ** 2).sum()) for (_, t), b in zip(rep.params, before)))
@@ -193,9 +358,34 @@ def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
     with Swarm(tmp_path) as swarm:
         swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/2", "--threads", "1")
         swarm.wait_waiting("b")
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "4",
-                   "--contribs-per-round", "2", "--hash-every", "4", "--clip-abs", "4", "--max-round-contributions", str(cap),
-                   "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/2", "--threads", "1")
+        swarm.peer(
+            "a",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "4",
+            "--contribs-per-round",
+            "2",
+            "--hash-every",
+            "4",
+            "--clip-abs",
+            "4",
+            "--max-round-contributions",
+            str(cap),
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+            "--shard",
+            "0/2",
+            "--threads",
+            "1",
+        )
         attacker(swarm, "flood", 64, run, str(flood_at))
         for name in ("a", "b"):
             assert swarm.wait(name, timeout=300) == 0, swarm.log(name)[-3000:]
@@ -224,8 +414,19 @@ def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
     assert v1_ratio > 3 * ratio, (v1_ratio, ratio)
     for n, r in reports.items():
         flagged = sybils & set(r["suspects"])
-        assert len(flagged) >= 0.9 * len([p for q in flood for p, _ in history[q] if p in sybils]) / len(flood) - 1, (n, len(flagged))
+        assert len(flagged) >= 0.9 * len([p for q in flood for p, _ in history[q] if p in sybils]) / len(flood) - 1, (
+            n,
+            len(flagged),
+        )
         assert not set(r["suspects"]) - sybils, (n, set(r["suspects"]) - sybils)
-    record("sybil_flood", keys=64, cap=cap, clip_abs=4.0, flood_rounds=flood, move_vs_normal=round(ratio, 2),
-           v1_move_vs_normal=round(v1_ratio, 2), applied_in_flood_rounds=[robust[q]["n"] for q in flood],
-           flagged={n: len(sybils & set(r["suspects"])) for n, r in reports.items()})
+    record(
+        "sybil_flood",
+        keys=64,
+        cap=cap,
+        clip_abs=4.0,
+        flood_rounds=flood,
+        move_vs_normal=round(ratio, 2),
+        v1_move_vs_normal=round(v1_ratio, 2),
+        applied_in_flood_rounds=[robust[q]["n"] for q in flood],
+        flagged={n: len(sybils & set(r["suspects"])) for n, r in reports.items()},
+    )

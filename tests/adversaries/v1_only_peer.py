@@ -3,8 +3,8 @@ python -m tests.adversaries.v1_only_peer <peer args>. Everything else is the rea
 
 import sys
 
-from onebyte.coordinator_free import manifest
 from onebyte import cli
+from onebyte.coordinator_free import manifest
 
 manifest.SUPPORTED_VERSIONS = (1,)
 manifest.SUPPORTED_DIRECTIONS = ("dense",)

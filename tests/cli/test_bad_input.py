@@ -38,7 +38,11 @@ BAD_TRAIN = [
     ("zero_bytes_file", ["--dataset", "{d}/zero_bytes.csv"], "could not read"),
     ("no_text_in_any_row", ["--dataset", "{d}/no_text.csv"], "is empty"),
     ("one_row", ["--dataset", "{d}/one_row.csv"], "too few"),
-    ("lm_task_nothing_to_predict", ["--dataset", "{d}/two_rows.csv", "--task", "lm", "--eval-size", "1"], "no text of at least 2 tokens"),
+    (
+        "lm_task_nothing_to_predict",
+        ["--dataset", "{d}/two_rows.csv", "--task", "lm", "--eval-size", "1"],
+        "no text of at least 2 tokens",
+    ),
     ("bad_regex", ["--trainable", "("], "bad parameter pattern '('"),
     ("table_too_large", ["--table-log2", "40"], "table_log2 must be in [12, 31]"),
     ("model_is_a_file", ["--model", "{d}/a_file"], "is a file but not a .gguf file"),
@@ -69,7 +73,11 @@ BAD_PEER = [
     ("bad_key_in_allowlist", ["--allowed-peers", "{d}/bad_allow.txt"], "expected 1..64 public keys"),
     ("missing_allowlist", ["--allowed-peers", "{d}/nope.txt"], "cannot read"),
     ("missing_initial_peers_file", ["--initial-peers-file", "{d}/nope.txt"], "--initial-peers-file"),
-    ("empty_data_shard", ["--dataset", "{d}/two_rows.csv", "--shard", "5/6"], "shard 5/6 of 1 training examples is empty"),
+    (
+        "empty_data_shard",
+        ["--dataset", "{d}/two_rows.csv", "--shard", "5/6"],
+        "shard 5/6 of 1 training examples is empty",
+    ),
     ("negative_round_seconds", ["--round-seconds", "-2"], "--round-seconds"),
     ("round_log_is_a_folder", ["--round-log", "{d}"], "--round-log: "),
     ("run_creator_not_a_key", ["--run-creator", "c0ffee"], "expected a public key of 64 hex characters"),
@@ -79,7 +87,9 @@ BAD_PEER = [
 
 @pytest.mark.parametrize("args, message", [b[1:] for b in BAD_PEER], ids=[b[0] for b in BAD_PEER])
 def test_bad_peer_input_is_one_clear_line(files, args, message):
-    r = onebyte("peer", "--run-id", "bad-input", "--new-run", *TINY_PEER, "--rounds", "1", *[a.format(d=files) for a in args])
+    r = onebyte(
+        "peer", "--run-id", "bad-input", "--new-run", *TINY_PEER, "--rounds", "1", *[a.format(d=files) for a in args]
+    )
     one_clear_error(r, message)
 
 

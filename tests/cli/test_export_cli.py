@@ -13,8 +13,24 @@ from tests.support.cli import one_clear_error, onebyte
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("trained")
-    r = onebyte("train", "--model", "tiny-gpt2", "--steps", "1", "--eval-size", "4", "--no-progress", "--table-log2", "20", "--max-length", "32",
-                "--batch-size", "2", "--checkpoint", str(d / "gpt2.safetensors"))
+    r = onebyte(
+        "train",
+        "--model",
+        "tiny-gpt2",
+        "--steps",
+        "1",
+        "--eval-size",
+        "4",
+        "--no-progress",
+        "--table-log2",
+        "20",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "2",
+        "--checkpoint",
+        str(d / "gpt2.safetensors"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (d / "a_file").write_text("")
     (d / "full").mkdir()
@@ -29,10 +45,22 @@ def test_a_missing_data_package_is_one_line(tmp_path):
 
 
 BAD = [
-    ("unknown_task", ["train", "--model", "tiny-llama", "--steps", "1", "--dataset", "no-such-task"], "unknown dataset 'no-such-task'"),
+    (
+        "unknown_task",
+        ["train", "--model", "tiny-llama", "--steps", "1", "--dataset", "no-such-task"],
+        "unknown dataset 'no-such-task'",
+    ),
     ("eval_unknown_task", ["eval", "tiny-llama", "--dataset", "no-such-task"], "unknown dataset 'no-such-task'"),
-    ("checkpoint_of_another_model", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--model", "tiny-llama", "--out", "{d}/out1"], "another model"),
-    ("checkpoint_of_another_run", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--run-id", "other", "--out", "{d}/out2"], "not 'other'"),
+    (
+        "checkpoint_of_another_model",
+        ["export", "--checkpoint", "{d}/gpt2.safetensors", "--model", "tiny-llama", "--out", "{d}/out1"],
+        "another model",
+    ),
+    (
+        "checkpoint_of_another_run",
+        ["export", "--checkpoint", "{d}/gpt2.safetensors", "--run-id", "other", "--out", "{d}/out2"],
+        "not 'other'",
+    ),
     ("output_under_a_file", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--out", "{d}/a_file/out"], "a_file"),
     ("output_not_empty", ["export", "--checkpoint", "{d}/gpt2.safetensors", "--out", "{d}/full"], "not empty"),
     ("no_source", ["export", "--out", "{d}/out3"], "say where the model comes from"),

@@ -13,5 +13,7 @@ def test_plot_errors_are_one_line(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     for args in ([str(tmp_path / "missing.json")], [str(empty)]):
-        r = subprocess.run([*CLI, "plot", *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [*CLI, "plot", *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -9,14 +9,53 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_TRAIN = ["--model", "tiny-llama", "--steps", "2", "--eval-size", "4", "--no-progress", "--table-log2", "20", "--max-length", "32"]
-TINY_PEER = ["--model", "tiny-llama", "--table-log2", "20", "--max-length", "32", "--lr", "1e-3", "--round-seconds", "2",
-             "--contribs-per-round", "2", "--batch-size", "4", "--start-delay", "3", "--no-progress", "--threads", "1"]
+TINY_TRAIN = [
+    "--model",
+    "tiny-llama",
+    "--steps",
+    "2",
+    "--eval-size",
+    "4",
+    "--no-progress",
+    "--table-log2",
+    "20",
+    "--max-length",
+    "32",
+]
+TINY_PEER = [
+    "--model",
+    "tiny-llama",
+    "--table-log2",
+    "20",
+    "--max-length",
+    "32",
+    "--lr",
+    "1e-3",
+    "--round-seconds",
+    "2",
+    "--contribs-per-round",
+    "2",
+    "--batch-size",
+    "4",
+    "--start-delay",
+    "3",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
-def onebyte(*args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), timeout: float = 240, env: dict | None = None):
-    return subprocess.run([sys.executable, *launcher, "--log-level", "WARNING", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=os.environ | (env or {}))
+def onebyte(
+    *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), timeout: float = 240, env: dict | None = None
+):
+    return subprocess.run(
+        [sys.executable, *launcher, "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=os.environ | (env or {}),
+    )
 
 
 def one_clear_error(r: subprocess.CompletedProcess, message: str) -> None:

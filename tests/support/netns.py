@@ -39,12 +39,25 @@ class NetnsPair:
             raise NetnsUnavailable(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
         return r
 
-    def create(self) -> "NetnsPair":
+    def create(self) -> NetnsPair:
         try:
             for side in "ab":
                 self._ip("netns", "add", self.ns[side])
                 self.created.append(self.ns[side])
-            self._ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type", "veth", "peer", "name", self.dev["b"], "netns", self.ns["b"])
+            self._ip(
+                "link",
+                "add",
+                self.dev["a"],
+                "netns",
+                self.ns["a"],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.dev["b"],
+                "netns",
+                self.ns["b"],
+            )
             for side in "ab":
                 self._ip("-n", self.ns[side], "addr", "add", f"{self.ip[side]}/24", "dev", self.dev[side])
                 self._ip("-n", self.ns[side], "link", "set", "lo", "up")
@@ -67,8 +80,10 @@ class NetnsPair:
     def reachable(self, src: str, port: int) -> bool:
         """Can a process in ``src`` open a TCP connection to the other side's address (any answer counts)?"""
         dst = self.ip["b" if src == "a" else "a"]
-        code = (f"import socket,sys\ns=socket.socket();s.settimeout(2)\n"
-                f"try:\n s.connect(('{dst}',{port}))\nexcept ConnectionRefusedError:\n sys.exit(0)\nexcept OSError:\n sys.exit(1)\nsys.exit(0)")
+        code = (
+            f"import socket,sys\ns=socket.socket();s.settimeout(2)\n"
+            f"try:\n s.connect(('{dst}',{port}))\nexcept ConnectionRefusedError:\n sys.exit(0)\nexcept OSError:\n sys.exit(1)\nsys.exit(0)"
+        )
         return subprocess.run([*self.prefix(src), sys.executable, "-c", code], timeout=30).returncode == 0
 
     def close(self) -> None:
@@ -79,7 +94,7 @@ class NetnsPair:
                 time.sleep(0.5)
         self.created.clear()
 
-    def __enter__(self) -> "NetnsPair":
+    def __enter__(self) -> NetnsPair:
         return self.create()
 
     def __exit__(self, *exc) -> None:
@@ -93,8 +108,21 @@ class NetSwarm(Swarm):
         self.workdir, self.net = workdir, net
         self.procs: dict[str, subprocess.Popen] = {}
         log = open(workdir / "bootstrap.log", "w")
-        self.boot = subprocess.Popen([*net.prefix(boot_side), sys.executable, "-m", "onebyte.cli", "bootstrap", "--host-maddrs",
-                                      f"/ip4/{net.ip[boot_side]}/tcp/0"], stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+        self.boot = subprocess.Popen(
+            [
+                *net.prefix(boot_side),
+                sys.executable,
+                "-m",
+                "onebyte.cli",
+                "bootstrap",
+                "--host-maddrs",
+                f"/ip4/{net.ip[boot_side]}/tcp/0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+        )
         self.maddrs = []
         deadline = time.time() + 90
         while time.time() < deadline and not self.maddrs:
@@ -107,5 +135,14 @@ class NetSwarm(Swarm):
             self.boot.kill()
             raise RuntimeError("bootstrap node printed no address")
 
-    def peer(self, name: str, *args: str, side: str = "a", launcher: tuple[str, ...] = ("-m", "onebyte.cli")) -> subprocess.Popen:
-        return super().peer(name, "--host-maddrs", f"/ip4/{self.net.ip[side]}/tcp/0", *args, launcher=launcher, prefix=tuple(self.net.prefix(side)))
+    def peer(
+        self, name: str, *args: str, side: str = "a", launcher: tuple[str, ...] = ("-m", "onebyte.cli")
+    ) -> subprocess.Popen:
+        return super().peer(
+            name,
+            "--host-maddrs",
+            f"/ip4/{self.net.ip[side]}/tcp/0",
+            *args,
+            launcher=launcher,
+            prefix=tuple(self.net.prefix(side)),
+        )

@@ -14,7 +14,20 @@ from onebyte.peer.demo import start_bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
 # the small drugreview task (889 reviews) keeps the many peer processes of a swarm test quick to start
-TINY = ["--model", "tiny-llama", "--dataset", "drugreview", "--lr", "1e-3", "--eps", "1e-3", "--table-log2", "20", "--max-length", "32"]
+TINY = [
+    "--model",
+    "tiny-llama",
+    "--dataset",
+    "drugreview",
+    "--lr",
+    "1e-3",
+    "--eps",
+    "1e-3",
+    "--table-log2",
+    "20",
+    "--max-length",
+    "32",
+]
 # A swarm test starts its members first (with WAIT, they poll the DHT for the run's manifest) and the run's creator once
 # they wait (Swarm.wait_waiting): then a peer's start-up, which takes 5 s on an idle machine and a minute on a loaded
 # one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the model.
@@ -30,14 +43,27 @@ class Swarm:
         self.procs: dict[str, subprocess.Popen] = {}
         self.boot, self.maddrs = start_bootstrap(workdir)
 
-    def peer(self, name: str, *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    def peer(
+        self, name: str, *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen:
         """Start `onebyte peer` (or ``launcher``) as ``name``; ``prefix`` wraps the command (e.g. ip netns exec)."""
-        cmd = [*prefix, sys.executable, *launcher, "peer", "--no-progress", "--report", str(self.report_path(name)),
-               "--round-log", str(self.workdir / f"{name}.rounds.jsonl")]
+        cmd = [
+            *prefix,
+            sys.executable,
+            *launcher,
+            "peer",
+            "--no-progress",
+            "--report",
+            str(self.report_path(name)),
+            "--round-log",
+            str(self.workdir / f"{name}.rounds.jsonl"),
+        ]
         for a in self.maddrs:
             cmd += ["--initial-peers", a]
         log = open(self.workdir / f"{name}.log", "w")
-        p = subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        p = subprocess.Popen(
+            [*cmd, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+        )
         self.procs[name] = p
         return p
 
@@ -62,7 +88,9 @@ class Swarm:
         for name in names:
             while "round=-1 waiting up to" not in self.log(name):
                 if self.procs[name].poll() is not None:
-                    raise AssertionError(f"{name} exited early ({self.procs[name].returncode}):\n" + self.log(name)[-3000:])
+                    raise AssertionError(
+                        f"{name} exited early ({self.procs[name].returncode}):\n" + self.log(name)[-3000:]
+                    )
                 if time.time() > deadline:
                     raise AssertionError(f"{name} did not start in {timeout}s:\n" + self.log(name)[-3000:])
                 time.sleep(0.5)
@@ -71,7 +99,9 @@ class Swarm:
         f = self.workdir / f"{name}.rounds.jsonl"
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if f.exists() and any(json.loads(line).get("round", -1) >= round_ for line in f.read_text().splitlines() if line.strip()):
+            if f.exists() and any(
+                json.loads(line).get("round", -1) >= round_ for line in f.read_text().splitlines() if line.strip()
+            ):
                 return
             if self.procs[name].poll() is not None:
                 raise AssertionError(f"{name} exited early ({self.procs[name].returncode}):\n" + self.log(name)[-3000:])
@@ -89,15 +119,23 @@ class Swarm:
                 p.kill()
                 p.wait()
 
-    def __enter__(self) -> "Swarm":
+    def __enter__(self) -> Swarm:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def run_swarm(workdir: Path, *, run_id: str, rounds: int, peers: int = 3, args: Sequence[str] = (), creator_args: Sequence[str] = (),
-              timeout: float = 300) -> dict[str, dict]:
+def run_swarm(
+    workdir: Path,
+    *,
+    run_id: str,
+    rounds: int,
+    peers: int = 3,
+    args: Sequence[str] = (),
+    creator_args: Sequence[str] = (),
+    timeout: float = 300,
+) -> dict[str, dict]:
     """The usual swarm test's run: ``peers - 1`` members (b, c, ...; shard i/peers, WAIT) start and wait for the run,
     then its creator ``a`` starts it (--new-run, --start-delay START, TINY, then ``creator_args``); every peer must exit
     0 within ``timeout`` seconds. ``args`` go to every peer. Returns each peer's report: {"a": {...}, "b": {...}, ...}.

@@ -26,17 +26,45 @@ def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     """A peer that joins after 40 rounds fetches a checkpoint (or the log) from a peer and ends identical."""
     rounds = 100  # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it asks
     with Swarm(tmp_path) as swarm:
-        swarm.peer("b", "--run-id", "late", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/2", "--checkpoint-dir", str(tmp_path / "b.ck"))
+        swarm.peer(
+            "b",
+            "--run-id",
+            "late",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            *WAIT,
+            "--shard",
+            "1/2",
+            "--checkpoint-dir",
+            str(tmp_path / "b.ck"),
+        )
         swarm.wait_waiting("b")
-        swarm.peer("a", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
-                   "--checkpoint-dir", str(tmp_path / "a.ck"), "--shard", "0/2")
+        swarm.peer(
+            "a",
+            "--run-id",
+            "late",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--new-run",
+            "--start-delay",
+            START,
+            *RUN,
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+            "--shard",
+            "0/2",
+        )
         swarm.wait_for_round("a", 40, timeout=240)
         swarm.peer("late", "--run-id", "late", "--rounds", str(rounds), *COMMON, "--shard", "1/2")
         for name in ("a", "b", "late"):
             assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in ("a", "b", "late")}
         caught = events(swarm, "late", "catchup")
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert caught and caught[0]["from_round"] == -1 and caught[0]["round"] >= 40, caught
     assert reports["late"]["hash_mismatches"] == 0 and reports["late"]["hash_agreements"] >= 1
 
@@ -49,16 +77,43 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
     ck = tmp_path / "c.ck"
     with Swarm(tmp_path) as swarm:
         swarm.peer("b", "--run-id", "crash", "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/3")
-        c_args = ["--run-id", "crash", "--rounds", str(rounds), *COMMON, "--shard", "2/3", "--checkpoint-dir", str(ck), "--identity", str(tmp_path / "c.pem")]
+        c_args = [
+            "--run-id",
+            "crash",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--shard",
+            "2/3",
+            "--checkpoint-dir",
+            str(ck),
+            "--identity",
+            str(tmp_path / "c.pem"),
+        ]
         swarm.peer("c", *c_args, *WAIT)
         swarm.peer("quitter", "--run-id", "crash", *COMMON, *WAIT, "--shard", "2/3")
         swarm.wait_waiting("b", "c", "quitter")
-        swarm.peer("a", "--run-id", "crash", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN, "--shard", "0/3")
+        swarm.peer(
+            "a",
+            "--run-id",
+            "crash",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--new-run",
+            "--start-delay",
+            START,
+            *RUN,
+            "--shard",
+            "0/3",
+        )
         swarm.wait_for_round("c", 10, timeout=180)
         deadline = time.time() + 180  # a peer that caught up by log writes its first checkpoint at a later hash round
         while not sorted(ck.glob("*/ckpt-*.safetensors")) and time.time() < deadline:
             time.sleep(0.5)
-        helpers = [p for p in psutil.Process(swarm.procs["c"].pid).children(recursive=True) if p.name() != "torch_shm_manager"]
+        helpers = [
+            p for p in psutil.Process(swarm.procs["c"].pid).children(recursive=True) if p.name() != "torch_shm_manager"
+        ]
         swarm.procs["c"].send_signal(signal.SIGKILL)
         swarm.procs["c"].wait()
         assert {p.name() for p in helpers} >= {"p2pd"}
@@ -78,7 +133,9 @@ def test_killed_peer_restarts_from_its_checkpoint_dir_and_others_survive_crashes
             assert swarm.wait(name, timeout=240) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in ("a", "b", "c2")}
         c2_log, quit_log = swarm.log("c2"), swarm.log("quitter")
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert "resumed from ckpt-" in c2_log
     assert all(r["rounds_applied"] >= rounds - killed_at - 10 and r["hash_mismatches"] == 0 for r in reports.values())
     assert "left the run on request" in quit_log and "Traceback" not in quit_log
@@ -90,11 +147,33 @@ def test_corrupted_checkpoint_is_detected_and_not_used(tmp_path):
     rounds = 30
     ck = tmp_path / "b.ck"
     with Swarm(tmp_path) as swarm:
-        b_args = ["--run-id", "corrupt", "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--checkpoint-dir", str(ck)]
+        b_args = [
+            "--run-id",
+            "corrupt",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--shard",
+            "1/2",
+            "--checkpoint-dir",
+            str(ck),
+        ]
         swarm.peer("b", *b_args, *WAIT)
         swarm.wait_waiting("b")
-        swarm.peer("a", "--run-id", "corrupt", "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN,
-                   "--checkpoint-dir", str(tmp_path / "a.ck"))
+        swarm.peer(
+            "a",
+            "--run-id",
+            "corrupt",
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--new-run",
+            "--start-delay",
+            START,
+            *RUN,
+            "--checkpoint-dir",
+            str(tmp_path / "a.ck"),
+        )
         swarm.wait_for_round("b", 16, timeout=180)
         swarm.procs["b"].send_signal(signal.SIGKILL)
         swarm.procs["b"].wait()

@@ -20,12 +20,22 @@ def test_a_real_command_takes_its_options_from_file_environment_and_command_line
         runs = {
             "file-run": ([*CLI, "status", "--config", str(f)], base),
             "env-run": ([*CLI, "status", "--config", str(f)], base | {"ONEBYTE_RUN_ID": "env-run"}),
-            "cli-run": ([*CLI, "status", "--config", str(f), "--run-id", "cli-run"], base | {"ONEBYTE_RUN_ID": "env-run"}),
-            "env-only": ([*CLI, "status"], base | {"ONEBYTE_RUN_ID": "env-only", "ONEBYTE_INITIAL_PEERS": ",".join(maddrs)}),
+            "cli-run": (
+                [*CLI, "status", "--config", str(f), "--run-id", "cli-run"],
+                base | {"ONEBYTE_RUN_ID": "env-run"},
+            ),
+            "env-only": (
+                [*CLI, "status"],
+                base | {"ONEBYTE_RUN_ID": "env-only", "ONEBYTE_INITIAL_PEERS": ",".join(maddrs)},
+            ),
         }
         for run_id, (cmd, env) in runs.items():
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-            assert r.returncode == 1 and f"no live peers in run {run_id!r}" in r.stdout, (run_id, r.stdout, r.stderr[-2000:])
+            assert r.returncode == 1 and f"no live peers in run {run_id!r}" in r.stdout, (
+                run_id,
+                r.stdout,
+                r.stderr[-2000:],
+            )
     finally:
         boot.terminate()
         boot.wait(timeout=30)

@@ -17,8 +17,13 @@ from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.cli", "--log-level", "WARNING", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "onebyte.cli", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.long
@@ -30,12 +35,41 @@ def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_
         common = ["--run-id", "exp", "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
         swarm.peer("b", *common, *WAIT, "--shard", "1/2")
         swarm.wait_waiting("b")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", "2",
-                   "--hash-every", "1", "--checkpoint-dir", str(ckdir), "--checkpoint-interval", "0", "--evaluate", "--eval-size", "24",
-                   "--eval-every", "4", "--eval-every-size", "8")
+        swarm.peer(
+            "a",
+            *common,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "3",
+            "--contribs-per-round",
+            "2",
+            "--hash-every",
+            "1",
+            "--checkpoint-dir",
+            str(ckdir),
+            "--checkpoint-interval",
+            "0",
+            "--evaluate",
+            "--eval-size",
+            "24",
+            "--eval-every",
+            "4",
+            "--eval-every-size",
+            "8",
+        )
         # a live run: join without contributing, catch up to its newest final round, export that
         swarm.wait_for_round("a", 5, timeout=300)
-        live = _cli("export", "--run-id", "exp", *[x for m in swarm.maddrs for x in ("--initial-peers", m)], "--out", str(tmp_path / "live"))
+        live = _cli(
+            "export",
+            "--run-id",
+            "exp",
+            *[x for m in swarm.maddrs for x in ("--initial-peers", m)],
+            "--out",
+            str(tmp_path / "live"),
+        )
         assert live.returncode == 0, live.stderr[-3000:]
         for name in "ab":
             assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
@@ -69,8 +103,12 @@ def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_
     with torch.no_grad():
         ours = task.class_logits(peer.model, batch)
         torch.testing.assert_close(task.class_logits(hf, batch), ours, rtol=1e-5, atol=1e-5)
-        assert torch.equal(task.class_logits(load_model(str(out)).model, batch), ours)  # through onebyte's loader: bit for bit
-    text = pipeline("text-generation", model=str(out))("The film was", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+        assert torch.equal(
+            task.class_logits(load_model(str(out)).model, batch), ours
+        )  # through onebyte's loader: bit for bit
+    text = pipeline("text-generation", model=str(out))("The film was", max_new_tokens=3, do_sample=False)[0][
+        "generated_text"
+    ]
     assert text.startswith("The film was")
 
     # onebyte eval of the exported folder scores it as the peer scored its own final weights
@@ -81,4 +119,8 @@ def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_
         assert got[k] == want[k], k
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
     table = _cli("eval", "--checkpoint", str(ckdir), "--eval-size", "24")
-    assert table.returncode == 0 and "bias line balanced accuracy" in table.stdout and f"round {rounds - 1} of run exp" in table.stdout
+    assert (
+        table.returncode == 0
+        and "bias line balanced accuracy" in table.stdout
+        and f"round {rounds - 1} of run exp" in table.stdout
+    )

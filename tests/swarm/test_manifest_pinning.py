@@ -22,7 +22,9 @@ RUN = [*TINY, "--round-seconds", "1.5", "--contribs-per-round", "2", "--hash-eve
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onebyte.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "onebyte.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 @pytest.mark.long
@@ -30,13 +32,38 @@ def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp
     run, rounds = "squat", 40
     creator = cli("identity", "--identity", str(tmp_path / "a.pem")).stdout.strip()
     assert len(creator) == 64, creator
-    b_args = ["--run-id", run, "--rounds", str(rounds), *COMMON, "--shard", "1/2", "--checkpoint-dir", str(tmp_path / "b.ck"),
-              "--identity", str(tmp_path / "b.pem")]
+    b_args = [
+        "--run-id",
+        run,
+        "--rounds",
+        str(rounds),
+        *COMMON,
+        "--shard",
+        "1/2",
+        "--checkpoint-dir",
+        str(tmp_path / "b.ck"),
+        "--identity",
+        str(tmp_path / "b.pem"),
+    ]
     with Swarm(tmp_path) as swarm:
         swarm.peer("b", *b_args, *WAIT)
         swarm.wait_waiting("b")
-        swarm.peer("a", "--run-id", run, "--rounds", str(rounds), *COMMON, "--new-run", "--start-delay", START, *RUN, "--shard", "0/2",
-                   "--identity", str(tmp_path / "a.pem"))
+        swarm.peer(
+            "a",
+            "--run-id",
+            run,
+            "--rounds",
+            str(rounds),
+            *COMMON,
+            "--new-run",
+            "--start-delay",
+            START,
+            *RUN,
+            "--shard",
+            "0/2",
+            "--identity",
+            str(tmp_path / "a.pem"),
+        )
         swarm.wait_for_round("b", 3, timeout=180)
         pinned = json.loads((tmp_path / "b.ck" / run / "manifest.json").read_text())
         assert pinned["creator"] == creator
@@ -55,7 +82,9 @@ def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp
             dht.shutdown()
         status = cli("status", "--run-id", run, *[a for m in swarm.maddrs for a in ("--initial-peers", m)])
         assert status.returncode == 0, status.stderr[-2000:]
-        assert "2 manifests claim this run id" in status.stdout and f"manifest by {creator}" in status.stdout, status.stdout
+        assert "2 manifests claim this run id" in status.stdout and f"manifest by {creator}" in status.stdout, (
+            status.stdout
+        )
 
         # b crashes and restarts with its checkpoint dir (no --run-creator): it keeps the run it pinned
         swarm.procs["b"].send_signal(signal.SIGKILL)
@@ -71,7 +100,9 @@ def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp
         assert swarm.wait("d", timeout=120) == 2, swarm.log("d")[-3000:]
         reports = {n: swarm.report(n) for n in ("a", "b2", "c")}
         d_log = swarm.log("d")
-    assert len({r["final_sha256"] for r in reports.values()}) == 1, {n: r["final_sha256"][:12] for n, r in reports.items()}
+    assert len({r["final_sha256"] for r in reports.values()}) == 1, {
+        n: r["final_sha256"][:12] for n, r in reports.items()
+    }
     assert all(r["run_creator"] == creator and r["manifest"]["lr"] == real.lr for r in reports.values())
     assert all(r["hash_mismatches"] == 0 for r in reports.values())
     assert f"no run 'squat' created by {other[:16]} is visible" in d_log and "Traceback" not in d_log

@@ -50,11 +50,23 @@ def test_every_exported_metric_name_follows_the_prometheus_conventions():
     assert not problems, "\n".join(problems)
     names = {label: {s.name for f in fs for s in f.samples} for label, fs in fams.items()}
     # what the issue asks a peer to export, under conventional names
-    for want in ("onebyte_round", "onebyte_train_loss", "onebyte_eval_accuracy_ratio", "onebyte_contributions_made_total",
-                 "onebyte_contributions_applied_total", "onebyte_records_rejected_total", "onebyte_live_peers",
-                 "onebyte_wire_bytes_total", "onebyte_step_seconds_bucket", "onebyte_round_latency_seconds_bucket",
-                 "onebyte_catchups_total", "onebyte_repairs_total", "onebyte_hash_mismatches_total", "onebyte_peer_info",
-                 "process_resident_memory_bytes"):
+    for want in (
+        "onebyte_round",
+        "onebyte_train_loss",
+        "onebyte_eval_accuracy_ratio",
+        "onebyte_contributions_made_total",
+        "onebyte_contributions_applied_total",
+        "onebyte_records_rejected_total",
+        "onebyte_live_peers",
+        "onebyte_wire_bytes_total",
+        "onebyte_step_seconds_bucket",
+        "onebyte_round_latency_seconds_bucket",
+        "onebyte_catchups_total",
+        "onebyte_repairs_total",
+        "onebyte_hash_mismatches_total",
+        "onebyte_peer_info",
+        "process_resident_memory_bytes",
+    ):
         assert want in names["peer"], want
     for want in ("onebyte_bootstrap_info", "onebyte_bootstrap_uptime_seconds", "onebyte_bootstrap_routing_table_peers"):
         assert want in names["bootstrap"], want
@@ -80,7 +92,9 @@ def test_rejected_records_count_parse_and_validator_rejections():
         client = RecordClient(vdht, victim)
         key = round_key("metrics-test", 3)
         forged = ContributionRecord(round=3, published_at=time.time(), codes=bytes([0x7F])).pack()
-        adht.store(key, forged, get_dht_time() + 600, subkey=owner_subkey(victim.public_key), return_future=True).result(timeout=30)
+        adht.store(
+            key, forged, get_dht_time() + 600, subkey=owner_subkey(victim.public_key), return_future=True
+        ).result(timeout=30)
         assert RecordClient(adht, attacker)._store(key, {"not": "a record"}, get_dht_time() + 600)
         client.read_round("metrics-test", 3)
         m = PeerMetrics(process=False)
@@ -103,8 +117,10 @@ def test_rejected_records_count_parse_and_validator_rejections():
 def prometheus_bin() -> str:
     exe = apt_install("prometheus", "prometheus")
     if exe is None:
-        pytest.skip("Prometheus is not installed and could not be installed with `apt-get install prometheus` "
-                    "(needs Debian/Ubuntu, root and the package archive); install it to run this test")
+        pytest.skip(
+            "Prometheus is not installed and could not be installed with `apt-get install prometheus` "
+            "(needs Debian/Ubuntu, root and the package archive); install it to run this test"
+        )
     return exe
 
 
@@ -133,22 +149,44 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: onebyte-peers\n    static_configs: [{{targets: ['127.0.0.1:{ports['a']}', '127.0.0.1:{ports['b']}']}}]\n"
-        f"  - job_name: onebyte-bootstrap\n    static_configs: [{{targets: ['127.0.0.1:{ports['boot']}']}}]\n")
+        f"  - job_name: onebyte-bootstrap\n    static_configs: [{{targets: ['127.0.0.1:{ports['boot']}']}}]\n"
+    )
     promtool = shutil.which("promtool")
     if promtool:
         check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
     prom_log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen([prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], stdout=prom_log, stderr=subprocess.STDOUT)
+    prom = subprocess.Popen(
+        [
+            prometheus_bin,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ],
+        stdout=prom_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with _MetricsSwarm(tmp_path, ["--metrics-port", str(ports["boot"])]) as swarm:
             common = ["--run-id", "prom", "--rounds", "14", "--batch-size", "4"]
             # the second peer joins in client mode (as behind NAT): it reaches the swarm, nobody reaches it
             swarm.peer("b", *common, *WAIT, "--shard", "1/2", "--client-mode", "--metrics-port", str(ports["b"]))
             swarm.wait_waiting("b")
-            swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "2", "--contribs-per-round", "2",
-                       "--metrics-port", str(ports["a"]))
+            swarm.peer(
+                "a",
+                *common,
+                "--new-run",
+                "--start-delay",
+                START,
+                *TINY,
+                "--round-seconds",
+                "2",
+                "--contribs-per-round",
+                "2",
+                "--metrics-port",
+                str(ports["a"]),
+            )
             first: dict[str, float] = {}
             advanced: set[str] = set()
             deadline = time.time() + 150
@@ -167,17 +205,25 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
                     if value > first[name]:
                         advanced.add(name)
                 time.sleep(1.0)
-            assert advanced == {"a", "b"}, f"round seen by Prometheus: first {first}, advanced {advanced}\n" + swarm.log("b")[-2000:]
+            assert advanced == {"a", "b"}, (
+                f"round seen by Prometheus: first {first}, advanced {advanced}\n" + swarm.log("b")[-2000:]
+            )
             made = _query(prom_port, 'sum(onebyte_contributions_made_total{job="onebyte-peers"})')
             assert made and float(made[0]["value"][1]) > 0
-            applied = _query(prom_port, 'sum by (origin) (onebyte_contributions_applied_total{instance="127.0.0.1:%d"})' % ports["b"])
+            applied = _query(
+                prom_port, 'sum by (origin) (onebyte_contributions_applied_total{instance="127.0.0.1:%d"})' % ports["b"]
+            )
             assert {r["metric"]["origin"] for r in applied} == {"local", "remote"}
             info = _query(prom_port, "onebyte_peer_info")
-            assert {r["metric"]["run_id"] for r in info} == {"prom"} and {r["metric"]["model"] for r in info} == {"tiny-llama"}
+            assert {r["metric"]["run_id"] for r in info} == {"prom"} and {r["metric"]["model"] for r in info} == {
+                "tiny-llama"
+            }
             uptime = _query(prom_port, "onebyte_bootstrap_uptime_seconds")
             assert uptime and float(uptime[0]["value"][1]) > 0
             table = _query(prom_port, "onebyte_bootstrap_routing_table_peers")
-            assert table and float(table[0]["value"][1]) >= 1  # peer a (a server) is in the bootstrap node's routing table
+            assert (
+                table and float(table[0]["value"][1]) >= 1
+            )  # peer a (a server) is in the bootstrap node's routing table
             up = _query(prom_port, "up")
             assert len(up) == 3 and all(r["value"][1] == "1" for r in up), up
     finally:

@@ -21,8 +21,13 @@ from tests.support.swarm import START, TINY, WAIT, Swarm
 @pytest.mark.long
 def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(run_swarm):
     rounds = 30
-    reports = run_swarm(run_id="t3", rounds=rounds, args=["--batch-size", "4"],
-                        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3"], timeout=300)
+    reports = run_swarm(
+        run_id="t3",
+        rounds=rounds,
+        args=["--batch-size", "4"],
+        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "5", "--shard", "0/3"],
+        timeout=300,
+    )
     assert len({r["final_sha256"] for r in reports.values()}) == 1
     published = {n: r["contributions_published"] for n, r in reports.items()}
     assert all(v > 0 for v in published.values()), published
@@ -38,8 +43,13 @@ def test_three_peers_thirty_rounds_identical_hashes_everyone_applies_everyone(ru
 def test_lean_round_records_still_reach_every_peer(run_swarm):
     """--lean-replicas: round records go to and come from the 2 nearest nodes, with no DHT crawl."""
     rounds = 12
-    reports = run_swarm(run_id="lean", rounds=rounds, args=["--batch-size", "4"],
-                        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "3", "--lean-replicas", "2"], timeout=240)
+    reports = run_swarm(
+        run_id="lean",
+        rounds=rounds,
+        args=["--batch-size", "4"],
+        creator_args=["--round-seconds", "2", "--contribs-per-round", "2", "--hash-every", "3", "--lean-replicas", "2"],
+        timeout=240,
+    )
     assert {r["manifest"]["lean_replicas"] for r in reports.values()} == {2}
     assert len({r["final_sha256"] for r in reports.values()}) == 1
     total = sum(r["contributions_published"] for r in reports.values())
@@ -51,7 +61,19 @@ def test_lean_round_records_still_reach_every_peer(run_swarm):
 
 def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
     with Swarm(tmp_path) as swarm:
-        swarm.peer("owner", "--run-id", "cfg", "--new-run", *TINY, "--round-seconds", "2", "--rounds", "40", "--start-delay", "2")
+        swarm.peer(
+            "owner",
+            "--run-id",
+            "cfg",
+            "--new-run",
+            *TINY,
+            "--round-seconds",
+            "2",
+            "--rounds",
+            "40",
+            "--start-delay",
+            "2",
+        )
         swarm.wait_for_round("owner", 0, timeout=120)
         swarm.peer("lr", "--run-id", "cfg", "--lr", "0.5")
         swarm.peer("model", "--run-id", "cfg", "--model", "tiny-gpt2")
@@ -63,14 +85,30 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
         swarm.peer("nothing", "--run-id", "no-such-run", "--join-timeout", "3")
         assert swarm.wait("nothing", 120) == 2 and "no run 'no-such-run' is visible" in swarm.log("nothing")
         # a researcher looking for public runs finds this one, with its model and its live peer
-        listing = subprocess.run([sys.executable, "-m", "onebyte.cli", "runs", *sum((["--initial-peers", a] for a in swarm.maddrs), [])],
-                                 capture_output=True, text=True, timeout=120)
+        listing = subprocess.run(
+            [sys.executable, "-m", "onebyte.cli", "runs", *sum((["--initial-peers", a] for a in swarm.maddrs), [])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert listing.returncode == 0, listing.stderr
         row = next(line for line in listing.stdout.splitlines() if line.startswith("cfg "))
         assert "tiny-llama" in row and "drugreview" in row and row.split()[-1] == "1"
         # an operator sees the live peer of the run, its round and its hash
-        status = subprocess.run([sys.executable, "-m", "onebyte.cli", "status", "--run-id", "cfg",
-                                 *sum((["--initial-peers", a] for a in swarm.maddrs), [])], capture_output=True, text=True, timeout=120)
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onebyte.cli",
+                "status",
+                "--run-id",
+                "cfg",
+                *sum((["--initial-peers", a] for a in swarm.maddrs), []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert status.returncode == 0, status.stderr
         assert "1 live peer(s)" in status.stdout and "0.1.0" in status.stdout
 
@@ -81,7 +119,18 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
         common = ["--run-id", "hostile", "--rounds", str(rounds), "--batch-size", "4"]
         swarm.peer("b", *common, *WAIT, "--shard", "1/2")
         swarm.wait_waiting("b")
-        swarm.peer("a", *common, "--new-run", "--start-delay", START, *TINY, "--round-seconds", "3", "--contribs-per-round", "2")
+        swarm.peer(
+            "a",
+            *common,
+            "--new-run",
+            "--start-delay",
+            START,
+            *TINY,
+            "--round-seconds",
+            "3",
+            "--contribs-per-round",
+            "2",
+        )
         swarm.wait_for_round("a", 1, timeout=180)
 
         attacker = Identity()
@@ -98,8 +147,13 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
 
             # 1. a record under the victim's subkey, signed by the attacker: the DHT refuses it
             forged = ContributionRecord(round=target, published_at=time.time(), codes=bytes([0x7F, 0x7F])).pack()
-            ok = dht.store(round_key("hostile", target), forged, get_dht_time() + 600, subkey=owner_subkey(bytes.fromhex(victim_id)),
-                           return_future=True).result(timeout=30)
+            ok = dht.store(
+                round_key("hostile", target),
+                forged,
+                get_dht_time() + 600,
+                subkey=owner_subkey(bytes.fromhex(victim_id)),
+                return_future=True,
+            ).result(timeout=30)
             assert not ok
             # 2. well-signed garbage, a record naming another round, too many codes: readers reject and count them
             assert client._store(round_key("hostile", target), {"not": "a record"}, get_dht_time() + 600)
@@ -122,7 +176,9 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
     assert ra["final_sha256"] == rb["final_sha256"]
     total = ra["contributions_published"] + rb["contributions_published"]
     for r in (ra, rb):
-        assert r["contributions_applied_local"] + r["contributions_applied_remote"] == total  # nothing of the attacker's
+        assert (
+            r["contributions_applied_local"] + r["contributions_applied_remote"] == total
+        )  # nothing of the attacker's
         assert r["rejected"].get("malformed", 0) >= 1
         assert r["rejected"].get("wrong_round", 0) >= 1
         assert r["rejected"].get("too_many_codes", 0) >= 1
@@ -132,6 +188,10 @@ def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_p
 
 @pytest.mark.parametrize("bad", ["bogus", "/ip4/127.0.0.1/tcp/1"])
 def test_bad_initial_peer_address_is_a_clear_error(tmp_path, bad):
-    r = subprocess.run([sys.executable, "-m", "onebyte.cli", "peer", "--run-id", "x", "--initial-peers", bad],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onebyte.cli", "peer", "--run-id", "x", "--initial-peers", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "multiaddr" in r.stderr and "Traceback" not in r.stderr

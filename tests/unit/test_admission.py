@@ -11,14 +11,19 @@ A, B = "aa" * 32, "bb" * 32
 
 
 def test_private_run_counts_only_allowed_keys_and_float32_rejects_non_finite():
-    recs = {A: ContributionRecord(round=1, published_at=1.0, codes=b"\x05"), B: ContributionRecord(round=1, published_at=1.0, codes=b"\x06")}
+    recs = {
+        A: ContributionRecord(round=1, published_at=1.0, codes=b"\x05"),
+        B: ContributionRecord(round=1, published_at=1.0, codes=b"\x06"),
+    }
     rs = decide_round("run", 1, recs, close_time=10.0, contribs_per_round=4, codec=CODEC, allowed={A})
     assert rs.counts == {A: 1} and rs.rejected == {"not_allowed": 1}
     import struct
 
     f32 = make_codec("float32")
-    bad = {A: ContributionRecord(round=1, published_at=1.0, codes=struct.pack("<2f", 1.0, float("nan"))),
-           B: ContributionRecord(round=1, published_at=1.0, codes=struct.pack("<f", float("inf")))}
+    bad = {
+        A: ContributionRecord(round=1, published_at=1.0, codes=struct.pack("<2f", 1.0, float("nan"))),
+        B: ContributionRecord(round=1, published_at=1.0, codes=struct.pack("<f", float("inf"))),
+    }
     rs = decide_round("run", 1, bad, close_time=10.0, contribs_per_round=4, codec=f32)
     assert rs.contributions == [] and rs.rejected == {"malformed": 2}
 
@@ -34,7 +39,12 @@ def test_influence_monitor_flags_a_peer_that_always_sends_the_extreme_byte():
     mon = InfluenceMonitor(CODEC)
     top = CODEC.encode(CODEC.max_value)
     for r in range(20):
-        recs = {p: ContributionRecord(round=r, published_at=0.0, codes=bytes(CODEC.encode(float(g)) for g in rng.standard_normal(4))) for p in honest}
+        recs = {
+            p: ContributionRecord(
+                round=r, published_at=0.0, codes=bytes(CODEC.encode(float(g)) for g in rng.standard_normal(4))
+            )
+            for p in honest
+        }
         recs[attacker] = ContributionRecord(round=r, published_at=0.0, codes=bytes([top] * 4))
         mon.observe(decide_round("run", r, recs, close_time=10.0, contribs_per_round=4, codec=CODEC))
     suspects = mon.suspects()

@@ -5,27 +5,45 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onebyte.zo import ByteCodec, NoiseTable, Perturbation, apply_round, contribution_seed, spsa_estimate, weights_sha256
+from onebyte.zo import (
+    ByteCodec,
+    NoiseTable,
+    Perturbation,
+    apply_round,
+    contribution_seed,
+    spsa_estimate,
+    weights_sha256,
+)
 from tests.unit.test_zo import named, tiny_llama
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine; run `pytest -m cuda` on a GPU host"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device on this machine; run `pytest -m cuda` on a GPU host"
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_and_cuda_apply_the_same_contributions_to_the_same_bits(dtype):
     codec = ByteCodec()
-    rounds = [[(contribution_seed("gpu", f"p{p}", r, i), codec.decode((53 * r + 17 * p + 5 * i) % 256)) for p in range(3) for i in range(4)]
-              for r in range(5)]
+    rounds = [
+        [
+            (contribution_seed("gpu", f"p{p}", r, i), codec.decode((53 * r + 17 * p + 5 * i) % 256))
+            for p in range(3)
+            for i in range(4)
+        ]
+        for r in range(5)
+    ]
     hashes = {}
     for device in ("cpu", "cuda"):
         model = tiny_llama(dtype).to(device)
         params = named(model)
         noise = NoiseTable(20, 0, device)
         for contribs in rounds:
-            apply_round(params, contribs, 1e-3, noise, weight_decay=0.01, decay=frozenset(n for n, p in params if p.dim() >= 2))
+            apply_round(
+                params, contribs, 1e-3, noise, weight_decay=0.01, decay=frozenset(n for n, p in params if p.dim() >= 2)
+            )
         apply_round(params, rounds[0][:1], 1e-3, noise)  # the single-contribution fast path too
         hashes[device] = weights_sha256(params)
     assert hashes["cpu"] == hashes["cuda"]

@@ -21,9 +21,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from onebyte.metrics import BootstrapMetrics
 from onebyte.cli import build_parser
 from onebyte.cli.config import apply_config
+from onebyte.metrics import BootstrapMetrics
 from tests.support.tools import apt_install
 from tests.unit.test_metrics import exercised_peer_metrics
 
@@ -46,7 +46,21 @@ def exported_names() -> set[str]:
     return names
 
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -57,7 +71,7 @@ def promql_metric_names(expr: str) -> set[str]:
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", e):
-        if e[m.end():].lstrip().startswith("(") or m.group(0) in PROMQL_KEYWORDS:
+        if e[m.end() :].lstrip().startswith("(") or m.group(0) in PROMQL_KEYWORDS:
             continue
         if m.start() > 0 and (e[m.start() - 1].isdigit() or e[m.start() - 1] in ".$"):
             continue  # 1e3, $var
@@ -66,8 +80,10 @@ def promql_metric_names(expr: str) -> set[str]:
 
 
 def test_promql_name_extraction():
-    assert promql_metric_names('histogram_quantile(0.9, sum by (le, instance) (rate(a_bucket{x=~"$i"}[5m])))') == {"a_bucket"}
-    assert promql_metric_names("scalar(max(b)) - c{instance=~\"$instance\"} / on (x) d") == {"b", "c", "d"}
+    assert promql_metric_names('histogram_quantile(0.9, sum by (le, instance) (rate(a_bucket{x=~"$i"}[5m])))') == {
+        "a_bucket"
+    }
+    assert promql_metric_names('scalar(max(b)) - c{instance=~"$instance"} / on (x) d') == {"b", "c", "d"}
     assert promql_metric_names('sum(increase(onebyte_typo_total{result="disagree"}[1h]))') == {"onebyte_typo_total"}
 
 
@@ -88,7 +104,7 @@ def test_compose_file_services_and_every_file_it_references():
                 assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} not declared"
-        for env_file in ([svc["env_file"]] if isinstance(svc.get("env_file"), str) else svc.get("env_file", [])):
+        for env_file in [svc["env_file"]] if isinstance(svc.get("env_file"), str) else svc.get("env_file", []):
             assert (DEPLOY / env_file).is_file()
         for dep in svc.get("depends_on", []):
             assert dep in c["services"], f"{name} depends on unknown {dep}"
@@ -110,7 +126,11 @@ def test_compose_peer_settings_parse_as_the_peers_will_read_them():
         parser = build_parser()
         apply_config(parser, argv, svc["environment"])
         args = parser.parse_args(argv)
-        assert args.run_id == "compose-demo" and args.metrics_port == 9100 and args.host_maddrs == ["/ip4/0.0.0.0/tcp/31337"]
+        assert (
+            args.run_id == "compose-demo"
+            and args.metrics_port == 9100
+            and args.host_maddrs == ["/ip4/0.0.0.0/tcp/31337"]
+        )
         assert args.initial_peers_file == "/shared/bootstrap.maddrs"
         assert args.new_run == (name == "peer1")
 
@@ -122,13 +142,17 @@ def compose_cli() -> list[str]:
         return [docker, "compose"]
     exe = apt_install("docker-compose", "docker-compose")
     if exe is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is available (nor installable with apt-get): "
-                    "the compose file's schema was not validated")
+        pytest.skip(
+            "neither `docker compose` nor `docker-compose` is available (nor installable with apt-get): "
+            "the compose file's schema was not validated"
+        )
     return [exe]
 
 
 def test_compose_file_passes_the_compose_schema(compose_cli, tmp_path):
-    r = subprocess.run([*compose_cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=120, cwd=DEPLOY)
+    r = subprocess.run(
+        [*compose_cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=120, cwd=DEPLOY
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     # the validator is real: an unknown key fails it
     bad = tmp_path / "docker-compose.yml"
@@ -136,7 +160,9 @@ def test_compose_file_passes_the_compose_schema(compose_cli, tmp_path):
     for rel in ("Dockerfile", "prometheus.yml", "compose-peer.yaml"):
         shutil.copy(DEPLOY / rel, tmp_path / rel)
     shutil.copytree(DEPLOY / "grafana", tmp_path / "grafana")
-    r = subprocess.run([*compose_cli, "-f", str(bad), "config", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [*compose_cli, "-f", str(bad), "config", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert r.returncode != 0 and "restrat" in (r.stdout + r.stderr)
 
 
@@ -150,7 +176,11 @@ def test_prometheus_config_scrapes_the_compose_services_metrics_ports():
         host, port = t.split(":")
         svc = services[host]
         cmd = svc["command"]
-        served = cmd[cmd.index("--metrics-port") + 1] if "--metrics-port" in cmd else svc.get("environment", {}).get("ONEBYTE_METRICS_PORT")
+        served = (
+            cmd[cmd.index("--metrics-port") + 1]
+            if "--metrics-port" in cmd
+            else svc.get("environment", {}).get("ONEBYTE_METRICS_PORT")
+        )
         assert served == port, t
     mount = next(v for v in services["prometheus"]["volumes"] if v.startswith("./prometheus.yml:"))
     assert mount.split(":")[1] in " ".join(services["prometheus"]["command"])
@@ -160,7 +190,9 @@ def test_prometheus_config_passes_promtool():
     promtool = apt_install("promtool", "prometheus")
     if promtool is None:
         pytest.skip("promtool is not installed and could not be installed with apt-get (package prometheus)")
-    r = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -170,7 +202,15 @@ def test_dashboard_queries_name_only_exported_metrics():
     exported = exported_names()
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     titles = " | ".join(p["title"].lower() for p in panels)
-    for topic in ("round progress", "loss", "accuracy", "contributions per second", "bytes per contribution", "rejected", "hash agreement"):
+    for topic in (
+        "round progress",
+        "loss",
+        "accuracy",
+        "contributions per second",
+        "bytes per contribution",
+        "rejected",
+        "hash agreement",
+    ):
         assert topic in titles, topic
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -179,7 +219,10 @@ def test_dashboard_queries_name_only_exported_metrics():
         assert p.get("targets"), p["title"]
         for t in p["targets"]:
             exprs.append((p["title"], t["expr"]))
-    exprs += [("variable " + v["name"], v["definition"].replace("label_values(", "").split(",")[0]) for v in dash["templating"]["list"]]
+    exprs += [
+        ("variable " + v["name"], v["definition"].replace("label_values(", "").split(",")[0])
+        for v in dash["templating"]["list"]
+    ]
     unknown = {(title, name) for title, e in exprs for name in promql_metric_names(e) if name not in exported}
     assert not unknown, unknown
     for p in panels:
@@ -199,7 +242,10 @@ def test_grafana_provisioning_points_at_the_datasource_and_dashboard():
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
-    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == provider["options"]["path"] + "/" + DASHBOARD.name
+    assert (
+        grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        == provider["options"]["path"] + "/" + DASHBOARD.name
+    )
 
 
 # -- systemd, Dockerfile, the guide --------------------------------------------------------------
@@ -232,7 +278,12 @@ def test_systemd_peer_unit_runs_the_cli_with_the_example_config_and_env():
     parser = build_parser()
     apply_config(parser, argv, _env_file(DEPLOY / "peer.env.example"))
     args = parser.parse_args(argv)
-    assert args.run_id == "myrun" and args.device == "cuda:0" and args.metrics_port == 9100 and len(args.initial_peers) == 1
+    assert (
+        args.run_id == "myrun"
+        and args.device == "cuda:0"
+        and args.metrics_port == 9100
+        and len(args.initial_peers) == 1
+    )
     boot = _unit("onebyte-bootstrap.service")
     bargv = shlex.split(boot["Service"]["ExecStart"])[1:]
     assert build_parser().parse_args(bargv).command == "bootstrap"
@@ -245,7 +296,9 @@ def test_systemd_units_pass_systemd_analyze_where_present():
     for name in ("onebyte-peer.service", "onebyte-bootstrap.service"):
         r = subprocess.run([exe, "verify", "--man=no", str(DEPLOY / name)], capture_output=True, text=True, timeout=60)
         # the onebyte user and /opt/onebyte do not exist on a test machine: only syntax errors count
-        errors = [l for l in (r.stdout + r.stderr).splitlines() if "Unknown" in l or "Invalid" in l or "Failed to parse" in l]
+        errors = [
+            l for l in (r.stdout + r.stderr).splitlines() if "Unknown" in l or "Invalid" in l or "Failed to parse" in l
+        ]
         assert not errors, errors
 
 
@@ -268,7 +321,9 @@ def test_volunteer_guide_names_only_real_options():
     text = (DEPLOY / "VOLUNTEER.md").read_text()
     parser = build_parser()
     real = {s for a in parser._actions for s in a.option_strings}
-    for sub in next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices.values():
+    for sub in next(
+        a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)
+    ).choices.values():
         real |= {s for a in sub._actions for s in a.option_strings}
     external = {"--gpus", "--build-arg", "--index-url", "--system", "--home", "--now", "--build", "--force-reinstall"}
     mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - external

@@ -45,6 +45,7 @@ def test_factors_are_windows_at_their_own_offsets_and_z_is_their_product():
 
 # --- exact apply -------------------------------------------------------------------------------
 
+
 def reference_exact(params, contributions, lr, table, rank, wd=0.0, decay=()):
     """docs/PROTOCOL.md 16.4 with exact rationals: s exact, then fl64, fl32(fl64(c*s)), fl32 update."""
     n = len(contributions)
@@ -53,9 +54,14 @@ def reference_exact(params, contributions, lr, table, rank, wd=0.0, decay=()):
     for name, p in params:
         theta = p.detach().float().numpy().copy()
         if p.dim() == 2 and rank:
-            z = [lowrank_direction(table, s, name, tuple(p.shape), rank).numpy().astype(np.int64) for s, _ in contributions]
+            z = [
+                lowrank_direction(table, s, name, tuple(p.shape), rank).numpy().astype(np.int64)
+                for s, _ in contributions
+            ]
         else:
-            z = [table.direction(s, name, p.numel()).numpy().astype(np.int64).reshape(p.shape) for s, _ in contributions]
+            z = [
+                table.direction(s, name, p.numel()).numpy().astype(np.int64).reshape(p.shape) for s, _ in contributions
+            ]
         s = np.zeros(p.shape, dtype=np.float64).reshape(-1)
         flat = [zk.reshape(-1) for zk in z]
         for i in range(s.size):
@@ -98,7 +104,9 @@ def test_exact_apply_equals_the_definition_with_rationals(dtype, rank, grouped):
     contribs[4] = (contribs[4][0], 0.0)  # a zero code: no term in the grouped route's plan
     decay = frozenset({"layer.weight"})
     want = reference_exact(params, contribs, 1e-2, table, rank, 0.1, decay)
-    apply_round_exact(params, contribs, 1e-2, table, Directions(rank), exact_rule(ByteCodec()), 0.1, decay, grouped=grouped)
+    apply_round_exact(
+        params, contribs, 1e-2, table, Directions(rank), exact_rule(ByteCodec()), 0.1, decay, grouped=grouped
+    )
     for (name, got), (_, exp) in zip(params, want):
         assert torch.equal(got, exp), name
 
@@ -112,12 +120,28 @@ def test_apply_is_bitwise_the_same_for_any_chunking_blocking_and_order(dtype):
     contribs = _round(150, seed=1)
     rule = exact_rule(ByteCodec())
     hashes = set()
-    for chunk, block, order, grouped in ((None, 1 << 18, 1, False), (7, 5000, -1, False), (64, 1 << 14, 1, False),
-                                         (None, 1 << 18, -1, True), (7, 5000, 1, True)):
+    for chunk, block, order, grouped in (
+        (None, 1 << 18, 1, False),
+        (7, 5000, -1, False),
+        (64, 1 << 14, 1, False),
+        (None, 1 << 18, -1, True),
+        (7, 5000, 1, True),
+    ):
         params = named(tiny_llama(dtype))
         decay = frozenset(n for n, p in params if p.dim() == 2)
-        apply_round_exact(params, contribs[::order], 1e-3, table, Directions(1), rule, 0.1, decay, chunk=chunk, block_elems=block,
-                          grouped=grouped)
+        apply_round_exact(
+            params,
+            contribs[::order],
+            1e-3,
+            table,
+            Directions(1),
+            rule,
+            0.1,
+            decay,
+            chunk=chunk,
+            block_elems=block,
+            grouped=grouped,
+        )
         hashes.add(weights_sha256(params))
     assert len(hashes) == 1
 
@@ -132,8 +156,12 @@ def test_the_grouped_float32_route_gives_the_float64_routes_bits(kind):
     codec, rule = ByteCodec(), exact_rule(ByteCodec())
     rng = np.random.default_rng(7)
     for k in (1, 63, 300, 17_000):
-        codes = {"random": rng.integers(0, 256, k), "all-largest": np.full(k, 255), "with-zeros": rng.integers(0, 256, k),
-                 "mixed-extremes": rng.choice([0, 1, 127, 128, 254, 255], k)}[kind]
+        codes = {
+            "random": rng.integers(0, 256, k),
+            "all-largest": np.full(k, 255),
+            "with-zeros": rng.integers(0, 256, k),
+            "mixed-extremes": rng.choice([0, 1, 127, 128, 254, 255], k),
+        }[kind]
         vals = torch.tensor([codec.decode(int(c)) for c in codes], dtype=torch.float64)
         if kind == "with-zeros":
             vals[::3] = 0.0
@@ -141,9 +169,14 @@ def test_the_grouped_float32_route_gives_the_float64_routes_bits(kind):
         bt = torch.from_numpy(rng.choice([-1.0, 1.0], (k, 11)))
         want = exact_matmul(a * vals, bt, rule)
         assert torch.equal(exact_matmul(a, bt, rule, coef=vals, grouped=True), want), (kind, k)
-        assert torch.equal(exact_matmul(a.float(), bt.float(), rule, coef=vals, chunk=100, grouped=True), want), (kind, k)
+        assert torch.equal(exact_matmul(a.float(), bt.float(), rule, coef=vals, chunk=100, grouped=True), want), (
+            kind,
+            k,
+        )
         assert torch.equal(grouped_matmul(a, vals, bt, rule), want)  # past 2^14 terms: slices added as int64
-        exact = sum(Fraction(float(v)) * int(x) * int(y) for v, x, y in zip(vals[:50], a[0, :50], bt[:50, 0]))  # an exact spot check
+        exact = sum(
+            Fraction(float(v)) * int(x) * int(y) for v, x, y in zip(vals[:50], a[0, :50], bt[:50, 0])
+        )  # an exact spot check
         assert float(exact_matmul(a[:1, :50], bt[:50, :1], rule, coef=vals[:50], grouped=True)) == float(exact)
 
 
@@ -151,7 +184,10 @@ def test_float32_codec_follows_the_sequential_rule():
     """The float32 baseline has no exact bound: s = fl64(s + v_k z_k) in canonical order."""
     table = NoiseTable(12, 0)
     codec = Float32Codec()
-    contribs = [(contribution_seed("r", "p", 0, i), float(np.float32(g))) for i, g in enumerate([1e-30, 3.7, -2.5e7, 0.1, 1e20, -1e20])]
+    contribs = [
+        (contribution_seed("r", "p", 0, i), float(np.float32(g)))
+        for i, g in enumerate([1e-30, 3.7, -2.5e7, 0.1, 1e20, -1e20])
+    ]
     params = _small_params(torch.float32)
     apply_round_exact(params, contribs, 1e-2, table, Directions(2), exact_rule(codec), block_elems=16)
     c = -1e-2 / len(contribs)
@@ -194,7 +230,12 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
 def test_apply_is_the_same_in_other_processes_with_one_and_two_threads():
     outs = set()
     for threads in (1, 2):
-        r = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), threads=threads)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", _CHILD.format(root=str(ROOT), threads=threads)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         outs.add(r.stdout)
     here = []
@@ -214,7 +255,9 @@ def test_a_single_rank_one_contribution_is_one_pass_with_the_same_bits(dtype):
         contribs = _round(1, seed=10 + k)
         decay = frozenset({"layer.weight"})
         want = reference_exact(params, contribs, 1e-2, table, 1, wd, decay)
-        apply_round_exact(params, contribs, 1e-2, table, Directions(1), exact_rule(ByteCodec()), wd, decay, block_elems=16)
+        apply_round_exact(
+            params, contribs, 1e-2, table, Directions(1), exact_rule(ByteCodec()), wd, decay, block_elems=16
+        )
         for (name, got), (_, exp) in zip(params, want):
             assert torch.equal(got, exp), (name, k)
 

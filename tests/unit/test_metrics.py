@@ -20,7 +20,9 @@ def scrape(port: int) -> str:
 def exercised_peer_metrics() -> PeerMetrics:
     """A PeerMetrics after every event the step loop reports."""
     m = PeerMetrics()
-    m.on_start(version="0.1.0", protocol_version="1", model="tiny-llama", run_id="r", peer_id="ab", dataset="drugreview")
+    m.on_start(
+        version="0.1.0", protocol_version="1", model="tiny-llama", run_id="r", peer_id="ab", dataset="drugreview"
+    )
     m.on_contribution(0.2, 0.69)
     m.on_published(2, 2)
     m.on_received(3)
@@ -38,8 +40,22 @@ def exercised_peer_metrics() -> PeerMetrics:
 
 # -- naming conventions -------------------------------------------------------------------------
 STANDARD_PREFIXES = ("process_", "python_")  # prometheus-client's own collectors, named by its conventions
-UNIT_WORDS = {"seconds": ("second", "duration", "latency", "time", "uptime", "delay", "elapsed", "ms", "millis", "minutes", "hours"),
-              "bytes": ("byte", "size", "memory", "kb", "mb", "kib", "mib")}
+UNIT_WORDS = {
+    "seconds": (
+        "second",
+        "duration",
+        "latency",
+        "time",
+        "uptime",
+        "delay",
+        "elapsed",
+        "ms",
+        "millis",
+        "minutes",
+        "hours",
+    ),
+    "bytes": ("byte", "size", "memory", "kb", "mb", "kib", "mib"),
+}
 
 
 def convention_problems(families) -> list[str]:
@@ -67,7 +83,12 @@ def convention_problems(families) -> list[str]:
         base = name.removesuffix("_total")
         words = base.split("_")
         for unit, hints in UNIT_WORDS.items():
-            if any(w.startswith(h) for w in words for h in hints) or kind == "histogram" and unit == "seconds" and "bytes" not in words:
+            if (
+                any(w.startswith(h) for w in words for h in hints)
+                or kind == "histogram"
+                and unit == "seconds"
+                and "bytes" not in words
+            ):
                 if words[-1] != unit:
                     problems.append(f"{name}: looks like a {unit} quantity but does not end in _{unit}")
         for bad in ("_ms", "_millis", "_milliseconds", "_kb", "_mb", "_percent", "_minutes"):
@@ -89,6 +110,13 @@ def test_convention_checker_catches_bad_names():
     Counter("onebyte_peers_seen", "x", registry=r)
     fams = list(text_string_to_metric_families(__import__("prometheus_client").generate_latest(r).decode()))
     found = "\n".join(convention_problems(fams))
-    for name in ("onebyte_round_duration", "onebyte_step_ms", "onebyte_payload_size", "onebyteRound", "other_thing", "onebyte_apply"):
+    for name in (
+        "onebyte_round_duration",
+        "onebyte_step_ms",
+        "onebyte_payload_size",
+        "onebyteRound",
+        "other_thing",
+        "onebyte_apply",
+    ):
         assert name in found, found
     assert "onebyte_peers_seen" not in found  # a counter named without _total gets it from the client library

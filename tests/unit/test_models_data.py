@@ -8,15 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
-from onebyte.tasks.data import Batch, DataError, load_task
 from onebyte.tasks import model_cache
+from onebyte.tasks.data import Batch, DataError, load_task
 from onebyte.tasks.loaded_model import LoadedModel, ModelLoadError, trainable_parameters
 from onebyte.tasks.loading import load_model
 
@@ -67,8 +66,9 @@ def drug(tiny):
 def test_tiny_init_identical_across_processes():
     # A fresh interpreter (different RNG state, own imports) builds the same bytes as this one.
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, "1"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", _HASH_SCRIPT, "1"], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = json.loads(proc.stdout.strip().splitlines()[-1])
     torch.manual_seed(12345)
@@ -200,7 +200,7 @@ def test_drugreview_binary_counts_and_prompts(drug, tiny):
     batch = drug.train_batch(range(drug.num_train))
     assert batch.input_ids.shape[1] <= 64
     for row in range(len(batch)):
-        assert batch.input_ids[row, -len(cue):].tolist() == cue
+        assert batch.input_ids[row, -len(cue) :].tolist() == cue
     assert batch.attention_mask[:, -1].all()  # left padding: the last position is always real
     texts = [drug.text(i) for i in range(20)] + [drug.text(i, "eval") for i in range(20)]
     assert all(t.startswith("Review: ") and t.endswith("\nSentiment:") for t in texts)
@@ -277,25 +277,27 @@ def _write_csv(path: Path, rows: list[tuple[str, str]], header=("sentence", "lab
 
 
 def test_local_csv_string_labels(tmp_path, tiny):
-    rows = [(f"review number {i} was {'great' if i % 3 else 'awful'}", "good" if i % 3 else "bad")
-            for i in range(50)]
+    rows = [(f"review number {i} was {'great' if i % 3 else 'awful'}", "good" if i % 3 else "bad") for i in range(50)]
     path = tmp_path / "reviews.csv"
     _write_csv(path, rows)
-    task = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence",
-                     template="Text: {text}\nQuality:")
+    task = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence", template="Text: {text}\nQuality:")
     d = task.describe()
     assert (task.num_train, task.num_eval) == (40, 10)  # 20% held out
     assert d["label_words"] == [" bad", " good"] and d["label_mapping"] == {"bad": 0, "good": 1}
     assert d["source"] == {"type": "files", "train_files": ["reviews.csv"], "eval_files": None}
     # label_words order decides the classes when the words name the labels
-    flipped = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence",
-                        label_words=[" good", " bad"])
+    flipped = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence", label_words=[" good", " bad"])
     assert flipped.describe()["label_mapping"] == {"bad": 1, "good": 0}
     # the split is a deterministic function of split_seed
-    same = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence",
-                     template="Text: {text}\nQuality:")
-    other = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence",
-                      template="Text: {text}\nQuality:", split_seed=1, eval_size=5)
+    same = load_task(str(path), tokenizer=tiny.tokenizer, text_column="sentence", template="Text: {text}\nQuality:")
+    other = load_task(
+        str(path),
+        tokenizer=tiny.tokenizer,
+        text_column="sentence",
+        template="Text: {text}\nQuality:",
+        split_seed=1,
+        eval_size=5,
+    )
     assert same.fingerprint() == task.fingerprint()
     assert other.num_eval == 5 and other.fingerprint() != task.fingerprint()
     assert [task.text(i, "eval") for i in range(3)] == [same.text(i, "eval") for i in range(3)]
@@ -330,12 +332,18 @@ def test_saved_datasets_folder(tmp_path, tiny):
     import datasets
 
     def part(n, start):
-        return {"sentence": [f"example {i}" for i in range(start, start + n)],
-                "label": [i % 2 for i in range(start, start + n)]}
+        return {
+            "sentence": [f"example {i}" for i in range(start, start + n)],
+            "label": [i % 2 for i in range(start, start + n)],
+        }
 
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(part(12, 0)),
-                               "validation": datasets.Dataset.from_dict(part(4, 100)),
-                               "test": datasets.Dataset.from_dict({"sentence": ["x"] * 3, "label": [-1] * 3})})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(part(12, 0)),
+            "validation": datasets.Dataset.from_dict(part(4, 100)),
+            "test": datasets.Dataset.from_dict({"sentence": ["x"] * 3, "label": [-1] * 3}),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "sst"))
     task = load_task(str(tmp_path / "sst"), tokenizer=tiny.tokenizer, text_column="sentence")
     assert (task.num_train, task.num_eval) == (12, 4)  # validation preferred over a label-less test

@@ -28,4 +28,4 @@ def test_vectors_pin_known_external_values():
     # SplitMix64 seeded with 0 is a published stream; bytes 0x41/0xC5 decode to +1 and -sqrt(2)
     assert doc["splitmix64_seed0_first3"][0] == "e220a8397b1dcdaf"
     assert float.fromhex(doc["codec_decode_hex"]["0x41"]) == 1.0
-    assert abs(float.fromhex(doc["codec_decode_hex"]["0xc5"]) + 2 ** 0.5) < 1e-7
+    assert abs(float.fromhex(doc["codec_decode_hex"]["0xc5"]) + 2**0.5) < 1e-7

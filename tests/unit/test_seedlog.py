@@ -15,7 +15,10 @@ A, B = "aa" * 32, "bb" * 32
 
 
 def decided(round_: int):
-    recs = {B: ContributionRecord(round=round_, published_at=1.0, codes=b"\x01\x82"), A: ContributionRecord(round=round_, published_at=1.0, codes=b"\x05")}
+    recs = {
+        B: ContributionRecord(round=round_, published_at=1.0, codes=b"\x01\x82"),
+        A: ContributionRecord(round=round_, published_at=1.0, codes=b"\x05"),
+    }
     return decide_round("run", round_, recs, close_time=10.0, contribs_per_round=4, codec=CODEC)
 
 
@@ -23,11 +26,22 @@ def test_replaying_a_log_entry_gives_the_live_round_set():
     live = decided(7)
     line = entry_line(7, live.digest, live.records)
     again = replay_set("run", line, contribs_per_round=4, codec=CODEC)
-    assert again.contributions == live.contributions and again.digest == live.digest and again.records == [(A, b"\x05"), (B, b"\x01\x82")]
+    assert (
+        again.contributions == live.contributions
+        and again.digest == live.digest
+        and again.records == [(A, b"\x05"), (B, b"\x01\x82")]
+    )
 
 
-@pytest.mark.parametrize("tamper", [lambda l: l.replace(b'"05"', b'"06"'), lambda l: l.replace(b'"round":7', b'"round":8'),
-                                    lambda l: l[:-20], lambda l: b"not json"])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda l: l.replace(b'"05"', b'"06"'),
+        lambda l: l.replace(b'"round":7', b'"round":8'),
+        lambda l: l[:-20],
+        lambda l: b"not json",
+    ],
+)
 def test_an_altered_or_broken_log_entry_is_refused(tamper):
     live = decided(7)
     with pytest.raises(SeedLogError):
@@ -46,7 +60,14 @@ def test_seed_log_on_disk_survives_a_torn_write_and_later_lines_win(tmp_path):
     for r in range(5):
         d = decided(r)
         log.put(r, d.digest, d.records)
-    d3 = decide_round("run", 3, {A: ContributionRecord(round=3, published_at=1.0, codes=b"\x05")}, close_time=10.0, contribs_per_round=4, codec=CODEC)
+    d3 = decide_round(
+        "run",
+        3,
+        {A: ContributionRecord(round=3, published_at=1.0, codes=b"\x05")},
+        close_time=10.0,
+        contribs_per_round=4,
+        codec=CODEC,
+    )
     log.put(3, d3.digest, d3.records)  # a repaired round: replaced
     with open(path, "ab") as f:
         f.write(b'{"round":5,"dig')  # crash mid-line
@@ -54,7 +75,13 @@ def test_seed_log_on_disk_survives_a_torn_write_and_later_lines_win(tmp_path):
     assert again.span() == (0, 4)
     assert again.get(3) == log.get(3) and b'"bb' not in again.get(3)
     assert again.contributions(0, 4) == 4 * 3 + 1
-    assert [replay_set("run", line, contribs_per_round=4, codec=CODEC).round for line in again.lines(0, 9)] == [0, 1, 2, 3, 4]
+    assert [replay_set("run", line, contribs_per_round=4, codec=CODEC).round for line in again.lines(0, 9)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 def source(log, ck_round, ck_bytes=10_000_000):
@@ -72,7 +99,8 @@ def test_catch_up_plan_is_the_log_for_a_short_gap_and_a_checkpoint_for_a_long_on
 
 
 def test_repair_never_replays_its_own_state_and_may_use_an_older_checkpoint():
-    options = plans(100, 100, [source((0, 100), 90)], apply_seconds_per_contribution=0.005, bandwidth=20e6, state_valid=False)
+    options = plans(
+        100, 100, [source((0, 100), 90)], apply_seconds_per_contribution=0.005, bandwidth=20e6, state_valid=False
+    )
     assert [p.method for p in options] == ["checkpoint"] and options[0].first_replayed == 91
     assert isinstance(options[0], Plan)
-

@@ -18,11 +18,15 @@ def tok():
 
 # -- the built-in tasks ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, num_train, eval_counts, train_counts", [
-    ("mr", 10068, [250, 250], [5076, 4992]),
-    ("trec", 4881, [8, 107, 116, 113, 76, 80], [78, 1046, 1129, 1102, 748, 778]),
-    ("drugreview", 546, [95, 248], [161, 385]),
-])
+
+@pytest.mark.parametrize(
+    "name, num_train, eval_counts, train_counts",
+    [
+        ("mr", 10068, [250, 250], [5076, 4992]),
+        ("trec", 4881, [8, 107, 116, 113, 76, 80], [78, 1046, 1129, 1102, 748, 778]),
+        ("drugreview", 546, [95, 248], [161, 385]),
+    ],
+)
 def test_builtin_tasks_load_offline_with_their_sizes_and_balance(tok, name, num_train, eval_counts, train_counts):
     task = load_task(name, tokenizer=tok)
     d = task.describe()
@@ -34,7 +38,9 @@ def test_builtin_tasks_load_offline_with_their_sizes_and_balance(tok, name, num_
     # the held-out split is fixed: the same examples in the same order
     again = load_task(name, tokenizer=tok)
     assert again.fingerprint() == task.fingerprint()
-    if name != "drugreview":  # split by onebyte, by hash (drugreview keeps its files' split, which shares a few reviews)
+    if (
+        name != "drugreview"
+    ):  # split by onebyte, by hash (drugreview keeps its files' split, which shares a few reviews)
         held = {task.text(i, "eval") for i in range(task.num_eval)}
         assert not held & {task.text(i) for i in range(task.num_train)}
 
@@ -52,6 +58,7 @@ def test_mr_and_trec_are_what_the_papers_describe(tok):
 
 # -- the bias-only line --------------------------------------------------------------------------------
 
+
 def test_bias_only_line_on_constructed_cases():
     # two classes, perfectly separable after a shift of 5: the model always says class 1 (balanced accuracy 0.5)
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
@@ -64,7 +71,9 @@ def test_bias_only_line_on_constructed_cases():
     margin = np.array([1.0, 2.0, 3.0, 6.0, 2.5, 4.0, 5.0, 7.0])
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     logits = np.stack([np.zeros(8), margin], 1)
-    brute = max(0.5 * (np.mean(margin[labels == 0] <= t) + np.mean(margin[labels == 1] > t)) for t in np.linspace(0, 8, 801))
+    brute = max(
+        0.5 * (np.mean(margin[labels == 0] <= t) + np.mean(margin[labels == 1] > t)) for t in np.linspace(0, 8, 801)
+    )
     assert bias_only_line(logits, labels) == pytest.approx(brute) == 0.75
     # three classes: a constant offset per class hides a perfect ranking
     rng = np.random.default_rng(0)
@@ -83,13 +92,22 @@ def test_bias_only_line_on_constructed_cases():
 
 # -- the frozen trunk -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, head, body", [
-    ("tiny-llama", r"^model\.norm\.weight$", r"layers\.1\."),
-    ("tiny-gpt2", r"^transformer\.ln_f\.", r"h\.1\."),
-    # the last block's feed-forward half (2-D matrices) is head too; its attention is not
-    ("tiny-llama", r"^model\.norm\.weight$|layers\.1\.(post_attention_layernorm|mlp)\.", r"layers\.1\.(self_attn|mlp)\."),
-    ("tiny-gpt2", r"^transformer\.ln_f\.|h\.1\.(ln_2|mlp)\.", r"h\.1\.(ln_1|mlp)\."),
-], ids=["llama-norm", "gpt2-norm", "llama-feed-forward", "gpt2-feed-forward"])
+
+@pytest.mark.parametrize(
+    "model, head, body",
+    [
+        ("tiny-llama", r"^model\.norm\.weight$", r"layers\.1\."),
+        ("tiny-gpt2", r"^transformer\.ln_f\.", r"h\.1\."),
+        # the last block's feed-forward half (2-D matrices) is head too; its attention is not
+        (
+            "tiny-llama",
+            r"^model\.norm\.weight$|layers\.1\.(post_attention_layernorm|mlp)\.",
+            r"layers\.1\.(self_attn|mlp)\.",
+        ),
+        ("tiny-gpt2", r"^transformer\.ln_f\.|h\.1\.(ln_2|mlp)\.", r"h\.1\.(ln_1|mlp)\."),
+    ],
+    ids=["llama-norm", "gpt2-norm", "llama-feed-forward", "gpt2-feed-forward"],
+)
 def test_a_frozen_trunk_gives_the_same_estimate_as_full_forwards(model, head, body):
     from onebyte.peer.train import TrainConfig, build
 
@@ -105,7 +123,9 @@ def test_a_frozen_trunk_gives_the_same_estimate_as_full_forwards(model, head, bo
     ev_cached, ev_full = task.evaluate(replica.model, limit=12), None
     task.trunk = None
     ev_full = task.evaluate(replica.model, limit=12)
-    assert ev_cached["loss"] == pytest.approx(ev_full["loss"], abs=1e-5) and ev_cached["accuracy"] == ev_full["accuracy"]
+    assert (
+        ev_cached["loss"] == pytest.approx(ev_full["loss"], abs=1e-5) and ev_cached["accuracy"] == ev_full["accuracy"]
+    )
     # a trainable set that reaches into the trunk gets no cache
     _, task, _ = build(TrainConfig(model=model, trainable=body, max_length=32, table_log2=20))
     assert task.trunk is None

@@ -14,7 +14,17 @@ from onebyte.peer.train import TrainConfig, build, train
 
 def tiny_cfg(**kw) -> TrainConfig:
     # drugreview (72% positive): a tiny random model can lower its held-out loss in 40 steps by learning the label prior
-    base = dict(model="tiny-llama", dataset="drugreview", steps=40, lr=1e-3, eps=1e-3, batch_size=16, eval_size=64, progress=False, table_log2=20)
+    base = dict(
+        model="tiny-llama",
+        dataset="drugreview",
+        steps=40,
+        lr=1e-3,
+        eps=1e-3,
+        batch_size=16,
+        eval_size=64,
+        progress=False,
+        table_log2=20,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -43,7 +53,9 @@ def test_bf16_training_keeps_bf16_weights_and_trains_a_subset():
     assert all(t.dtype == torch.bfloat16 for _, t in replica.params)
     assert all(n.startswith("model.layers.0.") for n, _ in replica.params)
     frozen = {n: p.clone() for n, p in loaded.model.named_parameters() if not n.startswith("model.layers.0.")}
-    report = train(tiny_cfg(dtype="bfloat16", trainable=r"layers\.0\.", steps=5, eval_size=16), built=(loaded, task, replica))
+    report = train(
+        tiny_cfg(dtype="bfloat16", trainable=r"layers\.0\.", steps=5, eval_size=16), built=(loaded, task, replica)
+    )
     assert report["final_sha256"] != report["initial_sha256"]
     for n, p in loaded.model.named_parameters():
         if n in frozen:

@@ -11,15 +11,32 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from onebyte.zo import ByteCodec, NoiseTable, Perturbation, apply_round, contribution_seed, perturbed_copy, spsa_estimate, weights_sha256
+from onebyte.zo import (
+    ByteCodec,
+    NoiseTable,
+    Perturbation,
+    apply_round,
+    contribution_seed,
+    perturbed_copy,
+    spsa_estimate,
+    weights_sha256,
+)
 from onebyte.zo.codec import Float32Codec, make_codec
 from onebyte.zo.noise import mix64
 
 
 def tiny_llama(dtype=torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
@@ -28,6 +45,7 @@ def named(model) -> list[tuple[str, torch.Tensor]]:
 
 
 # --- generator ---------------------------------------------------------------------------------
+
 
 def test_splitmix64_matches_the_published_reference_stream():
     # SplitMix64 (Steele, Lea, Flood 2014) seeded with 0: the widely published first output.
@@ -54,9 +72,13 @@ def test_directions_differ_by_seed_and_tensor_and_are_nearly_orthogonal():
 
 def test_seed_depends_on_every_field():
     base = contribution_seed("run", "peer", 3, 1)
-    others = {contribution_seed("run2", "peer", 3, 1), contribution_seed("run", "peer2", 3, 1),
-              contribution_seed("run", "peer", 4, 1), contribution_seed("run", "peer", 3, 2),
-              contribution_seed("runp", "eer", 3, 1)}  # length prefixes keep fields apart
+    others = {
+        contribution_seed("run2", "peer", 3, 1),
+        contribution_seed("run", "peer2", 3, 1),
+        contribution_seed("run", "peer", 4, 1),
+        contribution_seed("run", "peer", 3, 2),
+        contribution_seed("runp", "eer", 3, 1),
+    }  # length prefixes keep fields apart
     assert base not in others and len(others) == 5
     with pytest.raises(ValueError):
         contribution_seed("run", "peer", -1, 0)
@@ -72,6 +94,7 @@ def test_direction_wraps_around_a_small_table():
 
 
 # --- perturbation and estimator ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_plus_minus_evaluation_leaves_weights_bitwise_unchanged(dtype):
@@ -102,7 +125,7 @@ def test_perturbed_forward_equals_forward_of_explicitly_perturbed_weights():
         via_hooks = model(input_ids=ids).logits
     explicit = tiny_llama()
     with torch.no_grad():
-        for (name, p) in named(explicit):
+        for name, p in named(explicit):
             p.copy_(perturbed_copy(p, name, seed, eps, noise))
         direct = explicit(input_ids=ids).logits
     assert torch.equal(via_hooks, direct)  # tied embedding perturbed for both of its uses
@@ -143,6 +166,7 @@ def test_spsa_estimate_correlates_with_the_true_directional_derivative():
 
 # --- codec -------------------------------------------------------------------------------------
 
+
 def test_byte_codec_roundtrip_error_is_bounded_inside_the_range():
     c = ByteCodec()
     rng = np.random.default_rng(0)
@@ -180,6 +204,7 @@ def test_float32_codec_is_the_unquantized_baseline():
 
 # --- update rule -------------------------------------------------------------------------------
 
+
 def reference_update(params, contributions, lr, table: NoiseTable, wd=0.0, decay=()):
     """The update rule written straight from docs/PROTOCOL.md in numpy, one element at a time in spirit."""
     signs = table.signs.numpy()
@@ -213,8 +238,10 @@ def test_fused_update_equals_the_reference_definition(dtype, k):
     expected = reference_update(params, contribs, 1e-3, table, 0.1, decay)
     apply_round(params, contribs, 1e-3, table, 0.1, decay)
     for (name, got), (_, want) in zip(params, expected):
-        assert torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
-                           want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)), name
+        assert torch.equal(
+            got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+            want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+        ), name
 
 
 def test_update_is_reproducible():
@@ -256,8 +283,14 @@ def test_cpu_determinism_across_processes():
     root = str(pathlib.Path(__file__).resolve().parents[2])
     outs = set()
     for threads in ("1", "2"):
-        r = subprocess.run([sys.executable, "-c", _CHILD.format(root=root)], capture_output=True, text=True, timeout=300,
-                           env={"OMP_NUM_THREADS": threads, "PATH": "/usr/bin:/bin"}, check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", _CHILD.format(root=root)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"OMP_NUM_THREADS": threads, "PATH": "/usr/bin:/bin"},
+            check=True,
+        )
         outs.add(r.stdout.strip())
     assert len(outs) == 1 and len(next(iter(outs))) == 64
 
