@@ -8,7 +8,7 @@ ROUNDS ?= 80
 # once per example, so each of the 4 peers makes 64 contributions per 10 s round (BENCHMARKS.md (f) for the sweep)
 DEMO_ARGS ?= --trainable '^model\.norm\.weight$$' --lr 0.3 --eps 1e-3 --round-seconds 10 --contribs-per-round 64 --batch-size 16 --max-examples 400 --eval-every 5
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,15 @@ test: setup
 # machine while other test runs shared it (3:36 serially); cli/, swarm/ and adversaries/ run in `make test`
 test-fast: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10 tests/unit
+
+# what CI checks before the tests: ruff's lint rules and its formatting (pyproject.toml [tool.ruff])
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
