@@ -45,12 +45,12 @@ def evaluate_per_example(task, model, batch_size: int, limit: int | None = None)
 
 
 def scores(ev: dict, lo: int = 0, hi: int | None = None) -> dict:
-    p, y, l = ev["pred"][lo:hi], ev["label"][lo:hi], ev["loss"][lo:hi]
+    p, y, losses = ev["pred"][lo:hi], ev["label"][lo:hi], ev["loss"][lo:hi]
     n = len(y)
     return {
         "n": n,
         "accuracy": sum(int(a == b) for a, b in zip(p, y)) / n if n else math.nan,
-        "loss": float(np.mean(l)) if n else math.nan,
+        "loss": float(np.mean(losses)) if n else math.nan,
         "predicted_positive": sum(p) / n if n else math.nan,
     }
 

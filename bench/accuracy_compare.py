@@ -1,4 +1,4 @@
-r"""(e) Held-out accuracy against samples and wall time: zero-shot, MeZO (float32 scalars), onebyte
+"""(e) Held-out accuracy against samples and wall time: zero-shot, MeZO (float32 scalars), onebyte
 (one byte) on 1, 2 and 4 simulated peers, and first-order Adam (backprop) as the ceiling.
 
 Every method sees the same number of training samples: ``--samples`` batches of ``--batch-size``
@@ -37,8 +37,9 @@ default) every ``--eval-every`` batches, with the zero-shot bias-only line (the 
 shift of the zero-shot scores reaches: only results above it show learning beyond calibration).
 Results: mean, sd and min..max over ``--seeds``.
 
-When only the final norm is trained (``--trainable '^model\.norm\.weight$'``, the demo's recipe), or
-the final norm and the last block's feed-forward half (``'^model\.norm\.weight$|layers\.29\.(post_attention_layernorm|mlp)\.'``
+When only the final norm is trained (``--trainable '^model\\.norm\\.weight$'``, the demo's recipe), or
+the final norm and the last block's feed-forward half \
+(``'^model\\.norm\\.weight$|layers\\.29\\.(post_attention_layernorm|mlp)\\.'``
 on SmolLM2-135M, onebyte.tasks.trunk), the frozen trunk runs once per example before any method
 starts (``trunk_seconds``), the cost every peer pays once; each method's wall time is then its
 head-only steps.
@@ -216,12 +217,14 @@ class Bench:
                 )
                 print(
                     f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] {done}/{samples} samples, round {r + 1}/{rounds}: "
-                    f"acc {ev['accuracy']:.4f} bal {ev['balanced_accuracy']:.4f} loss {ev['loss']:.4f}  ({t_train:.0f} s train)",
+                    f"acc {ev['accuracy']:.4f} bal {ev['balanced_accuracy']:.4f} loss {ev['loss']:.4f}  "
+                    f"({t_train:.0f} s train)",
                     flush=True,
                 )
             elif (r + 1) % 10 == 0:
                 print(
-                    f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} ({t_train / max(done, 1):.2f} s/contribution)",
+                    f"    [{tag} lr={lr:g} eps={eps:g} seed={seed}] round {r + 1}/{rounds} "
+                    f"({t_train / max(done, 1):.2f} s/contribution)",
                     flush=True,
                 )
         return {
@@ -284,13 +287,15 @@ class Bench:
                         }
                     )
                     print(
-                        f"    [{tag} lr={lr:g} seed={seed}] {step + 1}/{samples}: acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}  "
+                        f"    [{tag} lr={lr:g} seed={seed}] {step + 1}/{samples}: acc {ev['accuracy']:.4f} "
+                        f"loss {ev['loss']:.4f}  "
                         f"({t_train:.0f} s train)",
                         flush=True,
                     )
                 elif (step + 1) % 10 == 0:
                     print(
-                        f"    [{tag} lr={lr:g} seed={seed}] step {step + 1}/{samples} ({t_train / (step + 1):.2f} s/step)",
+                        f"    [{tag} lr={lr:g} seed={seed}] step {step + 1}/{samples} "
+                        f"({t_train / (step + 1):.2f} s/step)",
                         flush=True,
                     )
         finally:
@@ -421,7 +426,10 @@ def plot(results: list[dict], png: str) -> None:
                     "-o",
                     ms=2.5,
                     color=colors.get(m),
-                    label=f"{m} (lr {rs[0]['lr']:g}{', eps %g' % rs[0]['eps'] if rs[0].get('eps') else ''}, {len(rs)} seeds)",
+                    label=(
+                        f"{m} (lr {rs[0]['lr']:g}{', eps ' + format(rs[0]['eps'], 'g') if rs[0].get('eps') else ''}, "
+                        f"{len(rs)} seeds)"
+                    ),
                 )
                 if len(rs) > 1:
                     ax.fill_between([0] + xs, [z, *lo], [z, *hi], color=colors.get(m), alpha=0.15)
@@ -442,8 +450,10 @@ def plot(results: list[dict], png: str) -> None:
         axes[row][0].legend(fontsize=7, loc="lower right")
     c = results[0]["config"]
     fig.suptitle(
-        f"{c['model'] or 'smollm2-135m'}, trained: {c['trainable'] or 'all weights'}; batch {c['batch_size']} x {c['max_length']} tokens, "
-        f"{c['contribs']} contributions per peer per round, held-out n={results[0]['zero_shot']['n']}; mean over seeds, band = min..max",
+        f"{c['model'] or 'smollm2-135m'}, trained: {c['trainable'] or 'all weights'}; batch "
+        f"{c['batch_size']} x {c['max_length']} tokens, "
+        f"{c['contribs']} contributions per peer per round, held-out n={results[0]['zero_shot']['n']}; mean "
+        "over seeds, band = min..max",
         fontsize=10,
     )
     fig.tight_layout()

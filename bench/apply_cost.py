@@ -217,7 +217,8 @@ def main() -> None:
         note = "anchor note: 0.83 s = 4.8x" if k == "mezo_apply" else ""
         rows.append((lab, summary[f"{k}_s"], summary[f"{k}_over_copy"], summary[f"{k}_over_copy"], note))
     print(
-        f"\n{numel:,} trainable fp32 parameters, {args.threads} threads, median of {len(meas)} reps after {args.warmup} warm-up"
+        f"\n{numel:,} trainable fp32 parameters, {args.threads} threads, median of {len(meas)} reps after "
+        f"{args.warmup} warm-up"
     )
     print(table(rows, ("what", "seconds", "x copy", "x copy per contribution", "note")))
     print(

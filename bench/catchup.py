@@ -4,7 +4,8 @@ History. For each length R this script generates a run's history the way a swarm
 made it: 2 peers x 4 contributions per round of normally distributed projected gradients, one
 byte each, decided and applied with onebyte's own code (decide_round, Replica.apply), on
 tiny-llama's transformer layers (82 k weights: the history of 5,000 rounds builds in seconds, and
-the checkpoint-or-log trade-off is the same as for a big model, only scaled). It writes what a long-lived peer would have on disk after R rounds: its seed log
+the checkpoint-or-log trade-off is the same as for a big model, only scaled). It writes what a long-lived peer \
+would have on disk after R rounds: its seed log
 (rounds 0..R-1) and its two newest checkpoints (at hash rounds), publishes the run manifest and
 that peer's signed hash records in a real DHT, and starts that peer as a real `onebyte peer`
 process with `--checkpoint-dir` and the same identity, with the wall clock at round R. It resumes
@@ -264,7 +265,8 @@ def one_length(R: int, workdir: Path, force_log_too: bool) -> dict:
                 "rounds_replayed_or_skipped": ev["round"] - ev["from_round"],
             }
             log(
-                f"R={R} {mode}: {ev['method']}, catch-up {ev['seconds']:.2f}s, launch-to-caught-up {ev['time'] - t_launch:.1f}s (to round {ev['round']})"
+                f"R={R} {mode}: {ev['method']}, catch-up {ev['seconds']:.2f}s, launch-to-caught-up "
+                f"{ev['time'] - t_launch:.1f}s (to round {ev['round']})"
             )
         for p in procs:
             p.wait(timeout=max(0.0, start + (max(ends.values()) + 10) * ROUND_SECONDS - time.time()) + 120)
@@ -344,7 +346,7 @@ def smollm_transfer(workdir: Path, reps: int) -> dict:
         dht = start_dht(Identity(), info["maddrs"])
         client = Transfer(dht, "smollm-transfer", timeout=600)
         runs = []
-        for i in range(reps):
+        for _rep in range(reps):
             with torch.no_grad():
                 for _, p in replica.params:
                     p.zero_()  # the receiver starts from other weights
@@ -416,16 +418,19 @@ def main() -> int:
     for x in results["lengths"]:
         for mode, j in x["joiners"].items():
             print(
-                f"{x['rounds']:>5}  {j['method'] + ('' if mode == 'auto' else ' (forced)'):>10}  {j['catchup_seconds']:>10.2f}  "
+                f"{x['rounds']:>5}  {j['method'] + ('' if mode == 'auto' else ' (forced)'):>10}  "
+                f"{j['catchup_seconds']:>10.2f}  "
                 f"{j['join_to_caught_up_seconds']:>19.1f}  {j['identical_hash']}"
             )
     print(
-        f"goal: {results['goal']['text']}: ratio {results['goal']['ratio']:.2f} -> {'met' if results['goal']['met'] else 'missed'}"
+        f"goal: {results['goal']['text']}: ratio {results['goal']['ratio']:.2f} -> "
+        f"{'met' if results['goal']['met'] else 'missed'}"
     )
     if "smollm2_135m_transfer" in results:
         s = results["smollm2_135m_transfer"]
         print(
-            f"SmolLM2-135M checkpoint {s['bytes'] / 1e6:.0f} MB over p2p on loopback: download {s['download_seconds_median']:.2f}s "
+            f"SmolLM2-135M checkpoint {s['bytes'] / 1e6:.0f} MB over p2p on loopback: download "
+            f"{s['download_seconds_median']:.2f}s "
             f"({s['download_MB_per_s']:.0f} MB/s), verify+install {s['verify_install_seconds_median']:.2f}s"
         )
     print(f"results: {args.out}")

@@ -191,7 +191,8 @@ def timings(device: str, small: bool, batch_size: int, length: int) -> dict:
 
             routes.setdefault(name, {})[n] = _best(run, device, 1) / out["copy_s"]
         print(
-            f"apply n={n} by route: float64 {routes['float64'][n]:.2f}, grouped float32 {routes['grouped_float32'][n]:.2f} copies",
+            f"apply n={n} by route: float64 {routes['float64'][n]:.2f}, grouped float32 "
+            f"{routes['grouped_float32'][n]:.2f} copies",
             flush=True,
         )
     out["apply_routes_over_copy"] = routes
@@ -242,7 +243,8 @@ def main() -> None:
     res["seconds"] = time.time() - t0
     write_results("gpu_check", res, args.out)
     print(
-        f"wrote {args.out} ({res['seconds']:.0f} s); CPU and {args.device} hashes {'all equal' if res['all_hashes_equal'] else 'DIFFER'}"
+        f"wrote {args.out} ({res['seconds']:.0f} s); CPU and {args.device} hashes "
+        f"{'all equal' if res['all_hashes_equal'] else 'DIFFER'}"
     )
 
 

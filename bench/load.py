@@ -241,8 +241,10 @@ def analyse(n, args, workdir: Path, codes, meters, base, t_start, t_end, loads) 
         "loadavg_at_end": loads[1],
     }
     log(
-        f"N={n}: finished {res['peers_finished']}/{n}, every round applied {res['every_round_applied_by_every_peer']}, hashes equal "
-        f"{res['all_hashes_equal']}, latency median {res['latency_seconds']['median']}, CPU/peer {res['cpu_cores_per_peer']['mean']}"
+        f"N={n}: finished {res['peers_finished']}/{n}, every round applied "
+        f"{res['every_round_applied_by_every_peer']}, hashes equal "
+        f"{res['all_hashes_equal']}, latency median {res['latency_seconds']['median']}, CPU/peer "
+        f"{res['cpu_cores_per_peer']['mean']}"
     )
     return res
 

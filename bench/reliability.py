@@ -1,7 +1,8 @@
 """Reliability: run the attack, fault and bad-input scenarios and write RELIABILITY.md.
 
 Every scenario is a test that tries it against real `onebyte peer` processes and real hivemind DHT
-nodes (tests/adversaries/test_hostile_records.py, tests/adversaries/test_faults.py, tests/cli/test_bad_input.py); each test prints one
+nodes (tests/adversaries/test_hostile_records.py, tests/adversaries/test_faults.py, \
+tests/cli/test_bad_input.py); each test prints one
 `RELIABILITY {json}` line with its figures (tests/support/figures.py). This script runs those tests with
 pytest (ONEBYTE_RELIABILITY=1 adds the scenarios the regular suite leaves out for time), collects
 each test's outcome (JUnit XML) and figures, adds the load figures of bench/load.py, and writes
@@ -11,7 +12,8 @@ each test's outcome (JUnit XML) and figures, adds the load figures of bench/load
 The network-partition scenario needs root (network namespaces); without it it is skipped, and
 RELIABILITY.md says so.
 
-    python bench/reliability.py                   # the scenarios (~15 min on 2 cores) + the last bench/results/load.json
+    python bench/reliability.py                   # the scenarios (~15 min on 2 cores) + the last \
+bench/results/load.json
     python bench/reliability.py --load            # also rerun bench/load.py first (16 peers, ~8 min)
     python bench/reliability.py --from-json       # only rewrite RELIABILITY.md from bench/results/reliability.json
 """
@@ -43,7 +45,8 @@ TEST_FILES = [
 ]
 BAD_INPUT_FILES = ("test_bad_input", "test_nonfinite_losses")  # the "Bad local input" section
 
-# what each attack of tests/adversaries/test_hostile_records.py::test_records_from_a_hostile_dht_client... does (names as the test records them)
+# what each attack of tests/adversaries/test_hostile_records.py::test_records_from_a_hostile_dht_client... does
+# (names as the test records them)
 ATTACKS = {
     "unsigned": "a record with no signature under the attacker's own key",
     "bad_signature": "a record with 64 random bytes as its signature",
@@ -55,7 +58,9 @@ ATTACKS = {
     "foreign_subkey_bytes": "a value under a subkey that is not an onebyte key (b'evil')",
     "foreign_subkey_ob2": "a value under a 35-byte subkey with another marker ('ob2')",
     "foreign_subkey_35_bytes": "a value under 35 zero bytes as subkey",
-    "plain_value_over_the_round": "a plain value (no subkey) under the round's key, expiring in a year (would replace the round's records)",
+    "plain_value_over_the_round": (
+        "a plain value (no subkey) under the round's key, expiring in a year (would replace the round's records)"
+    ),
     "not_msgpack": "a validly signed value that is not msgpack (used to stall every reader of the key)",
     "not_a_record_map": "signed: a map instead of a record",
     "version_2": "signed: a record of schema version 2",
@@ -190,11 +195,15 @@ def render(data: dict) -> str:
     L = [
         "# Reliability",
         "",
-        f"Produced by `python bench/reliability.py` on {data['date']} at commit `{m['git_head']}` ({m['cpu']}, {m['cpu_count']} cores, "
-        f"load average {m['loadavg_at_end'][0]:.1f} at the end: other work shared the machine). It runs the scenarios of "
-        "`tests/adversaries/test_hostile_records.py`, `tests/adversaries/test_faults.py` and `tests/cli/test_bad_input.py` against real `onebyte peer` processes and real "
+        f"Produced by `python bench/reliability.py` on {data['date']} at commit `{m['git_head']}` "
+        f"({m['cpu']}, {m['cpu_count']} cores, "
+        f"load average {m['loadavg_at_end'][0]:.1f} at the end: other work shared the machine). It runs the "
+        "scenarios of "
+        "`tests/adversaries/test_hostile_records.py`, `tests/adversaries/test_faults.py` and "
+        "`tests/cli/test_bad_input.py` against real `onebyte peer` processes and real "
         f"hivemind DHT nodes on loopback (and in network namespaces), and took {run['seconds'] / 60:.1f} minutes. "
-        "What an attacker can and cannot do, and why: [docs/THREATS.md](docs/THREATS.md). All figures: `bench/results/reliability.json`.",
+        "What an attacker can and cannot do, and why: [docs/THREATS.md](docs/THREATS.md). All figures: "
+        "`bench/results/reliability.json`.",
         "",
         "## Summary",
         "",
@@ -205,7 +214,8 @@ def render(data: dict) -> str:
     rows = [
         [
             "tests",
-            f"{count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped, {count['xfailed']} expected failures",
+            f"{count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped, "
+            f"{count['xfailed']} expected failures",
         ]
     ]
     if hostile:
@@ -218,7 +228,8 @@ def render(data: dict) -> str:
             [
                 "attacks tried (records)",
                 f"{len(hostile['refused_by_every_node']) + len(hostile['stored_then_rejected']) + 2} kinds "
-                f"({len(hostile['refused_by_every_node'])} refused by every DHT node, {len(hostile['stored_then_rejected'])} stored and judged by "
+                f"({len(hostile['refused_by_every_node'])} refused by every DHT node, "
+                f"{len(hostile['stored_then_rejected'])} stored and judged by "
                 "readers, a duplicate re-sent 20 times, a flood of 160 stores from one key)",
             ],
             [
@@ -240,7 +251,9 @@ def render(data: dict) -> str:
             [
                 "extreme-byte peer",
                 f"moved any weight by at most {max(ratio):.6f} x its bound K·lr·g_max/n in {len(ratio)} rounds "
-                f"(share of a round {min(ext['attacker_share_of_round']):.2f}-{max(ext['attacker_share_of_round']):.2f}); flagged by "
+                "(share of a round "
+                f"{min(ext['attacker_share_of_round']):.2f}-{max(ext['attacker_share_of_round']):.2f}); "
+                "flagged by "
                 f"{sum(1 for s in ext['suspects'].values() if ext['attacker'] in s)} of 2 honest peers",
             ]
         )
@@ -261,7 +274,8 @@ def render(data: dict) -> str:
     rows.append(
         [
             "hashes agreeing",
-            f"{sum(1 for f in agreeing if f['distinct_final_hashes'] == 1)} of {len(agreeing)} scenarios end with every peer on one hash",
+            f"{sum(1 for f in agreeing if f['distinct_final_hashes'] == 1)} of {len(agreeing)} scenarios end "
+            "with every peer on one hash",
         ]
     )
     load = data.get("load")
@@ -270,8 +284,10 @@ def render(data: dict) -> str:
         rows.append(
             [
                 "load",
-                f"{big['peers']} peers on {m['cpu_count']} cores: every round applied by every peer {big['every_round_applied_by_every_peer']}, "
-                f"hashes equal {big['all_hashes_equal']}, round latency median {big['latency_seconds']['median']:.2f} s, "
+                f"{big['peers']} peers on {m['cpu_count']} cores: every round applied by every peer "
+                f"{big['every_round_applied_by_every_peer']}, "
+                f"hashes equal {big['all_hashes_equal']}, round latency median "
+                f"{big['latency_seconds']['median']:.2f} s, "
                 f"CPU {big['cpu_cores_per_peer']['mean']:.2f} cores per peer",
             ]
         )
@@ -281,7 +297,8 @@ def render(data: dict) -> str:
     L += [
         "## Attacks on the records (tests/adversaries/test_hostile_records.py)",
         "",
-        "An attacker runs its own DHT node in a live 3-peer swarm and stores raw records (tests/adversaries/hostile_client.py sends them with "
+        "An attacker runs its own DHT node in a live 3-peer swarm and stores raw records "
+        "(tests/adversaries/hostile_client.py sends them with "
         "hivemind's own `call_store` RPC to every node it knows). Outcome per attack:",
         "",
     ]
@@ -296,7 +313,8 @@ def render(data: dict) -> str:
         rows.append(
             [
                 "flood",
-                f"one key: {fl['stores']} stores ({fl['rounds']} future rounds, then 40 re-stores of one) in {fl['seconds']:.1f} s",
+                f"one key: {fl['stores']} stores ({fl['rounds']} future rounds, then 40 re-stores of one) in "
+                f"{fl['seconds']:.1f} s",
                 "every read one was rejected (too_many_codes); rounds kept closing",
             ]
         )
@@ -314,8 +332,10 @@ def render(data: dict) -> str:
             + ", ".join(f"`{k}` {v:g}" for k, v in sorted(hostile["metrics_peer_a"].items()))
             + ".",
             "",
-            f"The swarm: {hostile['distinct_final_hashes']} distinct final hash(es), {hostile['hash_mismatches']} hash mismatches, every peer at round "
-            f"{max(hostile['last_rounds'].values())} of {hostile['rounds'] - 1}; contributions published {hostile['contributions_published']}.",
+            f"The swarm: {hostile['distinct_final_hashes']} distinct final hash(es), "
+            f"{hostile['hash_mismatches']} hash mismatches, every peer at round "
+            f"{max(hostile['last_rounds'].values())} of {hostile['rounds'] - 1}; contributions published "
+            f"{hostile['contributions_published']}.",
             "",
         ]
 
@@ -338,7 +358,8 @@ def render(data: dict) -> str:
     out = (fig(data, "outsider_hash_votes") or [None])[0]
     if out:
         L += [
-            f"Outsider hash votes: {out['outsiders']} outsider keys published a fake hash for rounds {out['fake_hash_rounds']} of a "
+            f"Outsider hash votes: {out['outsiders']} outsider keys published a fake hash for rounds "
+            f"{out['fake_hash_rounds']} of a "
             f"{out['members']}-member private run; members' hash mismatches / repairs: "
             + ", ".join(f"{n} {v['hash_mismatches']}/{v['repairs']}" for n, v in out["peers"].items())
             + ".",
@@ -350,8 +371,10 @@ def render(data: dict) -> str:
         L += [
             "## Bounded influence and detection",
             "",
-            f"A private run of 3 members (K = {ext['contribs_per_round']}, lr = {ext['lr']}) in which member x always sends the largest "
-            f"byte (g_max = {ext['g_max']:.2f}) against its estimate, plus an outsider. Replaying the agreed history, x's own part of each "
+            f"A private run of 3 members (K = {ext['contribs_per_round']}, lr = {ext['lr']}) in which member "
+            "x always sends the largest "
+            f"byte (g_max = {ext['g_max']:.2f}) against its estimate, plus an outsider. Replaying the agreed "
+            "history, x's own part of each "
             "round's update against the bound `K·lr·g_max/n` (docs/PROTOCOL.md §15):",
             "",
             md_table(
@@ -393,10 +416,12 @@ def render(data: dict) -> str:
         lost = {n: v for n, v in f["contributions_lost"].items() if v}
         rows.append(
             [
-                f"partition {f['split']} (network namespaces, veth cut after round {f['cut_at_round']}, healed after {f['healed_at_round']})",
+                f"partition {f['split']} (network namespaces, veth cut after round {f['cut_at_round']}, "
+                f"healed after {f['healed_at_round']})",
                 f"winner side {f['winner_side']}; repairs "
                 + ", ".join(f"{n} {v['repairs']}" for n, v in f["peers"].items()),
-                f"{len(f['rounds_with_no_contribution'])} empty round(s) {f['rounds_with_no_contribution']}; contributions not in the agreed history {lost or 0}",
+                f"{len(f['rounds_with_no_contribution'])} empty round(s) {f['rounds_with_no_contribution']}; "
+                f"contributions not in the agreed history {lost or 0}",
                 f["distinct_final_hashes"],
             ]
         )
@@ -406,8 +431,10 @@ def render(data: dict) -> str:
             [
                 f"one peer's clock {f['skew_seconds']:+g} s off (settle {f.get('settle_seconds', 3)} s), one peer "
                 f"{f['slow_extra_seconds_per_contribution']} s slower per contribution ({f['round_seconds']} s rounds)",
-                f"slow peer missed {p['slow']['missed_deadline']} deadline(s) and published {p['slow']['contributions_published']}; the skewed "
-                f"peer published {p['skewed']['contributions_published']}; in the agreed history: {f['applied_in_history']}; hash mismatches "
+                f"slow peer missed {p['slow']['missed_deadline']} deadline(s) and published "
+                f"{p['slow']['contributions_published']}; the skewed "
+                f"peer published {p['skewed']['contributions_published']}; in the agreed history: "
+                f"{f['applied_in_history']}; hash mismatches "
                 f"{sum(v['hash_mismatches'] for v in p.values())}",
                 "0 (every peer applied every round)",
                 f["distinct_final_hashes"],
@@ -441,9 +468,12 @@ def render(data: dict) -> str:
         how = "never contribute" if f["scenario"].endswith("votes") else "contribute to every round"
         rows.append(
             [
-                f"{f['keys']} Sybil keys that {how} vote a ground state (hash {f['forged_prefix']}…) against {f['honest_voters']} honest voters; "
-                f"it is offered as a checkpoint for rounds {f['offered_rounds']} ({f['checkpoint_offers_served']} offers)",
-                f"joiner refused {f['joiner_refused']} offer(s); votes ignored {f['votes_ignored']}; verified by recomputation and kept "
+                f"{f['keys']} Sybil keys that {how} vote a ground state (hash {f['forged_prefix']}…) against "
+                f"{f['honest_voters']} honest voters; "
+                f"it is offered as a checkpoint for rounds {f['offered_rounds']} "
+                f"({f['checkpoint_offers_served']} offers)",
+                f"joiner refused {f['joiner_refused']} offer(s); votes ignored {f['votes_ignored']}; "
+                "verified by recomputation and kept "
                 f"{f['repairs_refused']}",
                 f"{f['repairs']} installs of the forged state",
                 "1" if f["final_hashes_equal"] else ">1",
@@ -453,7 +483,8 @@ def render(data: dict) -> str:
         rows.append(
             [
                 f"late honest votes, two wrong peers on time, {f['busy_loops']} busy loops on the cores",
-                f"wrong peers repaired {f['wrong_peers_repaired']}; honest verifications kept {f['honest_verifications_kept']}",
+                f"wrong peers repaired {f['wrong_peers_repaired']}; honest verifications kept "
+                f"{f['honest_verifications_kept']}",
                 f"{f['honest_repairs']} honest repairs",
                 "1" if f["final_hashes_equal"] else ">1",
             ]
@@ -461,8 +492,10 @@ def render(data: dict) -> str:
     for f in fig(data, "sybil_flood"):
         rows.append(
             [
-                f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} (robust rule: cap {f['cap']}, clip {f['clip_abs']})",
-                f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: {f['v1_move_vs_normal']}x); applied "
+                f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} (robust rule: "
+                f"cap {f['cap']}, clip {f['clip_abs']})",
+                f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: "
+                f"{f['v1_move_vs_normal']}x); applied "
                 f"{f['applied_in_flood_rounds']} contributions; flagged {f['flagged']}",
                 "bounded",
                 "1",
@@ -480,7 +513,8 @@ def render(data: dict) -> str:
     for f in fig(data, "nested_values_refused"):
         rows.append(
             [
-                f"validly signed values {', '.join(f['values'])} under every key kind ({', '.join(f['key_kinds'])}): {f['stores']} stores",
+                f"validly signed values {', '.join(f['values'])} under every key kind "
+                f"({', '.join(f['key_kinds'])}): {f['stores']} stores",
                 "refused by every node: " + ", ".join(f"{k} {v}" for k, v in sorted(f["refused_by_reason"].items())),
                 f"the honest record next to them read in {f['honest_read_seconds']:.2f} s",
             ]
@@ -499,7 +533,8 @@ def render(data: dict) -> str:
         fails = f["failures"]
         rows.append(
             [
-                f"{len(f['crash_shapes'])} malformed `.info` answers (first > last, null/string/map/3-number log, array checkpoint, not JSON, 100 KB, nested JSON)",
+                f"{len(f['crash_shapes'])} malformed `.info` answers (first > last, null/string/map/3-number "
+                "log, array checkpoint, not JSON, 100 KB, nested JSON)",
                 f"{sum(1 for k, _ in f['crash_shapes'] if k == 'refused')} refused as that source failing",
                 "no crash",
             ]
@@ -508,7 +543,8 @@ def render(data: dict) -> str:
             [
                 "a checkpoint advertised as 1,000 bytes, streamed without end (640 MB)",
                 fails["flood"][0],
-                f"source pushed {f['flood_bytes_sent_by_source'] / 1e6:.1f} MB before the hang-up; joiner RSS +{f['rss_growth_mb']:.0f} MB",
+                f"source pushed {f['flood_bytes_sent_by_source'] / 1e6:.1f} MB before the hang-up; joiner "
+                f"RSS +{f['rss_growth_mb']:.0f} MB",
             ]
         )
         for mode, what in (
@@ -528,10 +564,13 @@ def render(data: dict) -> str:
         c = (f["catchups"] or [{}])[0]
         rows.append(
             [
-                f"a node without validator holding poison under {f['poisoned_keys']} keys of a live 3-peer run ({f['planted_entries']} entries), "
+                f"a node without validator holding poison under {f['poisoned_keys']} keys of a live 3-peer "
+                f"run ({f['planted_entries']} entries), "
                 f"5 hostile sources and {f['tarpits']} tarpit heartbeats, a late joiner",
-                f"exit codes {f['exit_codes']}; final hashes {sorted(set(f['final_hashes'].values()))}; joiner caught up from round "
-                f"{c.get('from_round')} to {c.get('round')} by {c.get('method')} in {c.get('seconds', float('nan')):.1f} s",
+                f"exit codes {f['exit_codes']}; final hashes {sorted(set(f['final_hashes'].values()))}; "
+                "joiner caught up from round "
+                f"{c.get('from_round')} to {c.get('round')} by {c.get('method')} in "
+                f"{c.get('seconds', float('nan')):.1f} s",
                 "log growth per peer "
                 + ", ".join(f"{n} {v / 1e3:.0f} KB" for n, v in f["log_growth_bytes"].items())
                 + "; hivemind warnings suppressed "
@@ -552,7 +591,8 @@ def render(data: dict) -> str:
     L += [
         "## Bad local input (tests/cli/test_bad_input.py, tests/adversaries/test_nonfinite_losses.py)",
         "",
-        "Each must give one clear error line (exit code 2, no traceback) or skip the contribution, and never leave a corrupted checkpoint:",
+        "Each must give one clear error line (exit code 2, no traceback) or skip the contribution, and never "
+        "leave a corrupted checkpoint:",
         "",
         md_table([[re.sub(r"^test_", "", t["name"]), t["outcome"]] for t in bad], ["case", "outcome"])
         if bad
@@ -565,9 +605,12 @@ def render(data: dict) -> str:
         L += [
             "## Load (bench/load.py)",
             "",
-            f"Tiny-model peers (tiny-llama, 3.2 M weights, 1 torch thread each) on loopback, {load['config']['rounds']} rounds of "
-            f"{load['config']['round_seconds']} s, K = {load['config']['contribs']}; latency = from a round's close to the moment a peer applied it "
-            "(the settle window, reading the round from the DHT, applying it); CPU = the peer's process tree (python, DHT process, p2p daemon).",
+            "Tiny-model peers (tiny-llama, 3.2 M weights, 1 torch thread each) on loopback, "
+            f"{load['config']['rounds']} rounds of "
+            f"{load['config']['round_seconds']} s, K = {load['config']['contribs']}; latency = from a "
+            "round's close to the moment a peer applied it "
+            "(the settle window, reading the round from the DHT, applying it); CPU = the peer's process tree "
+            "(python, DHT process, p2p daemon).",
             "",
             md_table(
                 [
@@ -578,7 +621,8 @@ def render(data: dict) -> str:
                         r["all_hashes_equal"],
                         r["hash_mismatches_total"],
                         r["contributions_per_round_median"],
-                        f"{r['latency_seconds']['median']:.2f} / {r['latency_seconds']['p90']:.2f} / {r['latency_seconds']['max']:.2f}",
+                        f"{r['latency_seconds']['median']:.2f} / {r['latency_seconds']['p90']:.2f} / "
+                        f"{r['latency_seconds']['max']:.2f}",
                         f"{r['settle_seconds']:.0f}",
                         f"{r['cpu_cores_per_peer']['mean']:.3f} (max {r['cpu_cores_per_peer']['max']:.3f})",
                         f"{r['peak_pss_mb_per_peer']['mean']:.0f}"
@@ -603,7 +647,8 @@ def render(data: dict) -> str:
                 ],
             ),
             "",
-            "Memory, not CPU, is what limits the number of peers here: each peer is a python process, a forked DHT process and a "
+            "Memory, not CPU, is what limits the number of peers here: each peer is a python process, a "
+            "forked DHT process and a "
             "p2p daemon.",
             "",
         ]

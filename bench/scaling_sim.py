@@ -153,7 +153,8 @@ def apply_part(ns: list[int], reps: int) -> list[dict]:
             }
             print(
                 f"{model} {regex or 'all'} ({numel / 1e6:.2f} M params, {len(params)} tensors) n={n:6d}: {s:.3f} s "
-                f"({s / n * 1e3:.3f} ms/contribution, {row['seconds_per_contribution_per_mparam'] * 1e6:.1f} us/contribution/Mparam)",
+                f"({s / n * 1e3:.3f} ms/contribution, {row['seconds_per_contribution_per_mparam'] * 1e6:.1f} "
+                "us/contribution/Mparam)",
                 flush=True,
             )
             out.append(row)

@@ -130,8 +130,8 @@ def main() -> None:
         rec["loadavg_1min"] = os.getloadavg()[0]
         rows.append(rec)
         print(
-            f"rep {r}{' (warm-up)' if rec['warmup'] else ''}: 2 fwd {rec['fwd2']:.3f}s  onebyte {rec['onebyte']['step']:.3f}s"
-            + (f"  mezo {rec['mezo']['step']:.3f}s" if "mezo" in rec else ""),
+            f"rep {r}{' (warm-up)' if rec['warmup'] else ''}: 2 fwd {rec['fwd2']:.3f}s  onebyte "
+            f"{rec['onebyte']['step']:.3f}s" + (f"  mezo {rec['mezo']['step']:.3f}s" if "mezo" in rec else ""),
             flush=True,
         )
     perturb_mod.perturbed_copy = real_copy
@@ -208,7 +208,8 @@ def main() -> None:
             ("  update (regenerate + add)", mb["update"], mb["update"] / fwd2, ""),
         ]
     print(
-        f"\nbatch {list(batch.input_ids.shape)}, {args.threads} threads, median of {len(meas)} reps after {args.warmup} warm-up"
+        f"\nbatch {list(batch.input_ids.shape)}, {args.threads} threads, median of {len(meas)} reps after "
+        f"{args.warmup} warm-up"
     )
     print(table(tab, ("what", "seconds", "x two fwd", "note")))
     print(

@@ -334,7 +334,8 @@ def main() -> None:
         ]
     loads = loads or [os.getloadavg()[0]]  # a memory-only run times nothing in this process
     print(
-        f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average {min(loads):.1f}..{max(loads):.1f}"
+        f"\n{numel:,} trainable parameters, copy {copy_s:.3f} s, {args.threads} thread(s), load average "
+        f"{min(loads):.1f}..{max(loads):.1f}"
     )
     print(table(rows, ("what", "v1 (dense)", "v2 (lowrank:1)")))
     print(f"\nwrote {path}")

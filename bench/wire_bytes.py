@@ -102,7 +102,8 @@ def run_config(idx: int, n: int, k: int, replicas: int | None, args, workdir: Pa
     )
     label = f"N={n} K={k} replicas={replicas or f'default({HIVEMIND_DEFAULT_REPLICAS})'}"
     log(
-        f"{label}: namespace {ns.name}, {rounds} rounds of {args.round_seconds:g}s, start delay {start_delay:.0f}s, logs in {workdir}"
+        f"{label}: namespace {ns.name}, {rounds} rounds of {args.round_seconds:g}s, start delay "
+        f"{start_delay:.0f}s, logs in {workdir}"
     )
     load_before = uptime()
     t_begin = time.time()
@@ -485,14 +486,18 @@ def main() -> int:
                     continue
                 runs.append(r)
                 log(
-                    f"  -> {r['bytes_per_contribution'] or float('nan'):.1f} B/contribution ({r['contributions']} contributions, fill {r['fill']:.2f}), "
-                    f"idle {(r['idle']['bytes_per_second'] or float('nan')):.0f} B/s, latency median {r['latency_median_s']:.2f}s "
+                    f"  -> {r['bytes_per_contribution'] or float('nan'):.1f} B/contribution "
+                    f"({r['contributions']} contributions, fill {r['fill']:.2f}), "
+                    f"idle {(r['idle']['bytes_per_second'] or float('nan')):.0f} B/s, latency median "
+                    f"{r['latency_median_s']:.2f}s "
                     f"p95 {r['latency_p95_s']:.2f}s, all received: {r['every_peer_received_every_contribution']}"
                 )
                 if r["fill"] < 0.99 or r["missed_deadline_total"]:
                     log(
-                        f"  WARNING: peers did not fill K={k} (fill {r['fill']:.2f}, {r['missed_deadline_total']} contributions missed the "
-                        "deadline): a peer that has not filled K by publish_by can publish too late and lose the round; use a smaller K"
+                        f"  WARNING: peers did not fill K={k} (fill {r['fill']:.2f}, "
+                        f"{r['missed_deadline_total']} contributions missed the "
+                        "deadline): a peer that has not filled K by publish_by can publish too late and lose "
+                        "the round; use a smaller K"
                     )
         if not args.no_breakdown:
             for n in ns_list:
@@ -562,15 +567,22 @@ def main() -> int:
         },
         "naive_one_record_per_contribution_bytes": NAIVE_BYTES_PER_CONTRIBUTION,
         "notes": [
-            "bytes are everything on the namespace's loopback: frames incl. Ethernet/IP/TCP headers (~66 B per packet), "
+            "bytes are everything on the namespace's loopback: frames incl. Ethernet/IP/TCP headers (~66 B "
+            "per packet), "
             "libp2p security and yamux framing, hivemind DHT RPCs, onebyte records and Ed25519 signatures",
-            "fixed vs marginal: 'fits' regresses bytes per round on contributions per round over the K values run per (N, replicas)",
+            "fixed vs marginal: 'fits' regresses bytes per round on contributions per round over the K "
+            "values run per (N, replicas)",
             "'breakdown' measures each DHT operation a peer does per round in isolation on a swarm of the same size; "
-            "'model_bytes_per_contribution' sums them as the peer loop does (and is checked against the full run: model_over_measured)",
-            "'lean' = a store sent straight to the r nearest nodes known to the routing table (no crawl) and a read from those r "
-            "nodes only, for the contribution record alone: what the same DHT costs without hivemind's crawl, heartbeats and hash records",
-            "K must be filled by every peer each round: in this version a peer that has not filled K by publish_by wakes "
-            "up to 1 s later and drops its round as past the deadline, so K is kept at what 2 loaded cores sustain at N=8",
+            "'model_bytes_per_contribution' sums them as the peer loop does (and is checked against the full "
+            "run: model_over_measured)",
+            "'lean' = a store sent straight to the r nearest nodes known to the routing table (no crawl) and "
+            "a read from those r "
+            "nodes only, for the contribution record alone: what the same DHT costs without hivemind's "
+            "crawl, heartbeats and hash records",
+            "K must be filled by every peer each round: in this version a peer that has not filled K by "
+            "publish_by wakes "
+            "up to 1 s later and drops its round as past the deadline, so K is kept at what 2 loaded cores "
+            "sustain at N=8",
         ],
         "breakdown": breakdowns,
         "hivemind_first_order": hivemind_computed(sorted(set(ns_list) | {2, 4, 8})),

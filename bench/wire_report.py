@@ -40,7 +40,10 @@ def plot(results: dict, path: Path) -> bool:
                 ls=":",
                 color="black",
                 ms=8,
-                label=f"no-crawl store+read on {rep[1:]} nearest node(s), K={results['breakdown'][0]['k']} (per-op measured)",
+                label=(
+                    f"no-crawl store+read on {rep[1:]} nearest node(s), K={results['breakdown'][0]['k']} "
+                    "(per-op measured)"
+                ),
             )
     ax.axhline(
         results["naive_one_record_per_contribution_bytes"],
@@ -116,13 +119,15 @@ def print_table(res: dict) -> None:
         print("\nlinear fit per (N, replicas): bytes/round = fixed + marginal * contributions/round")
         for f in res["fits"]:
             print(
-                f"  N={f['n']} replicas={f['replicas']}: marginal {f['marginal_bytes_per_contribution']:.1f} B/contribution, "
+                f"  N={f['n']} replicas={f['replicas']}: marginal {f['marginal_bytes_per_contribution']:.1f} "
+                "B/contribution, "
                 f"fixed {f['fixed_bytes_per_peer_per_round']:.0f} B/peer/round"
             )
     for b in res.get("breakdown", []):
         op, n = b["per_op"], b["n"]
         print(
-            f"\nper-operation bytes, N={n}, K={b['k']}, replicas={b['replicas']} (measured one kind at a time, background subtracted):"
+            f"\nper-operation bytes, N={n}, K={b['k']}, replicas={b['replicas']} (measured one kind at a "
+            "time, background subtracted):"
         )
         for name in (
             "heartbeat_store",
@@ -137,22 +142,26 @@ def print_table(res: dict) -> None:
                 f"({100 * b['model_share'][name]:.0f}%)"
             )
         print(
-            f"  {'background':<20} {b['background_bytes_per_second']:>9.0f} B/s  = {b['model_per_round']['background']:>9.0f} B/round  "
+            f"  {'background':<20} {b['background_bytes_per_second']:>9.0f} B/s  = "
+            f"{b['model_per_round']['background']:>9.0f} B/round  "
             f"({100 * b['model_share']['background']:.0f}%)"
         )
         print(
             f"  sum {b['model_bytes_per_round']:.0f} B/round = {b['model_bytes_per_contribution']:.1f} B/contribution; "
-            f"record: {b['record_bytes']['value_msgpack']} B value + 64 B signature + {b['record_bytes']['subkey_msgpack']} B subkey"
+            f"record: {b['record_bytes']['value_msgpack']} B value + 64 B signature + "
+            f"{b['record_bytes']['subkey_msgpack']} B subkey"
         )
         for name, lean in b["lean"].items():
             print(
-                f"  lean store+read on the {name[1:]} nearest node(s), no crawl: {lean['store_per_op']:.0f} + {lean['read_per_op']:.0f} B/peer/round "
+                f"  lean store+read on the {name[1:]} nearest node(s), no crawl: {lean['store_per_op']:.0f} "
+                f"+ {lean['read_per_op']:.0f} B/peer/round "
                 f"= {lean['bytes_per_contribution']:.1f} B/contribution (reads complete: {lean['reads_complete']})"
             )
     print("\nround latency (max over peers of applied - close), all configurations per N:")
     for n, v in res["latency_by_n"].items():
         print(
-            f"  N={n}: median {v['median_s']:.2f}s, p95 {v['p95_s']:.2f}s over {v['rounds']} rounds (settle floor {v['settle_floor_s']:g}s)"
+            f"  N={n}: median {v['median_s']:.2f}s, p95 {v['p95_s']:.2f}s over {v['rounds']} rounds (settle "
+            f"floor {v['settle_floor_s']:g}s)"
         )
     print("\nhivemind first-order all-reduce, SmolLM2-135M (COMPUTED from its wire format, not measured):")
     for row in res["hivemind_first_order"]["per_n"]:
@@ -162,6 +171,7 @@ def print_table(res: dict) -> None:
         )
     g = res["goal"]
     print(
-        f"\ngoal <= {g['bytes_per_contribution_at_n8']} B/contribution at N=8: {'MET' if g['met'] else 'missed'}; best {g['best_at_n8']}"
+        f"\ngoal <= {g['bytes_per_contribution_at_n8']} B/contribution at N=8: "
+        f"{'MET' if g['met'] else 'missed'}; best {g['best_at_n8']}"
     )
     print(f"load: start {res['machine']['load_at_start']} | end {res['machine']['load_at_end']}")

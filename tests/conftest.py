@@ -63,7 +63,9 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.fixture
 def run_swarm(tmp_path):
-    """tests.support.swarm.run_swarm in this test's tmp_path: ``reports = run_swarm(run_id=..., rounds=..., args=[...])``."""
+    """tests.support.swarm.run_swarm in this test's tmp_path:
+    ``reports = run_swarm(run_id=..., rounds=..., args=[...])``.
+    """
     from tests.support.swarm import run_swarm  # imported here: unit tests do not load the swarm harness
 
     return functools.partial(run_swarm, tmp_path)

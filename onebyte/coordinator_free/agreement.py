@@ -3,7 +3,8 @@
 The rule every peer applies to the records it read for round r (docs/PROTOCOL.md §12):
 a record counts if it parsed and verified, comes from an allowed key (private runs), names
 round r, was published (by its own signed clock) no later than close(r), and carries at most
-``contribs_per_round`` finite codes of the run's codec; its codes are contributions index 0..k-1. The set is ordered by (peer id, index).
+``contribs_per_round`` finite codes of the run's codec; its codes are contributions index 0..k-1.
+The set is ordered by (peer id, index).
 """
 
 from __future__ import annotations

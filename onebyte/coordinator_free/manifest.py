@@ -83,7 +83,8 @@ class RunManifest(BaseModel):
         d = Directions.parse(self.directions)
         if self.protocol_version != d.protocol_version:
             raise ValueError(
-                f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not {self.protocol_version}"
+                f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not "
+                f"{self.protocol_version}"
             )
         return self
 
@@ -165,7 +166,8 @@ def refusal(run_id: str, found: dict) -> str | None:
     speaks = ", ".join(map(str, SUPPORTED_VERSIONS))
     families = ", ".join("lowrank:r" if f == "lowrank" else f for f in SUPPORTED_DIRECTIONS)
     return (
-        f"run {run_id!r} uses {min(other, key=lambda m: m.created_at).reason}; this peer speaks protocol version(s) {speaks} "
+        f"run {run_id!r} uses {min(other, key=lambda m: m.created_at).reason}; this peer speaks protocol "
+        f"version(s) {speaks} "
         f"with directions {families}: upgrade onebyte to join it"
     )
 

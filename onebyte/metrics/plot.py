@@ -105,9 +105,9 @@ def _read_report(rep: dict, data: RunData, read_workdir: bool, name: str = "peer
             data.labels.setdefault(f"peer{i}", f"peer{i} ({str(peer.get('peer_id', ''))[:8]})")
         evaluator, rounds = "peer0", rep.get("rounds")
         m = rep.get("manifest") or {}
-        data.title = (
-            data.title
-            or f"{rep.get('run_id', 'run')}: {len(rep['peers'])} peers, {m.get('model', '?')}, {m.get('round_seconds', '?')} s rounds"
+        data.title = data.title or (
+            f"{rep.get('run_id', 'run')}: {len(rep['peers'])} peers, {m.get('model', '?')}, "
+            f"{m.get('round_seconds', '?')} s rounds"
         )
         workdir = Path(rep["workdir"]) if read_workdir and rep.get("workdir") else None
         if workdir is not None and workdir.is_dir():

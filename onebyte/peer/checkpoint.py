@@ -104,12 +104,14 @@ def install_state(
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         raise CheckpointError(
-            f"checkpoint {where} belongs to another model or trainable set (missing {missing[:3]}, unexpected {extra[:3]})"
+            f"checkpoint {where} belongs to another model or trainable set (missing {missing[:3]}, "
+            f"unexpected {extra[:3]})"
         )
     for name, t in tensors.items():
         if t.shape != expected[name].shape or t.dtype != expected[name].dtype:
             raise CheckpointError(
-                f"checkpoint {where}: tensor {name} is {t.dtype}{list(t.shape)}, model has {expected[name].dtype}{list(expected[name].shape)}"
+                f"checkpoint {where}: tensor {name} is {t.dtype}{list(t.shape)}, model has "
+                f"{expected[name].dtype}{list(expected[name].shape)}"
             )
     with torch.no_grad():
         for name, t in tensors.items():

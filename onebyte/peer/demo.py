@@ -101,9 +101,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                 str(workdir / f"peer{i}.rounds.jsonl"),
                 "--no-progress",
             ]
-            if (
-                i < 2
-            ):  # two peers keep checkpoints and their seed log for late joiners (each checkpoint is a full copy of the weights)
+            # two peers keep checkpoints and their seed log for late joiners (each checkpoint is a full copy of the
+            # weights)
+            if i < 2:
                 args += ["--checkpoint-dir", str(workdir / f"peer{i}.checkpoints")]
             for a in maddrs:
                 args += ["--initial-peers", a]

@@ -110,7 +110,8 @@ def from_checkpoint(
             if weights_sha256(params) != manifest.initial_sha256:
                 raise CheckpointError(
                     f"model {name!r} does not start from run {manifest.run_id!r}'s initial weights "
-                    f"(hash {weights_sha256(params)[:12]}, the run's {manifest.initial_sha256[:12]}): a checkpoint of another model or run"
+                    f"(hash {weights_sha256(params)[:12]}, the run's {manifest.initial_sha256[:12]}): a "
+                    "checkpoint of another model or run"
                 )
         else:
             wanted = set(meta["_names"])

@@ -93,7 +93,8 @@ class Joiner:
         }
         if picked is not None and len(distinct) > 1:
             log.warning(
-                "[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with --run-creator KEY)",
+                "[%s] round=-1 %d different manifests claim run %s; taking the earliest, by %s (pin one with "
+                "--run-creator KEY)",
                 tag,
                 len(found),
                 cfg.run_id,
@@ -194,7 +195,8 @@ class Joiner:
         node.client.lean_replicas = manifest.lean_replicas
         if manifest.allowed_peers is not None and node.peer_id not in manifest.allowed_peers:
             log.warning(
-                "[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the run but its "
+                "[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the "
+                "run but its "
                 "contributions will not count",
                 tag,
                 manifest.run_id,

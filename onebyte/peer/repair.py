@@ -172,7 +172,8 @@ class Repair:
         self.stats["repairs_refused"] += 1
         self.voting.rechecks.pop(q, None)
         log.error(
-            "[%s] round=%d kept its state: the hash %s claimed for round %d by %d key(s) is not reproducible from signed records "
+            "[%s] round=%d kept its state: the hash %s claimed for round %d by %d key(s) is not reproducible "
+            "from signed records "
             "(own log reproduces %s)",
             self.tag,
             st.applied,

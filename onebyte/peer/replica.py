@@ -152,7 +152,8 @@ class Replica:
         if not self._checked:
             if missing:
                 raise UnexercisedParameterError(
-                    f"{len(missing)} trainable tensor(s) are not used inside their module's forward, e.g. {missing[:3]}; "
+                    f"{len(missing)} trainable tensor(s) are not used inside their module's forward, e.g. "
+                    f"{missing[:3]}; "
                     "exclude them with --trainable"
                 )
             self._checked = True

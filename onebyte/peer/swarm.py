@@ -130,7 +130,8 @@ class SwarmPeer:
         # round r-1 becomes final `settle` after round r opens: that much lag is normal, not falling behind
         self.lag_allowed = cfg.max_lag + math.ceil(m.settle_seconds / m.round_seconds)
         log.info(
-            "[%s] round=%d joined run %s of creator %s (model %s, %d trainable, lr %g, eps %g, %d contributions/round, %.0fs "
+            "[%s] round=%d joined run %s of creator %s (model %s, %d trainable, lr %g, eps %g, %d "
+            "contributions/round, %.0fs "
             "rounds, shard %d/%d of %d examples)",
             tag,
             self.clock.round_at(time.time()),
@@ -268,7 +269,8 @@ class SwarmPeer:
         for s in suspects:
             if s.peer_id not in self.suspects:
                 log.warning(
-                    "[%s] round=%d peer %s pushes far harder than the swarm (%s: %.0f%% saturated codes, median |g| %.3g vs "
+                    "[%s] round=%d peer %s pushes far harder than the swarm (%s: %.0f%% saturated codes, "
+                    "median |g| %.3g vs "
                     "%.3g); its influence stays within the codec's bound",
                     self.node.tag,
                     q,

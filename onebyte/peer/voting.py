@@ -150,7 +150,8 @@ class HashVoting:
             wait = max(self.round_seconds, self.settle_seconds)
             self.rechecks[q] = (time.time() + wait, readings)
             log.warning(
-                "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; %d of %d contributors voted): "
+                "[%s] round=%d weight hash disagrees with %d of %d peers (mine %s, majority %s; %d of %d "
+                "contributors voted): "
                 "reading the votes again in %.0fs",
                 self.tag,
                 q,

@@ -61,10 +61,10 @@ class Directions:
         return cls(int(m.group(2)) if m.group(2) else 0)
 
 
-def factor_offset(seed: int, name: str, factor: str, l: int, table_log2: int) -> int:
-    """Start of factor ``factor`` ("a": rows, "b": columns) number ``l`` of tensor ``name``: the
-    dense offset (section 3) of the name ``name/factor/l``."""
-    return tensor_offset(seed, f"{name}/{factor}/{l}", table_log2)
+def factor_offset(seed: int, name: str, factor: str, index: int, table_log2: int) -> int:
+    """Start of factor ``factor`` ("a": rows, "b": columns) number ``index`` of tensor ``name``: the
+    dense offset (section 3) of the name ``name/factor/index``."""
+    return tensor_offset(seed, f"{name}/{factor}/{index}", table_log2)
 
 
 def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -> torch.Tensor:
@@ -90,7 +90,7 @@ def windows(noise: NoiseTable, offsets: torch.Tensor, start: int, length: int) -
 def factor_offsets(noise: NoiseTable, seeds: list[int], name: str, factor: str, rank: int) -> torch.Tensor:
     """Offsets of every (seed, l) factor, seed-major: entry k*rank + l."""
     return torch.stack(
-        [tensor_offsets(seeds, f"{name}/{factor}/{l}", noise.table_log2) for l in range(rank)], 1
+        [tensor_offsets(seeds, f"{name}/{factor}/{index}", noise.table_log2) for index in range(rank)], 1
     ).reshape(-1)
 
 

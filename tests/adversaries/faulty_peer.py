@@ -1,4 +1,5 @@
-"""`onebyte peer` whose weights get deliberately altered once: python -m tests.adversaries.faulty_peer ROUND <peer args>.
+"""`onebyte peer` whose weights get deliberately altered once:
+python -m tests.adversaries.faulty_peer ROUND <peer args>.
 
 The fault is injected into onebyte's own step loop (after applying ROUND, one weight moves), the
 way a bit flip or a buggy kernel would; everything else, the DHT included, is the real thing.

@@ -1,4 +1,5 @@
-"""Hostile catch-up sources for tests: python -m tests.adversaries.hostile_transfer --run-id R --initial-peers M ... --out F.
+"""Hostile catch-up sources for tests:
+python -m tests.adversaries.hostile_transfer --run-id R --initial-peers M ... --out F.
 
 Real hivemind DHT nodes and real libp2p handlers (the ones onebyte.p2p.transfer calls), each
 advertised by a validly signed heartbeat of its own key, so a joiner lists it among the run's

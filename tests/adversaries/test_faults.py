@@ -55,7 +55,8 @@ def net():
             marks=pytest.mark.skipif(
                 not os.environ.get("ONEBYTE_RELIABILITY"),
                 reason=(
-                    "a 3|1 split heals by the usual strict-majority repair (as in tests/swarm/test_catchup.py); bench/reliability.py runs it "
+                    "a 3|1 split heals by the usual strict-majority repair (as in "
+                    "tests/swarm/test_catchup.py); bench/reliability.py runs it "
                     "(ONEBYTE_RELIABILITY=1), the suite keeps to the 2|2 tie"
                 ),
             ),

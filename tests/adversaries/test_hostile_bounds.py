@@ -330,7 +330,8 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
             str(tmp_path / "a.ck"),
         )
         peers_arg = [x for m in swarm.maddrs for x in ("--initial-peers", m)]
-        # hostile catch-up sources and 60 fake live peers that stall: started now, they wait for a hash round to forge an offer for
+        # hostile catch-up sources and 60 fake live peers that stall: started now, they wait for a hash round to forge
+        # an offer for
         pit = tarpit()
         out = tmp_path / "hostile.json"
         hostile_log = open(tmp_path / "hostile.log", "w")
@@ -457,7 +458,8 @@ def test_poisoned_dht_hostile_sources_and_tarpits_leave_honest_peers_on_one_hash
     )
     assert runs_p.returncode == 0 and run in runs_out, (runs_out, runs_err[-2000:])
     # the late joiner met the tarpits and the hostile sources, and caught up anyway, within a bound
-    # (from scratch, or after the first rounds: when every attempt fails for 30 s it reads rounds from the DHT meanwhile)
+    # (from scratch, or after the first rounds: when every attempt fails for 30 s it reads rounds from the DHT
+    # meanwhile)
     assert caught and caught[0]["from_round"] < ready_round <= caught[0]["round"], caught
     assert caught[0]["seconds"] < 90, caught
     assert hostile_stats["crash"]["info_calls"] >= 1 and hostile_stats["liar"]["info_calls"] >= 1, hostile_stats

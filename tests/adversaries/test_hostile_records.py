@@ -212,7 +212,8 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
             as_new_key("wrong_round_past", good(0))
             as_new_key("too_many_codes", good(target, b"\x01" * (k + 1)))
             as_new_key("claims_late", SER.dumps([1, target, clock.close(target) + 1000.0, b"\x01"]))
-            # harmless by the protocol: a record for a round far in the future, a backdated one for a round every peer applied
+            # harmless by the protocol: a record for a round far in the future, a backdated one for a round every peer
+            # applied
             as_new_key(
                 "far_future_key", good(target + 10**5), k_=round_key(run, target + 10**5), e=get_dht_time() + 600
             )

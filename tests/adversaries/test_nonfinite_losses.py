@@ -140,7 +140,8 @@ def test_swarm_peer_with_foreign_checkpoints_and_non_finite_losses(tmp_path):
         report["rounds_applied"] == 5
         and report["final_sha256"] == report["hashes"]["4"] != report["manifest"]["initial_sha256"]
     )
-    # its own checkpoints: on disk (not rotated out by the refused files), of this run, hashing to what it reported, finite
+    # its own checkpoints: on disk (not rotated out by the refused files), of this run, hashing to what it reported,
+    # finite
     _, _, replica = build(TrainConfig(model="tiny-llama", table_log2=20, max_length=32, lr=1e-3, progress=False))
     expect = {"run_id": "foreign", "initial_sha256": report["manifest"]["initial_sha256"]}
     own = sorted(p for p in (ck / "foreign").glob("ckpt-*.safetensors"))

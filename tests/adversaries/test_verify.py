@@ -62,7 +62,8 @@ def attacker_info(swarm: Swarm) -> dict:
             marks=pytest.mark.skipif(
                 not os.environ.get("ONEBYTE_RELIABILITY"),
                 reason=(
-                    "the 3 contributing Sybil keys (a tie) run in bench/reliability.py (ONEBYTE_RELIABILITY=1); the suite keeps the 5-key "
+                    "the 3 contributing Sybil keys (a tie) run in bench/reliability.py "
+                    "(ONEBYTE_RELIABILITY=1); the suite keeps the 5-key "
                     "majority, which the same verification answers, to keep make test under 40 minutes"
                 ),
             ),

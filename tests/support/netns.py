@@ -82,7 +82,8 @@ class NetnsPair:
         dst = self.ip["b" if src == "a" else "a"]
         code = (
             f"import socket,sys\ns=socket.socket();s.settimeout(2)\n"
-            f"try:\n s.connect(('{dst}',{port}))\nexcept ConnectionRefusedError:\n sys.exit(0)\nexcept OSError:\n sys.exit(1)\nsys.exit(0)"
+            f"try:\n s.connect(('{dst}',{port}))\nexcept ConnectionRefusedError:\n sys.exit(0)\nexcept "
+            "OSError:\n sys.exit(1)\nsys.exit(0)"
         )
         return subprocess.run([*self.prefix(src), sys.executable, "-c", code], timeout=30).returncode == 0
 

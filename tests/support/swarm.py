@@ -30,9 +30,12 @@ TINY = [
 ]
 # A swarm test starts its members first (with WAIT, they poll the DHT for the run's manifest) and the run's creator once
 # they wait (Swarm.wait_waiting): then a peer's start-up, which takes 5 s on an idle machine and a minute on a loaded
-# one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the model.
+# one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the
+# model.
 WAIT = ["--join-timeout", "900"]
-START = "15"  # the creator's --start-delay once every member waits (and has warmed its imports: onebyte.tasks.pretrained.warm_imports)
+# the creator's --start-delay once every member waits (and has warmed its imports:
+# onebyte.tasks.pretrained.warm_imports)
+START = "15"
 
 
 class Swarm:

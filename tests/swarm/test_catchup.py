@@ -24,7 +24,9 @@ def events(swarm: Swarm, name: str, kind: str) -> list[dict]:
 @pytest.mark.long
 def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     """A peer that joins after 40 rounds fetches a checkpoint (or the log) from a peer and ends identical."""
-    rounds = 100  # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it asks
+    # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it
+    # asks
+    rounds = 100
     with Swarm(tmp_path) as swarm:
         swarm.peer(
             "b",

@@ -148,7 +148,8 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
     config.write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - job_name: onebyte-peers\n    static_configs: [{{targets: ['127.0.0.1:{ports['a']}', '127.0.0.1:{ports['b']}']}}]\n"
+        f"  - job_name: onebyte-peers\n    static_configs: [{{targets: ['127.0.0.1:{ports['a']}', "
+        f"'127.0.0.1:{ports['b']}']}}]\n"
         f"  - job_name: onebyte-bootstrap\n    static_configs: [{{targets: ['127.0.0.1:{ports['boot']}']}}]\n"
     )
     promtool = shutil.which("promtool")
@@ -211,7 +212,7 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
             made = _query(prom_port, 'sum(onebyte_contributions_made_total{job="onebyte-peers"})')
             assert made and float(made[0]["value"][1]) > 0
             applied = _query(
-                prom_port, 'sum by (origin) (onebyte_contributions_applied_total{instance="127.0.0.1:%d"})' % ports["b"]
+                prom_port, f'sum by (origin) (onebyte_contributions_applied_total{{instance="127.0.0.1:{ports["b"]}"}})'
             )
             assert {r["metric"]["origin"] for r in applied} == {"local", "remote"}
             info = _query(prom_port, "onebyte_peer_info")

@@ -34,7 +34,7 @@ def test_influence_monitor_flags_a_peer_that_always_sends_the_extreme_byte():
     from onebyte.coordinator_free.influence import InfluenceMonitor
 
     rng = np.random.default_rng(0)
-    honest = ["%064x" % i for i in range(1, 5)]
+    honest = [f"{i:064x}" for i in range(1, 5)]
     attacker = "ff" * 32
     mon = InfluenceMonitor(CODEC)
     top = CODEC.encode(CODEC.max_value)

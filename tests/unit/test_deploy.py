@@ -297,7 +297,9 @@ def test_systemd_units_pass_systemd_analyze_where_present():
         r = subprocess.run([exe, "verify", "--man=no", str(DEPLOY / name)], capture_output=True, text=True, timeout=60)
         # the onebyte user and /opt/onebyte do not exist on a test machine: only syntax errors count
         errors = [
-            l for l in (r.stdout + r.stderr).splitlines() if "Unknown" in l or "Invalid" in l or "Failed to parse" in l
+            line
+            for line in (r.stdout + r.stderr).splitlines()
+            if "Unknown" in line or "Invalid" in line or "Failed to parse" in line
         ]
         assert not errors, errors
 

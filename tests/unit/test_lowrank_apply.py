@@ -34,11 +34,11 @@ def test_factors_are_windows_at_their_own_offsets_and_z_is_their_product():
     seed = contribution_seed("r", "p", 0, 0)
     a, b = factors(t, seed, "w", (5, 7), 2)
     assert a.shape == (5, 2) and b.shape == (7, 2)
-    for l in range(2):
-        oa, ob = factor_offset(seed, "w", "a", l, 12), factor_offset(seed, "w", "b", l, 12)
+    for col in range(2):
+        oa, ob = factor_offset(seed, "w", "a", col, 12), factor_offset(seed, "w", "b", col, 12)
         assert oa != ob
-        assert torch.equal(a[:, l], t.signs[(torch.arange(5) + oa) % t.size])
-        assert torch.equal(b[:, l], t.signs[(torch.arange(7) + ob) % t.size])
+        assert torch.equal(a[:, col], t.signs[(torch.arange(5) + oa) % t.size])
+        assert torch.equal(b[:, col], t.signs[(torch.arange(7) + ob) % t.size])
     z = lowrank_direction(t, seed, "w", (5, 7), 2)
     assert torch.equal(z, (a.float() @ b.float().t())) and set(z.unique().tolist()) <= {-2.0, 0.0, 2.0}
 
@@ -88,7 +88,7 @@ def test_a_rounds_offsets_computed_together_equal_each_ones_definition():
     seeds = [contribution_seed("r", f"p{i}", 3, i) for i in range(40)] + [0, 1, 2**63, 2**64 - 1]
     table = NoiseTable(12, 0)
     for rank in (1, 3):
-        want = [factor_offset(s, "layer.weight", f, l, 12) for f in ("a", "b") for s in seeds for l in range(rank)]
+        want = [factor_offset(s, "layer.weight", f, col, 12) for f in ("a", "b") for s in seeds for col in range(rank)]
         got = torch.cat([factor_offsets(table, seeds, "layer.weight", f, rank) for f in ("a", "b")])
         assert got.tolist() == want
     assert tensor_offsets(seeds, "layer.bias", 25).tolist() == [tensor_offset(s, "layer.bias", 25) for s in seeds]
@@ -197,8 +197,8 @@ def test_float32_codec_follows_the_sequential_rule():
         for seed, v in contribs:
             if theta.ndim == 2:
                 a, b = factors(table, seed, name, theta.shape, 2)
-                for l in range(2):
-                    s = s + v * np.outer(a[:, l].numpy(), b[:, l].numpy())
+                for col in range(2):
+                    s = s + v * np.outer(a[:, col].numpy(), b[:, col].numpy())
             else:
                 s = s + v * table.direction(seed, name, theta.size).numpy()
         assert np.array_equal(got.numpy(), (theta + (s * c).astype(np.float32)).astype(np.float32)), name
@@ -222,7 +222,10 @@ from tests.unit.test_zo import named, tiny_llama
 from tests.unit.test_lowrank_apply import _round
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
     params = named(tiny_llama(dtype))
-    apply_round_exact(params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()), block_elems=1 << 12)
+    apply_round_exact(
+        params, _round(60, seed=3), 1e-3, NoiseTable(12, 0), Directions(2), exact_rule(ByteCodec()),
+        block_elems=1 << 12,
+    )
     print(weights_sha256(params))
 """
 

@@ -75,8 +75,8 @@ def test_a_flood_of_new_keys_sending_saturated_codes_is_flagged():
     codec = make_codec("log8:-8:8")
     top = codec.encode(codec.max_value)
     rng = np.random.default_rng(0)
-    honest = ["%064x" % i for i in range(1, 4)]
-    sybils = ["%064x" % (1000 + i) for i in range(64)]
+    honest = [f"{i:064x}" for i in range(1, 4)]
+    sybils = [f"{1000 + i:064x}" for i in range(64)]
     mon = InfluenceMonitor(codec)
     for r in range(12):
         recs = {

@@ -36,10 +36,10 @@ def test_replaying_a_log_entry_gives_the_live_round_set():
 @pytest.mark.parametrize(
     "tamper",
     [
-        lambda l: l.replace(b'"05"', b'"06"'),
-        lambda l: l.replace(b'"round":7', b'"round":8'),
-        lambda l: l[:-20],
-        lambda l: b"not json",
+        lambda line: line.replace(b'"05"', b'"06"'),
+        lambda line: line.replace(b'"round":7', b'"round":8'),
+        lambda line: line[:-20],
+        lambda line: b"not json",
     ],
 )
 def test_an_altered_or_broken_log_entry_is_refused(tamper):

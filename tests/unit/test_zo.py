@@ -272,7 +272,9 @@ m = tiny_llama()
 c = ByteCodec()
 t = NoiseTable(16, 0)
 for r in range(3):
-    apply_round(named(m), [(contribution_seed("x", "p", r, i), c.decode((37 * r + 11 * i) % 256)) for i in range(4)], 1e-3, t)
+    apply_round(
+        named(m), [(contribution_seed("x", "p", r, i), c.decode((37 * r + 11 * i) % 256)) for i in range(4)], 1e-3, t
+    )
 print(weights_sha256(named(m)))
 """
 
