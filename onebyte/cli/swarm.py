@@ -181,12 +181,12 @@ def add_peer_parser(sub) -> None:
     p.set_defaults(func=cmd_peer)
 
 
-def cmd_peer(args: argparse.Namespace) -> int:
-    from onebyte.peer.swarm import run_peer
+def peer_config(args: argparse.Namespace):
+    """``onebyte peer``'s options as the peer's SwarmConfig."""
     from onebyte.settings import SwarmConfig, config_from
 
     # options named as SwarmConfig's fields are taken as they are; these four are spelled differently
-    cfg = config_from(
+    return config_from(
         SwarmConfig,
         args,
         local=given_settings(args),
@@ -196,7 +196,12 @@ def cmd_peer(args: argparse.Namespace) -> int:
         checkpoint_seconds=args.checkpoint_interval,
         progress=not args.no_progress,
     )
-    report = run_peer(cfg)
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    from onebyte.peer.swarm import run_peer
+
+    report = run_peer(peer_config(args))
     print(
         f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, "
         f"made {report['contributions_made']} contributions, weights sha256 {report['final_sha256']}"

@@ -182,7 +182,8 @@ class Joiner:
                     f"no run {cfg.run_id!r}{by} is visible from {cfg.initial_peers or 'this DHT'} after "
                     f"{cfg.join_timeout:.0f}s; start it with --new-run or check --initial-peers"
                 )
-            time.sleep(1.0)
+            if node.stop.wait(1.0):  # asked to leave before the run was found: nothing to finish
+                raise KeyboardInterrupt
             found = self.read_manifest()
         creator, manifest = found
         conflicts = manifest.conflicts(cfg.local)

@@ -57,12 +57,8 @@ class SwarmPeer:
     def __init__(self, node: Node, joined: JoinedRun, cfg: SwarmConfig):
         self.node, self.joined, self.cfg = node, joined, cfg
         m, tag, stats, metrics = joined.manifest, node.tag, node.stats, node.metrics
-        self.manifest, self.policy, self.replica, self.task = (
-            m,
-            RoundPolicy.from_manifest(m),
-            joined.replica,
-            joined.task,
-        )
+        self.manifest, self.replica, self.task = m, joined.replica, joined.task
+        self.policy = RoundPolicy.from_manifest(m)
         self.clock = self.policy.clock
         metrics.on_start(
             version=__version__,
@@ -372,10 +368,10 @@ class SwarmPeer:
             self.transfer.close()
 
 
-def run_peer(cfg: SwarmConfig, *, keep: list | None = None) -> dict:
-    """Join (or create) the run and train until ``cfg.rounds`` or a signal; returns the report.
+def run_peer(cfg: SwarmConfig, *, keep: list | None = None, stop: threading.Event | None = None) -> dict:
+    """Join (or create) the run and train until ``cfg.rounds``, a signal or ``stop``; returns the report.
     With ``keep``, the peer is appended to it (to read its replica after the run: onebyte export)."""
-    node = Node(cfg)
+    node = Node(cfg, stop)
     peer: SwarmPeer | None = None
 
     def on_signal(signum, frame):

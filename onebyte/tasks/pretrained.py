@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -51,10 +52,14 @@ def quiet_transformers() -> Iterator[None]:
             tlog.enable_progress_bar()
 
 
+_RNG = threading.RLock()  # torch's CPU RNG is one per process: two threads seeding it at once interleave their draws
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG for a block without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
+    """Seed torch's CPU RNG for a block without disturbing the caller's RNG state; one block at a time
+    per process, so that peers built in threads of one process get the same initial weights."""
+    with _RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 

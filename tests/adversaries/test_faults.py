@@ -189,7 +189,7 @@ def test_clock_skew_and_a_slow_peer_do_not_break_agreement(tmp_path, skew):
     others'; ahead: it reads rounds 2.5 s earlier), within the 3 s settle window; another takes 4 s
     per contribution in 2 s rounds: it misses deadlines and falls behind, and must never publish late."""
     rounds = 16
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = ["--run-id", "skew", "--rounds", str(rounds), *COMMON]
         swarm.peer("b", *common, *WAIT, "--shard", "1/4", "--checkpoint-dir", str(tmp_path / "b.ck"))
         swarm.peer(

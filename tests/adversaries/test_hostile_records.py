@@ -92,7 +92,7 @@ def test_records_from_a_hostile_dht_client_are_refused_or_rejected_by_reason_and
     run, rounds, k = "hostile6", 15, 2
     port = free_port()
     ck = {n: tmp_path / f"{n}.ck" for n in "abc"}
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = [
             "--run-id",
             run,
@@ -483,7 +483,7 @@ def test_private_run_with_an_extreme_member_and_an_outsider(tmp_path):
     members = {n: identity_key(tmp_path / f"{n}.pem") for n in "abx"}
     allow = tmp_path / "allowed.txt"
     allow.write_text("# the run's members\n" + "".join(f"{key}  # {n}\n" for n, key in members.items()))
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = [
             "--run-id",
             run,
@@ -598,7 +598,7 @@ def test_outsiders_cannot_vote_in_a_private_runs_hash_agreement(tmp_path):
     listed = {n: identity_key(tmp_path / f"{n}.pem") for n in "ab"}
     allow = tmp_path / "allowed.txt"
     allow.write_text("".join(k + "\n" for k in listed.values()))
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = ["--run-id", run, "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
         swarm.peer("b", *common, *WAIT, "--identity", str(tmp_path / "b.pem"), "--shard", "1/2")
         swarm.wait_waiting("b")

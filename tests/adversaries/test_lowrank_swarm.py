@@ -10,7 +10,7 @@ from tests.support.swarm import START, TINY, WAIT, Swarm
 @pytest.mark.long
 def test_three_peers_agree_under_v2_and_a_v1_only_peer_is_refused_in_one_line(tmp_path):
     rounds = 8
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = ["--run-id", "v2", "--rounds", str(rounds), "--batch-size", "4"]
         swarm.peer(
             "b", *common, *WAIT, "--shard", "1/3", "--population", "2"

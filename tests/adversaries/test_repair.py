@@ -15,7 +15,7 @@ def test_peer_with_altered_weights_detects_it_and_repairs_itself(tmp_path):
     """One weight of a peer is changed behind its back: at the next hash round it loses the vote,
     reinstalls the majority's state from a peer's checkpoint and log, and ends identical."""
     rounds = 36
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         swarm.peer(
             "b",
             "--run-id",
@@ -84,7 +84,7 @@ def test_late_hash_votes_count_before_anyone_repairs(tmp_path):
     while the two wrong peers, outvoted at the second reading, repair. All five end identical."""
     rounds = 36
     names = ("a", "b", "c", "f1", "f2")
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         for i, name in enumerate(("b", "c"), start=1):
             swarm.peer(
                 name,

@@ -79,7 +79,7 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
     installs the forged state; all end on one hash."""
     rounds, run = 40, f"sybil-{mode}"
     honest = ("a", "b", "c", "j")
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         # the members start first and wait for the manifest, so that the run need not wait long for them
         swarm.peer(
             "b",
@@ -356,7 +356,7 @@ def test_sybil_flood_of_extreme_bytes_is_bounded_and_flagged(tmp_path):
     (under v1's rule the same records would have moved them far more), at most the cap of
     contributions was applied, every honest peer flagged the flood keys, and all agree."""
     rounds, run, flood_at, cap = 24, "flood", 14, 32
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         swarm.peer("b", "--run-id", run, "--rounds", str(rounds), *COMMON, *WAIT, "--shard", "1/2", "--threads", "1")
         swarm.wait_waiting("b")
         swarm.peer(

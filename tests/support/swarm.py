@@ -11,23 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onebyte.peer.demo import start_bootstrap
+from tests.support.inproc import PeerThread
 
 ROOT = Path(__file__).resolve().parents[2]
+PEER = ("-m", "onebyte.cli")  # the real command; tests pass another launcher for a hostile or faulty program
 # the small drugreview task (889 reviews) keeps the many peer processes of a swarm test quick to start
-TINY = [
-    "--model",
-    "tiny-llama",
-    "--dataset",
-    "drugreview",
-    "--lr",
-    "1e-3",
-    "--eps",
-    "1e-3",
-    "--table-log2",
-    "20",
-    "--max-length",
-    "32",
-]
+TINY = "--model tiny-llama --dataset drugreview --lr 1e-3 --eps 1e-3 --table-log2 20 --max-length 32".split()
 # A swarm test starts its members first (with WAIT, they poll the DHT for the run's manifest) and the run's creator once
 # they wait (Swarm.wait_waiting): then a peer's start-up, which takes 5 s on an idle machine and a minute on a loaded
 # one, never eats into the rounds, and the creator's --start-delay only covers reading the manifest and building the
@@ -41,32 +30,30 @@ START = "15"
 class Swarm:
     """Owns every process it starts and kills them all on exit: nothing outlives a test."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, in_process: bool = False):
+        """With ``in_process``, honest peers (the default launcher, no prefix) run as threads of this process
+        (tests/support/inproc.py): the same peer without its process's imports. Attackers, wrapped or killed
+        peers stay processes."""
         self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.in_process = in_process
+        self.procs: dict[str, subprocess.Popen | PeerThread] = {}
         self.boot, self.maddrs = start_bootstrap(workdir)
 
     def peer(
-        self, name: str, *args: str, launcher: tuple[str, ...] = ("-m", "onebyte.cli"), prefix: tuple[str, ...] = ()
-    ) -> subprocess.Popen:
+        self, name: str, *args: str, launcher: tuple[str, ...] = PEER, prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen | PeerThread:
         """Start `onebyte peer` (or ``launcher``) as ``name``; ``prefix`` wraps the command (e.g. ip netns exec)."""
-        cmd = [
-            *prefix,
-            sys.executable,
-            *launcher,
-            "peer",
-            "--no-progress",
-            "--report",
-            str(self.report_path(name)),
-            "--round-log",
-            str(self.workdir / f"{name}.rounds.jsonl"),
-        ]
+        argv = ["peer", "--no-progress", "--report", str(self.report_path(name))]
+        argv += ["--round-log", str(self.workdir / f"{name}.rounds.jsonl")]
         for a in self.maddrs:
-            cmd += ["--initial-peers", a]
-        log = open(self.workdir / f"{name}.log", "w")
-        p = subprocess.Popen(
-            [*cmd, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"PYTHONUNBUFFERED": "1"}
-        )
+            argv += ["--initial-peers", a]
+        if self.in_process and launcher == PEER and not prefix:
+            p = PeerThread(name, [*argv, *args], self.workdir / f"{name}.log")
+        else:
+            log = open(self.workdir / f"{name}.log", "w")
+            env = os.environ | {"PYTHONUNBUFFERED": "1"}
+            cmd = [*prefix, sys.executable, *launcher, *argv, *args]
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.procs[name] = p
         return p
 
@@ -120,7 +107,8 @@ class Swarm:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-                p.wait()
+                if isinstance(p, subprocess.Popen):
+                    p.wait()
 
     def __enter__(self) -> Swarm:
         return self
@@ -142,10 +130,11 @@ def run_swarm(
     """The usual swarm test's run: ``peers - 1`` members (b, c, ...; shard i/peers, WAIT) start and wait for the run,
     then its creator ``a`` starts it (--new-run, --start-delay START, TINY, then ``creator_args``); every peer must exit
     0 within ``timeout`` seconds. ``args`` go to every peer. Returns each peer's report: {"a": {...}, "b": {...}, ...}.
-    Tests that need the processes while they run (kill, restart, attackers) use Swarm itself."""
+    The peers are threads of this process (Swarm(in_process=True)). Tests that need processes while they run (kill,
+    restart, attackers) use Swarm itself."""
     names = "abcdefghijklmnopqrstuvwxyz"[:peers]
     common = ["--run-id", run_id, "--rounds", str(rounds), *args]
-    with Swarm(workdir) as swarm:
+    with Swarm(workdir, in_process=True) as swarm:
         for i, name in enumerate(names[1:], start=1):
             swarm.peer(name, *common, *WAIT, "--shard", f"{i}/{peers}")
         swarm.wait_waiting(*names[1:])

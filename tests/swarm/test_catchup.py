@@ -27,7 +27,7 @@ def test_late_joiner_catches_up_to_the_identical_hash(tmp_path):
     # room for a slow start of the joiner (~50 s on a loaded 2-core machine): the others must still be there when it
     # asks
     rounds = 100
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         swarm.peer(
             "b",
             "--run-id",

@@ -31,7 +31,7 @@ def test_export_round_trip_from_a_swarm_loads_in_transformers_and_scores_as_the_
     from transformers import AutoModelForCausalLM, pipeline
 
     rounds, ckdir = 16, tmp_path / "ck"
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = ["--run-id", "exp", "--rounds", str(rounds), "--batch-size", "4", "--threads", "1"]
         swarm.peer("b", *common, *WAIT, "--shard", "1/2")
         swarm.wait_waiting("b")

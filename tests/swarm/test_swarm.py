@@ -60,7 +60,7 @@ def test_lean_round_records_still_reach_every_peer(run_swarm):
 
 
 def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         swarm.peer(
             "owner",
             "--run-id",
@@ -115,7 +115,7 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
 
 def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_path):
     rounds = 14
-    with Swarm(tmp_path) as swarm:
+    with Swarm(tmp_path, in_process=True) as swarm:
         common = ["--run-id", "hostile", "--rounds", str(rounds), "--batch-size", "4"]
         swarm.peer("b", *common, *WAIT, "--shard", "1/2")
         swarm.wait_waiting("b")
