@@ -102,7 +102,10 @@ def main(argv: list[str]) -> int:
         return 2
     m = picked[1]
     clock = RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds)
-    out = {"keys": [k.peer_id for k in keys], "mode": mode, "served": []}
+    # its DHT node's addresses: a joiner that bootstraps through it too has it in its routing table, so that its
+    # heartbeats are among the sources a joiner asks first (PROTOCOL §14), as a well-connected attacker's would be
+    maddrs = [str(a) for a in dht.get_visible_maddrs(latest=True)]
+    out = {"keys": [k.peer_id for k in keys], "mode": mode, "served": [], "maddrs": maddrs}
     transfer = None
     offers: list[tuple[int, str]] = []
     if mode in ("votes", "contribute"):

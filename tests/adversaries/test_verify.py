@@ -126,20 +126,15 @@ def test_sybil_hash_votes_and_forged_checkpoints_never_install_attacker_state(tm
         wait_joined(swarm, ("a", "b", "c"), timeout=300)
         wait_for_text(swarm.workdir / "attacker.log", "SYBIL ATTACKER", timeout=300)
         swarm.wait_for_round("a", 12, timeout=300)
+        # the joiner knows the attacker's DHT node from the start (one of its initial peers): the attacker's offers
+        # are among those it asks first, whatever its routing table learned by then
+        via_attacker = [arg for maddr in attacker_info(swarm)["maddrs"] for arg in ("--initial-peers", maddr)]
         swarm.peer(
             "j",
-            "--run-id",
-            run,
-            "--rounds",
-            str(rounds),
-            *LIGHT,
-            "--shard",
-            "0/3",
-            "--catch-up",
-            "checkpoint",
-            "--threads",
-            "1",
+            *("--run-id", run, "--rounds", str(rounds), *LIGHT, *via_attacker, "--shard", "0/3"),
+            *("--catch-up", "checkpoint", "--threads", "1"),
         )
+
         for name in honest:
             assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in honest}
