@@ -30,6 +30,8 @@ START = "15"
 class Swarm:
     """Owns every process it starts and kills them all on exit: nothing outlives a test."""
 
+    in_process = False  # subclasses that start their own bootstrap node (namespaces, metrics) keep processes
+
     def __init__(self, workdir: Path, *, in_process: bool = False):
         """With ``in_process``, honest peers (the default launcher, no prefix) run as threads of this process
         (tests/support/inproc.py): the same peer without its process's imports. Attackers, wrapped or killed
