@@ -201,12 +201,16 @@ def peer_config(args: argparse.Namespace):
 def cmd_peer(args: argparse.Namespace) -> int:
     from onebyte.peer.swarm import run_peer
 
-    report = run_peer(peer_config(args))
-    print(
+    print(peer_summary(run_peer(peer_config(args))))
+    return 0
+
+
+def peer_summary(report: dict) -> str:
+    """The line ``onebyte peer`` ends with."""
+    return (
         f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, "
         f"made {report['contributions_made']} contributions, weights sha256 {report['final_sha256']}"
     )
-    return 0
 
 
 def add_demo_parser(sub) -> None:

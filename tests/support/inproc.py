@@ -23,7 +23,7 @@ from pathlib import Path
 
 from onebyte.cli import build_parser
 from onebyte.cli.config import apply_config
-from onebyte.cli.swarm import peer_config
+from onebyte.cli.swarm import peer_config, peer_summary
 from onebyte.errors import USER_ERRORS
 from onebyte.peer.swarm import run_peer
 from onebyte.tasks.pretrained import warm_imports
@@ -81,10 +81,7 @@ class PeerThread:
             parser = build_parser()
             apply_config(parser, self.args, os.environ)
             report = run_peer(peer_config(parser.parse_args(self.args)), stop=self.stop)
-            self._out.write(
-                f"peer {report['peer_id'][:8]}: applied {report['rounds_applied']} rounds, "
-                f"made {report['contributions_made']} contributions, weights sha256 {report['final_sha256']}\n"
-            )
+            self._out.write(peer_summary(report) + "\n")
             code = 0
         except USER_ERRORS as e:
             self._out.write(f"onebyte peer: error: {e}\n")
