@@ -197,8 +197,7 @@ class Joiner:
         if manifest.allowed_peers is not None and node.peer_id not in manifest.allowed_peers:
             log.warning(
                 "[%s] round=-1 run %s is private and this peer's key is not on its list: it will follow the "
-                "run but its "
-                "contributions will not count",
+                "run but its contributions will not count",
                 tag,
                 manifest.run_id,
             )
@@ -209,9 +208,10 @@ class Joiner:
                 f"your copy of {manifest.model!r} has initial weights {initial[:12]}, the run started from "
                 f"{manifest.initial_sha256[:12]}: a different model version or dtype"
             )
-        if manifest.ties is not None and manifest.ties != ties(replica):
+        mine = ties(replica)
+        if manifest.ties is not None and manifest.ties != mine:
             raise ManifestConflict(
-                f"your copy of {manifest.model!r} ties tensors as {ties(replica)}, the run's creator had "
+                f"your copy of {manifest.model!r} ties tensors as {mine}, the run's creator had "
                 f"{manifest.ties}: another model version"
             )
         pool = self.shard(task.num_train)
