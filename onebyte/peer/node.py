@@ -16,7 +16,7 @@ from onebyte.settings import SwarmConfig
 
 
 class Node:
-    def __init__(self, cfg: SwarmConfig, stop: threading.Event | None = None):
+    def __init__(self, cfg: SwarmConfig):
         if cfg.threads:
             import torch
 
@@ -24,7 +24,7 @@ class Node:
         self.identity = Identity.load_or_create(cfg.identity_path)
         self.peer_id = self.identity.peer_id
         self.tag = self.peer_id[:8]  # what every log line of this peer starts with
-        self.stop = stop or threading.Event()
+        self.stop = threading.Event()
         self.stats: Counter = Counter()  # what happened, for the report and the logs (metrics has the live view)
         self.dht = start_dht(
             self.identity,

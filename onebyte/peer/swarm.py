@@ -368,10 +368,11 @@ class SwarmPeer:
             self.transfer.close()
 
 
-def run_peer(cfg: SwarmConfig, *, keep: list | None = None, stop: threading.Event | None = None) -> dict:
-    """Join (or create) the run and train until ``cfg.rounds``, a signal or ``stop``; returns the report.
-    With ``keep``, the peer is appended to it (to read its replica after the run: onebyte export)."""
-    node = Node(cfg, stop)
+def run_peer(cfg: SwarmConfig, *, keep: list | None = None, node: Node | None = None) -> dict:
+    """Join (or create) the run and train until ``cfg.rounds``, a signal or ``node.stop``; returns the report.
+    With ``keep``, the peer is appended to it (to read its replica after the run: onebyte export). A caller that
+    runs the peer in a thread passes the ``node`` it made in its own thread (its DHT node is a forked process)."""
+    node = node or Node(cfg)
     peer: SwarmPeer | None = None
 
     def on_signal(signum, frame):

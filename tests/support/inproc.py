@@ -25,6 +25,7 @@ from onebyte.cli import build_parser
 from onebyte.cli.config import apply_config
 from onebyte.cli.swarm import peer_config, peer_summary
 from onebyte.errors import USER_ERRORS
+from onebyte.peer.node import Node
 from onebyte.peer.swarm import run_peer
 from onebyte.tasks.pretrained import warm_imports
 
@@ -62,7 +63,6 @@ class PeerThread:
     def __init__(self, name: str, argv: list[str], log_path: Path):
         _import_once()
         self.args = argv
-        self.stop = threading.Event()
         self.returncode: int | None = None
         self.pid = os.getpid()  # not a process of its own: a test that needs one uses Swarm(in_process=False)
         self._out = open(log_path, "w", buffering=1)
@@ -73,46 +73,55 @@ class PeerThread:
         onebyte_log = logging.getLogger("onebyte")
         onebyte_log.setLevel(logging.INFO)
         onebyte_log.addHandler(self._handler)
+        # The peer's DHT node is a process forked from this one, made here in the test's own thread: a fork
+        # from a peer thread while this thread is inside subprocess.Popen (an attacker, a faulty peer) would
+        # inherit Popen's error pipe and leave Popen waiting on it for as long as that DHT node lives.
+        self.node = None
+        try:
+            parser = build_parser()
+            apply_config(parser, argv, os.environ)
+            self.cfg = peer_config(parser.parse_args(argv))
+            self.node = Node(self.cfg)
+        except (*USER_ERRORS, SystemExit) as e:
+            self._end(2, f"onebyte peer: error: {e}\n")
+            return
         self._thread.start()
 
     def _main(self) -> None:
-        code = 1
         try:
-            parser = build_parser()
-            apply_config(parser, self.args, os.environ)
-            report = run_peer(peer_config(parser.parse_args(self.args)), stop=self.stop)
-            self._out.write(peer_summary(report) + "\n")
-            code = 0
+            self._end(0, peer_summary(run_peer(self.cfg, node=self.node)) + "\n")
         except USER_ERRORS as e:
-            self._out.write(f"onebyte peer: error: {e}\n")
-            code = 2
+            self._end(2, f"onebyte peer: error: {e}\n")
         except KeyboardInterrupt:
-            self._out.write("onebyte peer: interrupted\n")
-            code = 130
+            self._end(130, "onebyte peer: interrupted\n")
         except BaseException:  # noqa: BLE001 - what a process would print before dying
-            self._out.write(traceback.format_exc())
-        finally:
-            logging.getLogger("onebyte").removeHandler(self._handler)
-            self._out.close()
-            self.returncode = code
+            self._end(1, traceback.format_exc())
+
+    def _end(self, code: int, last: str) -> None:
+        self._out.write(last)
+        logging.getLogger("onebyte").removeHandler(self._handler)
+        self._out.close()
+        self.returncode = code
 
     def poll(self) -> int | None:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        self._thread.join(STOP_SECONDS if timeout is None else timeout)
         if self._thread.is_alive():
+            self._thread.join(STOP_SECONDS if timeout is None else timeout)
+        if self.returncode is None:
             raise subprocess.TimeoutExpired(self.args, timeout or STOP_SECONDS)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
         if sig not in (signal.SIGINT, signal.SIGTERM):
             raise ValueError(f"a peer thread can only be asked to stop, not sent signal {sig}: use a process")
-        self.stop.set()
+        self.terminate()
 
     def terminate(self) -> None:
-        self.stop.set()
+        if self.node is not None:
+            self.node.stop.set()
 
     def kill(self) -> None:
         """A thread cannot be killed: it is asked to stop, and a daemon thread ends with the test process."""
-        self.stop.set()
+        self.terminate()
