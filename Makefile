@@ -26,15 +26,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/onebyte demo --peers $(PEERS) --rounds $(ROUNDS) $(DEMO_ARGS) --workdir runs/demo --report runs/demo/report.json
 
-# two pytest-xdist workers: most of the suite is swarm tests waiting on round clocks, so two at a time halve its
-# time on a 2-core machine; `make test TEST_WORKERS=0` runs it serially
-TEST_WORKERS ?= 2
+# three pytest-xdist workers: most of the suite is swarm tests waiting on round clocks, and honest peers run as
+# threads of the test process (no imports per peer), so three at a time fit a 2-core machine; `make test
+# TEST_WORKERS=0` runs it serially
+TEST_WORKERS ?= 3
 
 test: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal --durations=25
 
-# the unit tests only (tests/unit/: no peer process, no DHT node), on the same xdist workers: 1:48 on this 2-core
-# machine while other test runs shared it (3:36 serially); cli/, swarm/ and adversaries/ run in `make test`
+# the unit tests only (tests/unit/: no peer process, no DHT node), on the same xdist workers: about a minute on
+# the 2-core machine; cli/, swarm/ and adversaries/ run in `make test`
 test-fast: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10 tests/unit
 
