@@ -50,27 +50,9 @@ def forged_state(manifest: RunManifest, workdir: Path):
     """The run's model with every weight moved, ground until its hash starts with "0" (a tie that goes
     to the smallest hash is then the attacker's unless the honest hash starts with "0" too)."""
     from onebyte.peer.train import TrainConfig, build
+    from onebyte.settings import train_fields
 
-    keys = (
-        "model",
-        "model_kind",
-        "dtype",
-        "trainable",
-        "init_seed",
-        "dataset",
-        "task",
-        "text_column",
-        "label_column",
-        "label_words",
-        "template",
-        "max_length",
-        "lr",
-        "eps",
-        "weight_decay",
-        "codec",
-        "table_log2",
-    )
-    _, _, replica = build(TrainConfig(**{k: getattr(manifest, k) for k in keys}, progress=False))
+    _, _, replica = build(TrainConfig(**train_fields(manifest), progress=False))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for _, t in replica.params:

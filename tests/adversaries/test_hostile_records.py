@@ -408,28 +408,10 @@ def attacker_share(history: dict, manifest: dict, attacker: str) -> list[dict]:
     import torch
 
     from onebyte.peer.train import TrainConfig, build
+    from onebyte.settings import train_fields
     from onebyte.zo import apply_round, contribution_seed
 
-    keys = (
-        "model",
-        "model_kind",
-        "dtype",
-        "trainable",
-        "init_seed",
-        "dataset",
-        "task",
-        "text_column",
-        "label_column",
-        "label_words",
-        "template",
-        "max_length",
-        "lr",
-        "eps",
-        "weight_decay",
-        "codec",
-        "table_log2",
-    )
-    _, _, replica = build(TrainConfig(**{k: manifest[k] for k in keys}, progress=False))
+    _, _, replica = build(TrainConfig(**train_fields(manifest), progress=False))
     assert replica.sha256() == manifest["initial_sha256"]
     run, lr, codec = manifest["run_id"], manifest["lr"], replica.codec
     rows = []

@@ -309,27 +309,9 @@ def round_moves(history: dict[int, list], manifest: dict, rule) -> dict[int, dic
     from onebyte.coordinator_free.agreement import decide_round
     from onebyte.dht.records import ContributionRecord
     from onebyte.peer.train import TrainConfig, build
+    from onebyte.settings import train_fields
 
-    keys = (
-        "model",
-        "model_kind",
-        "dtype",
-        "trainable",
-        "init_seed",
-        "dataset",
-        "task",
-        "text_column",
-        "label_column",
-        "label_words",
-        "template",
-        "max_length",
-        "lr",
-        "eps",
-        "weight_decay",
-        "codec",
-        "table_log2",
-    )
-    _, _, rep = build(TrainConfig(**{k: manifest[k] for k in keys}, progress=False))
+    _, _, rep = build(TrainConfig(**train_fields(manifest), progress=False))
     out = {}
     for q in sorted(history):
         recs = {p: ContributionRecord(round=q, published_at=0.0, codes=bytes.fromhex(c)) for p, c in history[q]}
