@@ -311,7 +311,11 @@ def test_a_stateless_replica_hashes_its_weights_as_before():
     rep = small_replica("sgd")
     assert rep.rule is None and rep.state_tensors() == rep.params and rep.protocol_version == 1
     assert small_replica("sgd", directions="lowrank:1").protocol_version == 2
-    assert small_replica("adam").protocol_version == 3 == small_replica("nesterov", directions="lowrank:1").protocol_version
+    assert (
+        small_replica("adam").protocol_version
+        == 3
+        == small_replica("nesterov", directions="lowrank:1").protocol_version
+    )
 
 
 def test_state_is_refused_for_sgd():
