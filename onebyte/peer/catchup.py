@@ -114,7 +114,7 @@ def start_transfer(
     stats: Counter,
 ) -> Transfer | None:
     """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
-    params = state.replica.params
+    params = state.replica.state_tensors()  # the weights and the update rule's state (§17)
     for attempt in range(3):
         try:
             t = Transfer(dht, run_id)
@@ -377,7 +377,7 @@ class CatchUp:
             raise CheckpointError(
                 f"peer {src.peer_id[:8]} sent round {q} hash {sha[:12]}, not the checkpoint it offered"
             )
-        install_state(tensors, self.state.replica.params, sha, f"round {q} from peer {src.peer_id[:8]}")
+        install_state(tensors, self.state.replica.state_tensors(), sha, f"round {q} from peer {src.peer_id[:8]}")
         self.state.anchor = Base(q, sha, self.state.snapshot())
         self.state.jumped_to(q, sha)
         self.voting.forget_after(q)

@@ -53,7 +53,7 @@ class CheckpointDir:
         t0 = time.perf_counter()
         path = self.folder / f"ckpt-{q:09d}.safetensors"
         try:
-            info = save_checkpoint(path, self.state.replica.params, q, self.meta)
+            info = save_checkpoint(path, self.state.replica.state_tensors(), q, self.meta)
         except OSError as e:
             log.error("[%s] round=%d checkpoint not written: %s", self.tag, q, e)
             return
@@ -70,7 +70,7 @@ class CheckpointDir:
         st = self.state
         for path in self.files():
             try:
-                info = load_checkpoint(path, st.replica.params, self.meta)
+                info = load_checkpoint(path, st.replica.state_tensors(), self.meta)
             except CheckpointError as e:
                 self.stats["checkpoints_rejected"] += 1
                 aside = path.with_name(path.name + ".refused")  # kept for inspection, out of rotation and serving

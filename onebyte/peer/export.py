@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 
 from onebyte.coordinator_free.manifest import RunManifest
@@ -27,6 +28,7 @@ from onebyte.settings import TASK_FIELDS
 from onebyte.tasks.loaded_model import LoadedModel, trainable_parameters
 from onebyte.tasks.loading import load_model
 from onebyte.zo import weights_sha256
+from onebyte.zo.optim import is_state_name, zero_state
 
 log = logging.getLogger("onebyte.peer")
 
@@ -106,7 +108,9 @@ def from_checkpoint(
                 init_seed=settings.get("init_seed") or 0,
             )
         if manifest is not None:
+            # the weights, then the update rule's state (v3): the run's initial hash covers both
             params = trainable_parameters(loaded.model, manifest.trainable)
+            params = [*params, *zero_state(manifest.optimizer, params)]
             if weights_sha256(params) != manifest.initial_sha256:
                 raise CheckpointError(
                     f"model {name!r} does not start from run {manifest.run_id!r}'s initial weights "
@@ -116,6 +120,7 @@ def from_checkpoint(
         else:
             wanted = set(meta["_names"])
             params = [(n, p) for n, p in trainable_parameters(loaded.model) if n in wanted]
+            params += _state_scratch(file, wanted)
         expect = {"initial_sha256": manifest.initial_sha256} if manifest is not None else {}
         try:
             ck = load_checkpoint(file, params, expect)
@@ -135,6 +140,13 @@ def from_checkpoint(
         }
         return Trained(loaded, manifest, info, {k: settings.get(k) for k in TASK_FIELDS})
     raise CheckpointError(f"no intact checkpoint in {path}: {errors[-1] if errors else 'none found'}")
+
+
+def _state_scratch(file: Path, names: set[str]) -> list[tuple[str, torch.Tensor]]:
+    """Somewhere to load a checkpoint's optimizer state into: it is verified with the weights, then
+    dropped (an export is the weights alone)."""
+    with safe_open(str(file), "pt") as f:
+        return [(n, f.get_tensor(n)) for n in sorted(names) if is_state_name(n)]
 
 
 def from_live_run(swarm_cfg) -> Trained:

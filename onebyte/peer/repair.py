@@ -82,7 +82,9 @@ class Repair:
             tensors = base.tensors
         else:
             tensors = load_file(str(base.tensors))
-        install_state(dict(tensors), self.state.replica.params, base.sha256, f"base state of round {base.round}")
+        install_state(
+            dict(tensors), self.state.replica.state_tensors(), base.sha256, f"base state of round {base.round}"
+        )
 
     def _recompute(self, base: Base, lines: list[bytes], initial: dict) -> str:
         """Load ``base`` and apply these seed-log entries (consecutive rounds after it) to the live

@@ -35,8 +35,8 @@ class ReplicaState:
     anchor: Base | None = None  # a state accepted whole (an installed checkpoint), a base to recompute from
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the trainable tensors (an anchor outlives later rounds)."""
-        return {name: t.detach().cpu().clone() for name, t in self.replica.params}
+        """A CPU copy of the replica: its trainable tensors and rule state (an anchor outlives later rounds)."""
+        return {name: t.detach().cpu().clone() for name, t in self.replica.state_tensors()}
 
     def jumped_to(self, round_: int, sha256: str) -> None:
         """The weights now hold round ``round_`` with this hash (an installed or adopted state): own

@@ -323,7 +323,8 @@ class SwarmPeer:
     def _initial_weights(self) -> dict:
         """The run's initial trainable tensors, rebuilt exactly as at join (a repair's oldest base)."""
         return {
-            name: t.detach().cpu() for name, t in build(train_config(self.manifest.model_dump(), self.cfg))[2].params
+            name: t.detach().cpu()
+            for name, t in build(train_config(self.manifest.model_dump(), self.cfg))[2].state_tensors()
         }
 
     def _finish(self, before, after, seconds: float) -> dict:

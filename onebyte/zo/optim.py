@@ -197,6 +197,13 @@ def state_copies(name: str) -> int:
     return len(OptimizerSpec(name).slots)
 
 
+def zero_state(optimizer: str, params: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """The state a run of ``optimizer`` starts from (part of its initial hash); [] for sgd."""
+    if optimizer == "sgd":
+        return []
+    return StatefulRule(OptimizerSpec.of(optimizer, 0.0), params).tensors()
+
+
 def is_state_name(name: str) -> bool:
     """Whether a checkpoint's tensor is optimizer state (``onebyte export`` leaves it out)."""
     return name.startswith(STATE_PREFIX)
