@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from onebyte.coordinator_free.seedlog import SeedLogError
+from onebyte.coordinator_free.policy import RoundPolicy
+from onebyte.coordinator_free.seedlog import SeedLogError, parse_line
 from onebyte.dht.client import DHTUnavailable, RecordClient
 from onebyte.dht.wire import clip
 from onebyte.metrics.peer import PeerMetrics
@@ -29,7 +30,7 @@ from onebyte.peer.checkpoint import CheckpointError, install_state
 from onebyte.peer.checkpoints import CheckpointDir
 from onebyte.peer.report import RoundLog
 from onebyte.peer.state import Base, ReplicaState
-from onebyte.peer.voting import HashVoting
+from onebyte.peer.voting import LOG_TTL, HashVoting
 
 log = logging.getLogger("onebyte.peer")
 
@@ -101,6 +102,26 @@ MIN_SOURCES = 2  # peers the DHT does not vouch for are asked only when fewer th
 PROBE_SECONDS = 4.0  # dial + .info, per peer, all at once
 PROBE_CONCURRENCY = 32
 FAILED_BACKOFF = 120.0  # a peer that failed is asked last for this long
+
+
+def genuine_entry(client: RecordClient, policy: RoundPolicy, line: bytes) -> bool:
+    """Every record of this seed-log entry is a signed, on-time record the DHT holds for its round
+    (read and verified now, §9), with the same codes: nobody can put in a record its key did not
+    sign. A source computes an entry's digest itself, so the digest proves nothing. Checkable while
+    the round's records live (LOG_TTL); raises DHTUnavailable if the round cannot be read."""
+    round_, _, records = parse_line(line)
+    if not records:
+        return True
+    held = client.read_round(policy.run_id, round_)
+    close = policy.clock.close(round_)
+    return all(
+        p in held
+        and held[p].codes == codes
+        and held[p].round == round_
+        and held[p].published_at <= close
+        and policy.counts(p)
+        for p, codes in records
+    )
 
 
 def start_transfer(
@@ -392,7 +413,9 @@ class CatchUp:
         )
 
     def replay_log(self, src: Source, target: int) -> None:
-        """Apply the source's seed-log entries up to ``target`` (what its log covers)."""
+        """Apply the source's seed-log entries up to ``target`` (what its log covers). An entry of a
+        round whose records still live in the DHT (LOG_TTL after it closed) must hold only records
+        the DHT holds (``genuine_entry``, §14); one that does not ends this source's plan."""
         st = self.state
         last = min(target, src.log[1]) if src.log else st.applied
         with tqdm(
@@ -410,5 +433,11 @@ class CatchUp:
                     rs = self.policy.replay(line)
                     if rs.round != st.applied + 1:
                         raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {st.applied} to {rs.round}")
+                    recent = time.time() < self.policy.clock.close(rs.round) + LOG_TTL
+                    if recent and not genuine_entry(self.client, self.policy, line):
+                        self.stats["log_entries_refused"] += 1
+                        raise SeedLogError(
+                            f"log from {src.peer_id[:8]}: its entry for round {rs.round} holds records the DHT does not"
+                        )
                     self.applier.apply(rs, live=False)
                     bar.update(1)
