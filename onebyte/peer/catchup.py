@@ -15,8 +15,10 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from tqdm import tqdm
 
 from onebyte.coordinator_free.policy import RoundPolicy
@@ -124,6 +126,35 @@ def genuine_entry(client: RecordClient, policy: RoundPolicy, line: bytes) -> boo
     )
 
 
+class InitialWeights:
+    """The run's initial trainable tensors, served as round -1 (§14): built on the first request
+    only (a rebuild of the model), then kept, so requests cost no rebuild each."""
+
+    def __init__(self, sha256: str, build: Callable[[], dict[str, torch.Tensor]]):
+        self.sha256, self.build = sha256, build
+        self.lock = threading.Lock()
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def __call__(self) -> tuple[str, dict[str, torch.Tensor]]:
+        with self.lock:
+            if self.tensors is None:
+                self.tensors = self.build()
+            return self.sha256, self.tensors
+
+
+def fetch_initial(transfer: Transfer, p2p_id: str, initial_sha256: str, params, *, timeout: float = 120.0) -> None:
+    """Install the run's initial weights (round -1) from a peer: the header must name round -1 and
+    the manifest's ``initial_sha256``, and the tensors must hash to it (install_state checks names,
+    shapes, dtypes and the hash before anything is written). For a peer that cannot build them."""
+    meta, tensors = transfer.fetch_state(p2p_id, timeout=timeout, initial=True)
+    if (int(meta["round"]), str(meta["sha256"])) != (-1, initial_sha256):
+        raise CheckpointError(
+            f"peer {p2p_id[:12]} sent round {meta['round']} hash {str(meta['sha256'])[:12]}, not the initial weights "
+            f"{initial_sha256[:12]}"
+        )
+    install_state(tensors, params, initial_sha256, f"initial weights from {p2p_id[:12]}")
+
+
 def start_transfer(
     dht,
     run_id: str,
@@ -133,6 +164,7 @@ def start_transfer(
     stop: threading.Event,
     tag: str,
     stats: Counter,
+    initial: InitialWeights | None = None,
 ) -> Transfer | None:
     """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
     params = state.replica.params
@@ -143,7 +175,7 @@ def start_transfer(
             # (16-bit tensors may travel as binary32, PROTOCOL §14: 4 bytes per element at least)
             t.state_limit = (sum(p.numel() * max(4, p.element_size()) for _, p in params), len(params))
             log_ = state.seedlog
-            t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest))
+            t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest, initial))
             return t
         except (OSError, TransferError, RuntimeError) as e:
             log.warning(

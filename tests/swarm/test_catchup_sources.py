@@ -114,3 +114,57 @@ def test_a_catch_up_log_entry_must_hold_the_records_the_dht_holds(replica):
     assert refused_at == 0
     assert joiner.state.applied == 2 and joiner.stats["log_entries_refused"] == 1
     assert joiner.state.seedlog.get(1) == honest[1]
+
+
+def test_the_initial_weights_are_served_as_round_minus_one_and_checked_against_the_manifest(replica):
+    """A peer serves the run's initial trainable tensors as round -1 (§14). A joiner whose weights are
+    anything else installs them and holds the manifest's initial hash; a source whose tensors do not
+    hash to the manifest's initial hash (though its header names it) is refused and changes nothing."""
+    import torch
+
+    from onebyte.peer.catchup import InitialWeights, fetch_initial
+    from onebyte.peer.checkpoint import CheckpointError
+
+    fresh = build(TrainConfig(model="tiny-llama", max_length=32, table_log2=16, progress=False))[2]
+    initial_sha = fresh.sha256()
+    good = {name: t.detach().clone() for name, t in fresh.params}
+    bad = {name: t + 1 if i == 0 else t for i, (name, t) in enumerate(sorted(good.items()))}
+    policy = RoundPolicy(RUN, 4, ByteCodec(), V1_RULE, RoundClock(time.time(), 5.0, 1.0, 1.0))
+    honest_dht, liar_dht = start_dht(Identity()), start_dht(Identity())
+    joiner = Joiner(replica, policy, [str(m) for m in honest_dht.get_visible_maddrs()])
+    sources = []
+    for dht, tensors in ((honest_dht, good), (liar_dht, bad)):
+        t = Transfer(dht, RUN)
+        t.serve(
+            ServedState(
+                lambda: None,
+                lambda a, b: [],
+                lambda a, b: 0,
+                lambda: None,
+                InitialWeights(initial_sha, lambda d=tensors: d),
+            )
+        )
+        sources.append(t)
+    honest, liar = sources
+    try:
+        with torch.no_grad():
+            for _, p in replica.params:
+                p.add_(0.5)
+        before = replica.sha256()
+        for s in sources:
+            joiner.transfer.connect(s.p2p_id, s.addrs)
+        with pytest.raises(CheckpointError, match="corrupted"):
+            fetch_initial(joiner.transfer, liar.p2p_id, initial_sha, replica.params)
+        after_liar = replica.sha256()
+        fetch_initial(joiner.transfer, honest.p2p_id, initial_sha, replica.params)
+        after = replica.sha256()
+        with pytest.raises(CheckpointError, match="not the initial weights"):
+            fetch_initial(joiner.transfer, honest.p2p_id, "ab" * 32, replica.params)
+    finally:
+        joiner.close()
+        for t in sources:
+            t.close()
+        honest_dht.shutdown()
+        liar_dht.shutdown()
+    assert before != initial_sha and after_liar == before
+    assert after == initial_sha
