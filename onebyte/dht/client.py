@@ -6,6 +6,7 @@ hang the peer) and return parsed, validated records plus counts of what was reje
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import Counter
@@ -137,16 +138,20 @@ class RecordClient:
             log.warning("store of %s timed out after %.1fs", key, self.timeout)
             return False
 
-    def _get(self, key: str, latest: bool = True) -> Any:
+    def _get(self, key: str, latest: bool = True, confirm_empty: bool = False) -> Any:
         """hivemind's get, run in the DHT process with every value checked there (bounded depth and
         size, plain types) before it is pickled back: a value that cannot cross the pipe never
-        makes the whole read time out. What is dropped is counted in ``rejected``."""
+        makes the whole read time out. What is dropped is counted in ``rejected``.
+
+        hivemind returns None both for a key no node holds and for one no node answered about;
+        with ``confirm_empty`` (round records, PROTOCOL §9) nothing found is only an empty answer
+        if a node this one knows near the key answered for it, and otherwise DHTUnavailable."""
         if not self.dht.is_alive():
             raise DHTUnavailable("the DHT process is not running")
         try:
-            found, dropped = self.dht.run_coroutine(partial(_bounded_get, key, latest), return_future=True).result(
-                timeout=self.timeout
-            )
+            found, dropped = self.dht.run_coroutine(
+                partial(_bounded_get, key, latest, confirm_empty), return_future=True
+            ).result(timeout=self.timeout)
         except TimeoutError:
             raise DHTUnavailable(f"get of {key} timed out after {self.timeout:.1f}s") from None
         except Exception as e:  # noqa: BLE001 - whatever broke in the DHT process, this read failed, the peer goes on
@@ -165,9 +170,9 @@ class RecordClient:
             log.warning("lean store of %s failed (%s)", key, e)
             return False
 
-    def _read_round_data(self, key: str) -> Any:
+    def _read_round_data(self, key: str, confirm_empty: bool = False) -> Any:
         if not self.lean_replicas:
-            return self._get(key)
+            return self._get(key, confirm_empty=confirm_empty)
         merged, dropped = self._run(partial(lean_read, key, self.lean_replicas))
         self.rejected.update(dropped)
         return merged
@@ -176,9 +181,12 @@ class RecordClient:
         return self._store_round_data(R.round_key(run_id, rec.round), rec.pack(), expiration)
 
     def read_round(self, run_id: str, round_: int) -> dict[str, R.ContributionRecord]:
-        """All verified contribution records for a round, by peer id. Raises DHTUnavailable."""
+        """All verified contribution records for a round, by peer id. Raises DHTUnavailable, also
+        when no DHT node answered for the round (never an unreadable round read as an empty one)."""
         return R.parse_subkeys(
-            self._read_round_data(R.round_key(run_id, round_)), R.ContributionRecord.unpack, self.rejected
+            self._read_round_data(R.round_key(run_id, round_), confirm_empty=True),
+            R.ContributionRecord.unpack,
+            self.rejected,
         )
 
     # -- hashes ------------------------------------------------------------------------------
@@ -263,13 +271,30 @@ def _evict_invalid(node, key_id, dropped: dict[str, int]) -> None:
                 dropped["evicted"] = dropped.get("evicted", 0) + 1
 
 
-async def _bounded_get(key: str, latest: bool, _dht, node) -> tuple[Any, dict[str, int]]:
+async def _confirm_empty(node, key_id: DHTID, nearest: list) -> None:
+    """Runs inside the DHT process after a get found nothing: ask the nodes that were nearest to the
+    key before the get (those a writer stores to) directly; nothing found is an empty answer only
+    if one of them answered, or if this node knew no other node (it is the whole DHT). Otherwise
+    raises ConnectionError: the key could not be read (PROTOCOL §9)."""
+    if not nearest:
+        return
+    answers = await asyncio.gather(*(node.protocol.call_find(peer_id, [key_id]) for _, peer_id in nearest))
+    if not any(a is not None for a in answers):
+        raise ConnectionError(f"none of the {len(nearest)} DHT node(s) nearest to the key answered")
+
+
+async def _bounded_get(key: str, latest: bool, confirm_empty: bool, _dht, node) -> tuple[Any, dict[str, int]]:
     """Runs inside the DHT process: hivemind's get, then only plain, bounded values go back
     (onebyte.dht.wire.check_object, an iterative walk); the rest is dropped and counted."""
     dropped: dict[str, int] = {}
-    _evict_invalid(node, DHTID.generate(source=key), dropped)
+    key_id = DHTID.generate(source=key)
+    _evict_invalid(node, key_id, dropped)
+    # taken before the get: a node that fails to answer during it leaves the routing table
+    nearest = node.protocol.routing_table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id)
     found = await node.get(key, latest=latest)
     if found is None:
+        if confirm_empty:
+            await _confirm_empty(node, key_id, nearest)
         return None, dropped
     value = found.value
     if not isinstance(value, dict):

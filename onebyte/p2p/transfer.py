@@ -88,9 +88,15 @@ class InfoAnswer(_Strict):
 
 
 class StateHeader(_Strict):
-    round: int = Field(ge=0)
+    round: int = Field(ge=-1)  # -1: the run's initial weights
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     names: list[str] = Field(max_length=100_000)
+
+
+class StateRequest(_Strict):
+    """A .state request for the run's initial weights (round -1); an empty request asks for the newest checkpoint."""
+
+    round: int = Field(ge=-1, le=-1)
 
 
 class LogRequest(_Strict):
@@ -128,6 +134,8 @@ class ServedState:
     log_lines: Callable[[int, int], list[bytes]]
     log_contributions: Callable[[int, int], int]
     checkpoint: Callable[[], tuple[Path, int, str] | None]  # (path, round, sha256) of the newest
+    # (initial_sha256, {name: tensor}) of the run's initial trainable tensors, served as round -1 (§14)
+    initial: Callable[[], tuple[str, dict[str, torch.Tensor]]] | None = None
 
 
 def handler_prefix(run_id: str) -> str:
@@ -203,7 +211,28 @@ class Transfer:
             if chunk:
                 yield averaging_pb2.DownloadData(metadata=chunk)
 
-        async def state_handler(_req: averaging_pb2.DownloadData, _ctx: P2PContext):
+        def parts(names, tensor, meta: bytes):
+            for name in names:
+                for part in split_for_streaming(serialize_torch_tensor(tensor(name), runtime_pb2.CompressionType.NONE)):
+                    yield averaging_pb2.DownloadData(tensor_part=part, metadata=meta)
+                    meta = b""
+            if meta:  # no tensors at all
+                yield averaging_pb2.DownloadData(metadata=meta)
+
+        async def state_handler(req: averaging_pb2.DownloadData, _ctx: P2PContext):
+            if req.metadata:  # the initial weights (round -1), or nothing for a malformed request
+                try:
+                    StateRequest.model_validate_json(req.metadata[:256])
+                except ValidationError:
+                    return
+                if state.initial is None:
+                    return
+                sha, tensors = await asyncio.to_thread(state.initial)
+                names = sorted(tensors)
+                meta = json.dumps({"round": -1, "sha256": sha, "names": names}).encode()
+                for msg in parts(names, tensors.__getitem__, meta):
+                    yield msg
+                return
             ck = state.checkpoint()
             if ck is None:
                 return
@@ -211,13 +240,8 @@ class Transfer:
             with safe_open(str(path), "pt") as f:  # the open file survives an atomic replace
                 names = sorted(f.keys())
                 meta = json.dumps({"round": round_, "sha256": sha, "names": names}).encode()
-                for name in names:
-                    tensor = f.get_tensor(name)
-                    for part in split_for_streaming(serialize_torch_tensor(tensor, runtime_pb2.CompressionType.NONE)):
-                        yield averaging_pb2.DownloadData(tensor_part=part, metadata=meta)
-                        meta = b""
-            if meta:  # no tensors at all
-                yield averaging_pb2.DownloadData(metadata=meta)
+                for msg in parts(names, f.get_tensor, meta):
+                    yield msg
 
         async def register():
             await self.p2p.add_protobuf_handler(f"{self.prefix}.info", info, averaging_pb2.DownloadData)
@@ -347,20 +371,22 @@ class Transfer:
 
         return self._guarded(go(), max(self.timeout, want * 0.05), f"log {first}..{last} from {p2p_id[:12]}", p2p_id)
 
-    def fetch_state(self, p2p_id: str, timeout: float | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(meta, tensors by name) of the peer's newest checkpoint; the caller verifies the hash.
-        The download stops at twice what the source advertised in its .info answer (bfloat16
-        travels as binary32) and at what this model's tensors can take (``state_limit``),
-        whichever is less."""
+    def fetch_state(
+        self, p2p_id: str, timeout: float | None = None, *, initial: bool = False
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(meta, tensors by name) of the peer's newest checkpoint, or with ``initial`` of the run's
+        initial weights (round -1); the caller verifies the hash. The download stops at twice what
+        the source advertised in its .info answer (bfloat16 travels as binary32) and at what this
+        model's tensors can take (``state_limit``), whichever is less."""
         limit_bytes, limit_tensors = self.state_limit or (2**40, 10**6)
         # the advertised size is the file's: a bfloat16 checkpoint travels as binary32, twice that (§14)
-        max_bytes = min(2 * self.offers.get(p2p_id, limit_bytes), limit_bytes) + STATE_SLACK_BYTES
+        advertised = limit_bytes if initial else self.offers.get(p2p_id, limit_bytes)
+        max_bytes = min(2 * advertised, limit_bytes) + STATE_SLACK_BYTES
+        request = averaging_pb2.DownloadData(metadata=b'{"round": -1}' if initial else b"")
 
         async def go():
             meta, parts, tensors = None, [], []
-            stream = self._stream(
-                p2p_id, f"{self.prefix}.state", averaging_pb2.DownloadData(), max_bytes=max_bytes, idle=IDLE_SECONDS
-            )
+            stream = self._stream(p2p_id, f"{self.prefix}.state", request, max_bytes=max_bytes, idle=IDLE_SECONDS)
             async for msg in stream:
                 if msg.metadata:
                     if meta is not None or len(msg.metadata) > MAX_META_BYTES:

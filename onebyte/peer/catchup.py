@@ -15,11 +15,14 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from tqdm import tqdm
 
-from onebyte.coordinator_free.seedlog import SeedLogError
+from onebyte.coordinator_free.policy import RoundPolicy
+from onebyte.coordinator_free.seedlog import SeedLogError, parse_line
 from onebyte.dht.client import DHTUnavailable, RecordClient
 from onebyte.dht.wire import clip
 from onebyte.metrics.peer import PeerMetrics
@@ -29,7 +32,7 @@ from onebyte.peer.checkpoint import CheckpointError, install_state
 from onebyte.peer.checkpoints import CheckpointDir
 from onebyte.peer.report import RoundLog
 from onebyte.peer.state import Base, ReplicaState
-from onebyte.peer.voting import HashVoting
+from onebyte.peer.voting import LOG_TTL, HashVoting
 
 log = logging.getLogger("onebyte.peer")
 
@@ -103,6 +106,55 @@ PROBE_CONCURRENCY = 32
 FAILED_BACKOFF = 120.0  # a peer that failed is asked last for this long
 
 
+def genuine_entry(client: RecordClient, policy: RoundPolicy, line: bytes) -> bool:
+    """Every record of this seed-log entry is a signed, on-time record the DHT holds for its round
+    (read and verified now, §9), with the same codes: nobody can put in a record its key did not
+    sign. A source computes an entry's digest itself, so the digest proves nothing. Checkable while
+    the round's records live (LOG_TTL); raises DHTUnavailable if the round cannot be read."""
+    round_, _, records = parse_line(line)
+    if not records:
+        return True
+    held = client.read_round(policy.run_id, round_)
+    close = policy.clock.close(round_)
+    return all(
+        p in held
+        and held[p].codes == codes
+        and held[p].round == round_
+        and held[p].published_at <= close
+        and policy.counts(p)
+        for p, codes in records
+    )
+
+
+class InitialWeights:
+    """The run's initial trainable tensors, served as round -1 (§14): built on the first request
+    only (a rebuild of the model), then kept, so requests cost no rebuild each."""
+
+    def __init__(self, sha256: str, build: Callable[[], dict[str, torch.Tensor]]):
+        self.sha256, self.build = sha256, build
+        self.lock = threading.Lock()
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def __call__(self) -> tuple[str, dict[str, torch.Tensor]]:
+        with self.lock:
+            if self.tensors is None:
+                self.tensors = self.build()
+            return self.sha256, self.tensors
+
+
+def fetch_initial(transfer: Transfer, p2p_id: str, initial_sha256: str, params, *, timeout: float = 120.0) -> None:
+    """Install the run's initial weights (round -1) from a peer: the header must name round -1 and
+    the manifest's ``initial_sha256``, and the tensors must hash to it (install_state checks names,
+    shapes, dtypes and the hash before anything is written). For a peer that cannot build them."""
+    meta, tensors = transfer.fetch_state(p2p_id, timeout=timeout, initial=True)
+    if (int(meta["round"]), str(meta["sha256"])) != (-1, initial_sha256):
+        raise CheckpointError(
+            f"peer {p2p_id[:12]} sent round {meta['round']} hash {str(meta['sha256'])[:12]}, not the initial weights "
+            f"{initial_sha256[:12]}"
+        )
+    install_state(tensors, params, initial_sha256, f"initial weights from {p2p_id[:12]}")
+
+
 def start_transfer(
     dht,
     run_id: str,
@@ -112,6 +164,7 @@ def start_transfer(
     stop: threading.Event,
     tag: str,
     stats: Counter,
+    initial: InitialWeights | None = None,
 ) -> Transfer | None:
     """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
     params = state.replica.state_tensors()  # the weights and the update rule's state (§17)
@@ -122,7 +175,7 @@ def start_transfer(
             # (16-bit tensors may travel as binary32, PROTOCOL §14: 4 bytes per element at least)
             t.state_limit = (sum(p.numel() * max(4, p.element_size()) for _, p in params), len(params))
             log_ = state.seedlog
-            t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest))
+            t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest, initial))
             return t
         except (OSError, TransferError, RuntimeError) as e:
             log.warning(
@@ -392,7 +445,9 @@ class CatchUp:
         )
 
     def replay_log(self, src: Source, target: int) -> None:
-        """Apply the source's seed-log entries up to ``target`` (what its log covers)."""
+        """Apply the source's seed-log entries up to ``target`` (what its log covers). An entry of a
+        round whose records still live in the DHT (LOG_TTL after it closed) must hold only records
+        the DHT holds (``genuine_entry``, §14); one that does not ends this source's plan."""
         st = self.state
         last = min(target, src.log[1]) if src.log else st.applied
         with tqdm(
@@ -410,5 +465,11 @@ class CatchUp:
                     rs = self.policy.replay(line)
                     if rs.round != st.applied + 1:
                         raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {st.applied} to {rs.round}")
+                    recent = time.time() < self.policy.clock.close(rs.round) + LOG_TTL
+                    if recent and not genuine_entry(self.client, self.policy, line):
+                        self.stats["log_entries_refused"] += 1
+                        raise SeedLogError(
+                            f"log from {src.peer_id[:8]}: its entry for round {rs.round} holds records the DHT does not"
+                        )
                     self.applier.apply(rs, live=False)
                     bar.update(1)

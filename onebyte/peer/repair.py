@@ -25,7 +25,7 @@ from onebyte.dht.client import DHTUnavailable, RecordClient
 from onebyte.metrics.peer import PeerMetrics
 from onebyte.p2p.transfer import TransferError
 from onebyte.peer.applier import RoundApplier
-from onebyte.peer.catchup import CatchUp
+from onebyte.peer.catchup import CatchUp, genuine_entry
 from onebyte.peer.checkpoint import install_state
 from onebyte.peer.checkpoints import CheckpointDir
 from onebyte.peer.state import Base, ReplicaState
@@ -95,20 +95,8 @@ class Repair:
         return self.state.replica.sha256()
 
     def _genuine(self, line: bytes) -> bool:
-        """Every record of this seed-log entry is a signed, on-time record the DHT holds for its round
-        (read and verified now, §9), with the same codes: nobody can put in a record its key did not
-        sign. Checkable while the round's records live (LOG_TTL)."""
-        round_, _, records = parse_line(line)
-        held = self.client.read_round(self.policy.run_id, round_)
-        close = self.policy.clock.close(round_)
-        return all(
-            p in held
-            and held[p].codes == codes
-            and held[p].round == round_
-            and held[p].published_at <= close
-            and self.policy.counts(p)
-            for p, codes in records
-        )
+        """Every record of this entry is one the DHT holds for its round (catchup.genuine_entry)."""
+        return genuine_entry(self.client, self.policy, line)
 
     def _verify_or_repair(self, q: int, initial: dict) -> None:
         st, seedlog = self.state, self.state.seedlog

@@ -29,7 +29,7 @@ from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable
 from onebyte.dht.records import Heartbeat, RunAnnouncement
 from onebyte.peer.applier import RoundApplier
-from onebyte.peer.catchup import CatchUp, start_transfer
+from onebyte.peer.catchup import CatchUp, InitialWeights, start_transfer
 from onebyte.peer.checkpoints import CheckpointDir
 from onebyte.peer.contributor import Contributor
 from onebyte.peer.join import JoinedRun, Joiner, ManifestConflict, evaluate, train_config
@@ -82,7 +82,14 @@ class SwarmPeer:
         if folder:
             self.checkpoints.resume(self.applier)
         self.transfer = start_transfer(
-            node.dht, m.run_id, self.state, self.checkpoints, stop=node.stop, tag=tag, stats=stats
+            node.dht,
+            m.run_id,
+            self.state,
+            self.checkpoints,
+            stop=node.stop,
+            tag=tag,
+            stats=stats,
+            initial=InitialWeights(m.initial_sha256, self._initial_weights),
         )
         self.catchup = CatchUp(
             self.state,

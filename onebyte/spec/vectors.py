@@ -2,7 +2,7 @@
 
 tests/unit/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
 so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's
-vectors (section 16.7), which tests/unit/test_lowrank_apply.py checks against their own block.
+vectors (section 16.6), which tests/unit/test_lowrank_apply.py checks against their own block.
 """
 
 from __future__ import annotations
@@ -75,11 +75,14 @@ def compute_vectors() -> dict:
 
 
 V2_DIRECTIONS = "lowrank:2"
+# the float32 codec's values for section 13's rounds (fl32 of these), in the same order
+V2_FLOAT32_CODEC_VALUES = [[0.1, -1.7, 3300.0], [-0.0123]]
 
 
 def compute_v2_vectors() -> dict:
     """Protocol v2: factor offsets, a low-rank z, the exact rule of the default codec and the
-    update vectors of section 13's rounds applied with lowrank:2 (v1's tensors, table, codec)."""
+    update vectors of section 13's rounds applied with lowrank:2 (v1's tensors, table, codec) in
+    binary32, bfloat16 and binary16, and with the float32 codec's values (V2_FLOAT32_CODEC_VALUES)."""
     from onebyte.zo.directions import Directions, factor_offset, lowrank_direction
     from onebyte.zo.exact import apply_round_exact, exact_rule
 
@@ -100,12 +103,23 @@ def compute_v2_vectors() -> dict:
             "terms_per_float64_sum": rule.chunk,
         },
     }
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    float32_codec = [  # the float32 codec: the same rounds' seeds with these binary32 values (sequential rule)
+        [float(np.float32(g)) for g in vals] for vals in V2_FLOAT32_CODEC_VALUES
+    ]
+    for name, dtype in (
+        ("float32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("float32_codec", torch.float32),
+    ):
         params = vector_tensors(dtype)
         hashes = [weights_sha256(params)]
-        for lr, wd, contribs in VECTOR_ROUNDS:
+        for (lr, wd, contribs), f32 in zip(VECTOR_ROUNDS, float32_codec, strict=True):
             round_ = [(contribution_seed("vectors", p, r, i), codec.decode(b)) for p, r, i, b in contribs]
-            apply_round_exact(params, round_, lr, table, directions, rule, wd, frozenset({"layer.weight"}))
+            if name == "float32_codec":
+                round_ = [(s, g) for (s, _), g in zip(round_, f32, strict=True)]
+            r_rule = None if name == "float32_codec" else rule
+            apply_round_exact(params, round_, lr, table, directions, r_rule, wd, frozenset({"layer.weight"}))
             hashes.append(weights_sha256(params))
         out[f"update_{name}"] = {
             "sha256_after_each_round": hashes,

@@ -254,7 +254,8 @@ def _update_rank1(block: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d0: flo
     t = block if block.dtype == torch.float32 else block.to(torch.float32)
     if d is not None:
         t.mul_(d)  # its own rounding, never fused with the add
-    t.addr_(a, b, alpha=d0)  # d0 * a_i * b_j is exact (+-d0): one rounding per element
+    if d0 != 0.0:  # v = +-0: the sum is +0, D = -0 and t + D = t, signed zeros included (§16.4)
+        t.addr_(a, b, alpha=d0)  # d0 * a_i * b_j is exact (+-d0): one rounding per element
     if t is not block:
         block.copy_(t)
 
@@ -293,6 +294,11 @@ def apply_round_exact(
     vals = torch.tensor([v for _, v in contributions], dtype=torch.float64)
     on_device = {vals.device: vals}  # the round's values, copied once to each device that holds a tensor
     terms = n * directions.rank
+    if rule is not None and terms > rule.max_terms:  # before any tensor changes: refused whole (§16.4)
+        raise ValueError(
+            f"a round of {n} contributions x rank {directions.rank} = {terms} terms is more than protocol "
+            f"version 2's exact sum holds ({rule.max_terms}); set max_round_contributions to bound rounds"
+        )
     plan = None  # the grouped route's plan depends only on the round's values: made once, for every matrix
     with torch.no_grad():
         for name, p in params:

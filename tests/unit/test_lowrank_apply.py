@@ -210,6 +210,35 @@ def test_codecs_without_an_exact_bound_are_refused_for_low_rank_runs():
         exact_rule(ByteCodec(-8, 2))
 
 
+def test_a_round_over_the_exact_sums_terms_is_refused_whole_before_any_weight_changes():
+    """§16.4: more than 2^(63 - bits) terms (contributions x rank) is outside version 2: refused
+    with one error before any tensor changes. log8:-40:7 spans 42 bits, so 2^21 terms: 131,073
+    contributions of rank 16 are one too many, 131,072 of rank 16 would fit."""
+    rule = exact_rule(ByteCodec(-40, 7))
+    assert (rule.bits, rule.max_terms) == (42, 1 << 21)
+    params = named(tiny_llama(torch.float32))
+    before = weights_sha256(params)
+    too_many = [(k, 1.0) for k in range((1 << 21) // 16 + 1)]
+    with pytest.raises(ValueError, match="terms is more than protocol version 2's exact sum holds"):
+        apply_round_exact(params, too_many, 1e-3, NoiseTable(12, 0), Directions(16), rule)
+    assert weights_sha256(params) == before
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("init", [0.0, -0.0])
+def test_an_exactly_zero_sum_leaves_every_element_as_it_was_signed_zeros_included(rank, init):
+    """§16.4: an exactly zero sum is +0, so D = fl32(fl64(c * +0)) = -0 and t + D = t: weights of
+    +0 and -0 keep their sign, whether the round is one contribution of rank 1 (the one-pass
+    route) or several, and whatever sign the zero codes carry."""
+    for vals in ([-0.0], [0.0], [-0.0, 0.0]):
+        params = [("b", torch.full((8,), init)), ("w", torch.full((4, 8), init))]
+        cs = [(contribution_seed("z", "p", 0, i), v) for i, v in enumerate(vals)]
+        apply_round_exact(params, cs, 0.01, NoiseTable(12, 0), Directions(rank), exact_rule(ByteCodec()))
+        for name, t in params:
+            assert torch.equal(torch.signbit(t), torch.full_like(t, init).signbit()), (name, vals)
+            assert not t.any(), (name, vals)
+
+
 _CHILD = """
 import sys, torch
 sys.path.insert(0, {root!r})
