@@ -2,7 +2,8 @@
 
 tests/unit/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
 so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's
-vectors (section 16.6), which tests/unit/test_lowrank_apply.py checks against their own block.
+vectors (section 16.6), which tests/unit/test_lowrank_apply.py checks against their own block;
+``--v3`` protocol v3's (section 17.5), checked by tests/unit/test_protocol_vectors.py.
 """
 
 from __future__ import annotations
@@ -129,5 +130,61 @@ def compute_v2_vectors() -> dict:
     return out
 
 
+V3_WEIGHT_DECAY = 0.1  # a run setting under v3 (one value for every round), on layer.weight
+
+
+def compute_v3_vectors() -> dict:
+    """Protocol v3 (section 17.5): section 13's rounds, with an empty round between them, through each
+    stateful rule with its default constants, lr 0.01 and wd 0.1: the hash of weights and state after
+    each round, then layer.weight's first row, layer.bias's state and t."""
+    import struct
+
+    from onebyte.zo.directions import Directions
+    from onebyte.zo.exact import apply_round_exact, exact_rule
+    from onebyte.zo.optim import OptimizerSpec, StatefulRule, beta_power
+
+    codec = ByteCodec()
+    table = NoiseTable(VECTOR_TABLE_LOG2, 0)
+    rule = exact_rule(codec)
+    adam = OptimizerSpec.of("adam", 0.01)
+    out: dict = {
+        "binary32_bits": {
+            k: struct.pack(">f", v).hex()
+            for k, v in (("lr", adam.lr), ("beta1", adam.beta1), ("beta2", adam.beta2), ("optim_eps", adam.eps))
+        },
+        "beta2_power_t3_hex": beta_power(adam.beta2, 3).hex(),
+    }
+    rounds = [VECTOR_ROUNDS[0][2], [], VECTOR_ROUNDS[1][2]]
+    for optimizer, directions, dtype in (
+        ("adam", "dense", torch.float32),
+        ("adam", "dense", torch.bfloat16),
+        ("nesterov", "dense", torch.float32),
+        ("adam", V2_DIRECTIONS, torch.float32),
+    ):
+        params = vector_tensors(dtype)
+        d = Directions.parse(directions)
+        state = StatefulRule(OptimizerSpec.of(optimizer, 0.01), params, V3_WEIGHT_DECAY, {"layer.weight"})
+        hashes = [weights_sha256([*params, *state.tensors()])]
+        for contribs in rounds:
+            round_ = [(contribution_seed("vectors", p, r, i), codec.decode(b)) for p, r, i, b in contribs]
+            if round_:
+                state.begin(len(round_))
+                apply_round_exact(params, round_, 0.01, table, d, rule, step=state.sink)
+                state.end()
+            hashes.append(weights_sha256([*params, *state.tensors()]))
+        out[f"{optimizer}_{directions}_{str(dtype).removeprefix('torch.')}"] = {
+            "sha256_after_each_round": hashes,
+            "weight_row0_hex": [float(x).hex() for x in params[1][1][0].tolist()],
+            "bias_state_hex": {
+                name.split("/")[1]: [float(x).hex() for x in t.tolist()]
+                for name, t in state.tensors()
+                if name.endswith("/layer.bias")
+            },
+            "step": int(state.step),
+        }
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(compute_v2_vectors() if "--v2" in sys.argv[1:] else compute_vectors(), indent=2))
+    which = {"--v2": compute_v2_vectors, "--v3": compute_v3_vectors}
+    print(json.dumps(next((f for a, f in which.items() if a in sys.argv[1:]), compute_vectors)(), indent=2))

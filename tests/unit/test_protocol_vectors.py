@@ -4,15 +4,15 @@ import json
 import pathlib
 import re
 
-from onebyte.spec.vectors import compute_vectors
+from onebyte.spec.vectors import compute_v3_vectors, compute_vectors
 
 PROTOCOL = pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 
-def documented_vectors() -> dict:
+def documented_vectors(tag: str = "vectors") -> dict:
     text = PROTOCOL.read_text()
-    m = re.search(r"<!-- vectors:begin -->\s*```json\n(.*?)```\s*<!-- vectors:end -->", text, re.S)
-    assert m, "docs/PROTOCOL.md has no vectors block"
+    m = re.search(rf"<!-- {tag}:begin -->\s*```json\n(.*?)```\s*<!-- {tag}:end -->", text, re.S)
+    assert m, f"docs/PROTOCOL.md has no {tag} block"
     return json.loads(m.group(1))
 
 
@@ -29,3 +29,13 @@ def test_vectors_pin_known_external_values():
     assert doc["splitmix64_seed0_first3"][0] == "e220a8397b1dcdaf"
     assert float.fromhex(doc["codec_decode_hex"]["0x41"]) == 1.0
     assert abs(float.fromhex(doc["codec_decode_hex"]["0xc5"]) + 2**0.5) < 1e-7
+
+
+def test_code_matches_the_v3_vectors():
+    doc, code = documented_vectors("vectors-v3"), compute_v3_vectors()
+    assert doc == code
+    # the binary32 patterns of the constants are the published ones (0.9f, 0.99f, 1e-8f, 0.01f)
+    assert doc["binary32_bits"] == {"lr": "3c23d70a", "beta1": "3f666666", "beta2": "3f7d70a4", "optim_eps": "322bcc77"}
+    for case in ("adam_dense_float32", "nesterov_dense_float32"):
+        hashes = doc[case]["sha256_after_each_round"]
+        assert hashes[1] == hashes[2] != hashes[3] and doc[case]["step"] == 2  # the empty round changes nothing
