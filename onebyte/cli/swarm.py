@@ -293,9 +293,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
         )
     )
+    hashes = "all equal" if report["all_hashes_equal"] else "DIFFER"
     print(
-        f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions; "
-        f"hashes {'all equal' if report['all_hashes_equal'] else 'DIFFER'}; "
+        f"demo: {args.peers} peers, {args.rounds} rounds, {report['contributions_total']} contributions "
+        f"({report['contributing_fraction']:.0%} of the peers' time spent making them); hashes {hashes}; "
         f"{eval_summary(report['eval_before'], report['eval_after'])}"
     )
     return 0 if report["all_hashes_equal"] else 1

@@ -62,25 +62,37 @@ class Contributor:
         return bool(self.codes.get(r)) and r not in self.published
 
     def step(self, now: float, last_round: float, applied: int, lag_allowed: int) -> bool:
-        """Make one contribution for the current round, or publish one; False if there is nothing to do."""
+        """Make one contribution, or publish a round's codes; False if there is nothing to do.
+
+        Once the current round is closed to this peer (published, full, or too close to its
+        deadline), it works ahead on the next one, whose codes go out when that round is open: the
+        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md (h))."""
         clock, cap = self.policy.clock, self.policy.contribs_per_round
         r = clock.round_at(now)
         for q in sorted(self.codes):
-            if q not in self.published and (q < r or len(self.codes[q]) >= cap or now >= clock.publish_by(q)):
+            if (
+                q not in self.published
+                and q <= r
+                and (q < r or len(self.codes[q]) >= cap or now >= clock.publish_by(q))
+            ):
                 self.publish(q)
                 return True
-        if r < 0 or r > last_round or applied < r - lag_allowed:
+        if r in self.published:
+            self.codes.pop(r, None)
+        target = r
+        if r in self.published or len(self.codes.get(r, ())) >= cap or now + self.seconds > clock.publish_by(r):
+            target = r + 1  # work ahead
+        if target < 0 or target > last_round or applied < target - lag_allowed:
             return False
-        codes = self.codes.setdefault(r, [])
-        if r in self.published or len(codes) >= cap:
-            if r in self.published:
-                self.codes.pop(r, None)
+        codes = self.codes.setdefault(target, [])
+        if target in self.published or len(codes) >= cap:
             return False
-        if now + self.seconds > clock.publish_by(r):
-            if not codes and self.reprobed != r:  # re-probe once a round: estimates taken under load go stale
-                self.reprobed = r
+        if now + self.seconds > clock.publish_by(target):
+            if not codes and self.reprobed != target:  # re-probe once a round: estimates taken under load go stale
+                self.reprobed = target
                 self.seconds *= 0.7
             return False  # this contribution would miss the deadline
+        r = target
         t0 = time.perf_counter()
         # the next k indices of this round, each on its own batch; with k > 1 and low-rank directions
         # all 2k evaluations share one forward (population batching), otherwise they run one by one
@@ -94,6 +106,7 @@ class Contributor:
             batches.append(self.replica.to_device(self.task.train_batch([self.pool[i] for i in idx])))
         estimates = self.replica.estimate_many(seeds, batches, self.task.loss)  # one by one where the run is dense
         spent = time.perf_counter() - t0
+        self.stats["contributing_seconds"] += spent
         self.seconds = 0.7 * self.seconds + 0.3 * spent if self.seconds else spent
         if time.time() > clock.publish_by(r) or r in self.published:
             self.stats["missed_deadline"] += k

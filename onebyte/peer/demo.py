@@ -205,6 +205,9 @@ def _summarize(workdir: Path, cfg: DemoConfig, run_id: str, codes: list) -> dict
                     "hash_mismatches",
                     "rejected",
                     "final_sha256",
+                    "seconds",
+                    "contributing_seconds",
+                    "contributing_fraction",
                 )
             }
         )
@@ -221,6 +224,9 @@ def _summarize(workdir: Path, cfg: DemoConfig, run_id: str, codes: list) -> dict
         "eval_curve": first.get("eval_curve", []),
         "manifest": first["manifest"],
         "contributions_total": sum(p["contributions_published"] for p in peers),
+        # the share of the peers' wall time spent making contributions (the rest waits, applies, evaluates)
+        "contributing_fraction": sum(p["contributing_seconds"] for p in peers)
+        / max(1e-9, sum(p["seconds"] for p in peers)),
         "workdir": str(workdir),
     }
     if cfg.report:

@@ -80,6 +80,10 @@ class PeerReport(BaseModel):
     eval_after: dict | None
     eval_curve: list[dict]  # --eval-every: scores on a fixed held-out subset as the run went
     seconds: float
+    # wall time spent making contributions (estimates, encoding), and its share of ``seconds``: the rest
+    # is waiting for rounds to settle, applying, hashing, evaluating, catching up
+    contributing_seconds: float
+    contributing_fraction: float | None
     manifest: dict
     mean_train_loss: float | None
 
@@ -138,6 +142,8 @@ class PeerReport(BaseModel):
             eval_after=after,
             eval_curve=curve,
             seconds=seconds,
+            contributing_seconds=s["contributing_seconds"],
+            contributing_fraction=s["contributing_seconds"] / seconds if seconds > 0 else None,
             manifest=manifest.model_dump(),
             mean_train_loss=s["loss_sum"] / s["made"] if s["made"] else None,
         )
