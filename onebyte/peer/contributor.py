@@ -66,7 +66,7 @@ class Contributor:
 
         Once the current round is closed to this peer (published, full, or too close to its
         deadline), it works ahead on the next one, whose codes go out when that round is open: the
-        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md (h))."""
+        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md, "Swarm demo")."""
         clock, cap = self.policy.clock, self.policy.contribs_per_round
         r = clock.round_at(now)
         for q in sorted(self.codes):

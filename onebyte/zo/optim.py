@@ -2,7 +2,7 @@
 
 Why: the stateless rule (the round's mean times lr) is limited by the loss's curvature, not by
 noise, so a better-averaged round (more peers) buys nothing. A rule with state turns a less noisy
-mean into larger steps along the flat directions (BENCHMARKS.md (h)).
+mean into larger steps along the flat directions (BENCHMARKS.md (j)).
 
 Every replica must hold the same bits, so the state is as much a part of the replica as the
 weights, and every operation below is one correctly rounded binary32 operation (docs/PROTOCOL.md

@@ -20,7 +20,7 @@ def test_adam_state_travels_with_the_weights_through_catch_up_and_repair(tmp_pat
     run = ["--rounds", str(rounds), *COMMON]
     with Swarm(tmp_path, in_process=True) as swarm:
         swarm.peer("b", *run, *WAIT, "--shard", "1/3", "--checkpoint-dir", str(tmp_path / "b.ck"))
-        swarm.peer("f", *run, *WAIT, "--shard", "2/3", launcher=("-m", "tests.adversaries.faulty_peer", "12"))
+        swarm.peer("f", *run, *WAIT, "--shard", "2/3", launcher=("-m", "tests.adversaries.faulty_peer", "6"))
         swarm.wait_waiting("b", "f")
         swarm.peer(
             "a",
