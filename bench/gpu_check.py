@@ -1,7 +1,8 @@
 """What bench/gpu_check.sh runs after the CUDA tests: one JSON with
 
-* hashes: the same rounds applied on the CPU and on the GPU, protocol v1 (dense) and v2
-  (lowrank:1), float32 and bfloat16, through Replica.apply (what every peer runs); equal or not;
+* hashes: the same rounds applied on the CPU and on the GPU, protocol v1 (dense), v2
+  (lowrank:1) and v3 (Adam on both, Nesterov on dense), float32 and bfloat16, through
+  Replica.apply (what every peer runs); equal or not;
 * timings on the GPU (SmolLM2-135M's architecture, built from its config: no download), batch
   16 x 64: one forward over the same rows, a v1 and a v2 step (estimate + apply of 1), applying
   n = 1, 8, 64, 512, 4096 contributions in multiples of one weight copy (and v2's exact sum by
@@ -75,11 +76,13 @@ def build_model(small: bool, dtype: torch.dtype, device: str, seed: int = 0):
     return LlamaForCausalLM(cfg).to(dtype).to(device).eval()
 
 
-def replica(model, directions: str, lr: float = 1e-4):
+def replica(model, directions: str, lr: float = 1e-4, optimizer: str = "sgd"):
     from onebyte.peer.replica import Replica
 
     params = sorted(model.named_parameters())  # tied tensors appear once
-    return Replica(model, params, lr=lr, eps=1e-3, weight_decay=0.01, table_log2=22, directions=directions)
+    return Replica(
+        model, params, lr=lr, eps=1e-3, weight_decay=0.01, table_log2=22, directions=directions, optimizer=optimizer
+    )
 
 
 def rounds_of(n_rounds: int, per_round: int):
@@ -100,20 +103,23 @@ def check_hashes(device: str, small: bool) -> dict:
     rounds = (
         rounds_of(12, 24) + rounds_of(1, 1) + rounds_of(1, 100)
     )  # 100 terms: a GPU sums them by the grouped float32 route
-    for directions in ("dense", "lowrank:1"):
+    # v1, v2, and v3's stateful rules (the hash covers their state)
+    cases = [("dense", "sgd"), ("lowrank:1", "sgd"), ("dense", "adam"), ("lowrank:1", "adam"), ("dense", "nesterov")]
+    for directions, optimizer in cases:
         for dname, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             hashes = {}
             for dev in ("cpu", device):
-                rep = replica(build_model(small, dtype, dev), directions)
+                rep = replica(build_model(small, dtype, dev), directions, optimizer=optimizer)
                 for contribs in rounds:
                     rep.apply(contribs)
                 hashes[dev] = rep.sha256()
-            out[f"{directions}/{dname}"] = {
+            name = directions if optimizer == "sgd" else f"{directions}+{optimizer}"
+            out[f"{name}/{dname}"] = {
                 "cpu": hashes["cpu"],
                 device: hashes[device],
                 "equal": hashes["cpu"] == hashes[device],
             }
-            print(f"hash {directions} {dname}: {'equal' if hashes['cpu'] == hashes[device] else 'DIFFER'}", flush=True)
+            print(f"hash {name} {dname}: {'equal' if hashes['cpu'] == hashes[device] else 'DIFFER'}", flush=True)
     return out
 
 

@@ -3,7 +3,7 @@
 #   1. a Python with CUDA torch: the one on PATH if it has CUDA, else a venv built offline from the
 #      wheels carried along in $WHEELS (default shared/wheels: torch for CUDA, transformers,
 #      hivemind and the rest of pyproject's dependencies, pytest);
-#   2. the CUDA tests (`pytest -m cuda`: v1 and v2 CPU/CUDA bit equality, in-forward estimate);
+#   2. the CUDA tests (`pytest -m cuda`: v1, v2 and v3 CPU/CUDA bit equality, in-forward estimate);
 #   3. bench/gpu_check.py: CPU vs CUDA weight hashes after the same rounds (v1 and v2, float32 and
 #      bfloat16) and GPU timings (a step, an apply of n = 1..4096, contributions/s with population
 #      batching), all into one JSON: $OUT/gpu_check.json (default bench/results).
@@ -27,7 +27,7 @@ if ! "$PY" -c "import torch, transformers, hivemind, pytest; assert torch.cuda.i
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
-timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_lowrank_cuda.py 2>&1 | tee "$OUT/gpu_pytest.txt"
+timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_lowrank_cuda.py tests/unit/test_optim.py 2>&1 | tee "$OUT/gpu_pytest.txt"
 tests=${PIPESTATUS[0]}
 
 timeout $(( 460 - ($(date +%s) - start) )) "$PY" bench/gpu_check.py --out "$OUT/gpu_check.json" --pytest "$OUT/gpu_pytest.txt"

@@ -370,3 +370,30 @@ def test_directions_keep_their_meaning_under_v3():
     assert Directions.parse("lowrank:2").protocol_version == 2  # the family alone; the optimizer adds v3
     assert exact_rule(ByteCodec()).bits == 39
     assert NoiseTable(12).size == 4096
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine; run `pytest -m cuda` on a GPU host"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("optimizer,directions", [("adam", "dense"), ("adam", "lowrank:2"), ("nesterov", "dense")])
+def test_cpu_and_cuda_apply_v3_rounds_to_the_same_bits(dtype, optimizer, directions):
+    hashes = []
+    for device in ("cpu", "cuda"):
+        rep = small_replica(optimizer, dtype, directions, wd=0.1)
+        rep = Replica(
+            rep.model.to(device),
+            list(rep.model.named_parameters()),
+            lr=0.05,
+            eps=1e-3,
+            weight_decay=0.1,
+            table_log2=12,
+            directions=directions,
+            optimizer=optimizer,
+        )
+        rng = random.Random(5)
+        for r in range(30):
+            rep.apply(random_round(rng, r, [3, 0, 1, 70][r % 4]))  # 70 terms: a GPU's grouped route
+        hashes.append(rep.sha256())
+    assert hashes[0] == hashes[1]
