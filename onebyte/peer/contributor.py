@@ -61,12 +61,16 @@ class Contributor:
         """Round r has codes that must go out by its deadline (the loop wakes up for it)."""
         return bool(self.codes.get(r)) and r not in self.published
 
-    def step(self, now: float, last_round: float, applied: int, lag_allowed: int) -> bool:
+    def step(self, now: float, last_round: float, applied: int, lag_allowed: int, fresh: bool = False) -> bool:
         """Make one contribution, or publish a round's codes; False if there is nothing to do.
 
         Once the current round is closed to this peer (published, full, or too close to its
         deadline), it works ahead on the next one, whose codes go out when that round is open: the
-        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md, "Swarm demo")."""
+        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md, "Swarm demo").
+        It contributes on weights at most ``lag_allowed`` rounds older than the round it works for, or
+        while ``fresh`` (it holds the newest final round but ``max_lag``): where reading and applying a
+        round takes longer than the settle window (short rounds, a slow network), the rule that counts
+        from the current round alone would stop every peer for good (BENCHMARKS.md (i))."""
         clock, cap = self.policy.clock, self.policy.contribs_per_round
         r = clock.round_at(now)
         for q in sorted(self.codes):
@@ -82,7 +86,7 @@ class Contributor:
         target = r
         if r in self.published or len(self.codes.get(r, ())) >= cap or now + self.seconds > clock.publish_by(r):
             target = r + 1  # work ahead
-        if target < 0 or target > last_round or applied < target - lag_allowed:
+        if target < 0 or target > last_round or (applied < target - lag_allowed and not fresh):
             return False
         codes = self.codes.setdefault(target, [])
         if target in self.published or len(codes) >= cap:

@@ -186,7 +186,9 @@ class SwarmPeer:
                 continue
             if self.applied >= last_round:
                 break
-            if not cfg.follow_only and self.contributor.step(now, last_round, self.applied, self.lag_allowed):
+            # fresh: at most max_lag rounds behind the newest final round, however late rounds settle (short rounds)
+            fresh = self.applied >= self.clock.last_final(now) - cfg.max_lag
+            if not cfg.follow_only and self.contributor.step(now, last_round, self.applied, self.lag_allowed, fresh):
                 continue
             r_now = self.clock.round_at(now)
             wake = min(
