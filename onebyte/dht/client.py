@@ -189,6 +189,35 @@ class RecordClient:
             self.rejected,
         )
 
+    def read_rounds(self, run_id: str, rounds: list[int]) -> dict[int, dict[str, R.ContributionRecord]]:
+        """``read_round`` of many rounds at once: one call into the DHT process, the gets concurrent
+        there (a catch-up checks a batch of log entries in the time of one read). Raises
+        DHTUnavailable if any of them cannot be read."""
+        if self.lean_replicas or len(rounds) <= 1:
+            return {r: self.read_round(run_id, r) for r in rounds}
+        if len(rounds) > READ_MANY:
+            return {
+                k: v
+                for i in range(0, len(rounds), READ_MANY)
+                for k, v in self.read_rounds(run_id, rounds[i : i + READ_MANY]).items()
+            }
+        if not self.dht.is_alive():
+            raise DHTUnavailable("the DHT process is not running")
+        keys = [R.round_key(run_id, r) for r in rounds]
+        try:
+            answers = self.dht.run_coroutine(partial(_bounded_get_many, keys), return_future=True).result(
+                timeout=self.timeout * 2
+            )
+        except TimeoutError:
+            raise DHTUnavailable(f"get of {len(keys)} rounds timed out after {2 * self.timeout:.1f}s") from None
+        except Exception as e:  # noqa: BLE001 - whatever broke in the DHT process, this read failed, the peer goes on
+            raise DHTUnavailable(f"get of {len(keys)} rounds failed: {type(e).__name__}: {wire.clip(e)}") from None
+        out = {}
+        for r, (found, dropped) in zip(rounds, answers):
+            self.rejected.update(dropped)
+            out[r] = R.parse_subkeys(found, R.ContributionRecord.unpack, self.rejected)
+        return out
+
     # -- hashes ------------------------------------------------------------------------------
     def publish_hash(self, run_id: str, rec: R.HashRecord, expiration: float) -> bool:
         return self._store_round_data(R.hash_key(run_id, rec.round), rec.model_dump(), expiration)
@@ -316,6 +345,14 @@ async def _bounded_get(key: str, latest: bool, confirm_empty: bool, _dht, node) 
             continue
         out[subkey] = ValueWithExpiration(payload, float(item.expiration_time))
     return ValueWithExpiration(out, found.expiration_time), dropped
+
+
+READ_MANY = 32  # concurrent gets per call of read_rounds
+
+
+async def _bounded_get_many(keys: list[str], _dht, node) -> list[tuple[Any, dict[str, int]]]:
+    """``_bounded_get`` (latest, confirming empty answers) of several keys, concurrently."""
+    return list(await asyncio.gather(*(_bounded_get(k, True, True, _dht, node) for k in keys)))
 
 
 async def _routing_peers(_dht, node) -> set[str]:

@@ -106,15 +106,17 @@ PROBE_CONCURRENCY = 32
 FAILED_BACKOFF = 120.0  # a peer that failed is asked last for this long
 
 
-def genuine_entry(client: RecordClient, policy: RoundPolicy, line: bytes) -> bool:
+def genuine_entry(client: RecordClient, policy: RoundPolicy, line: bytes, held: dict | None = None) -> bool:
     """Every record of this seed-log entry is a signed, on-time record the DHT holds for its round
     (read and verified now, §9), with the same codes: nobody can put in a record its key did not
     sign. A source computes an entry's digest itself, so the digest proves nothing. Checkable while
-    the round's records live (LOG_TTL); raises DHTUnavailable if the round cannot be read."""
+    the round's records live (LOG_TTL); raises DHTUnavailable if the round cannot be read.
+    ``held``: the round's records, already read (``RecordClient.read_rounds``)."""
     round_, _, records = parse_line(line)
     if not records:
         return True
-    held = client.read_round(policy.run_id, round_)
+    if held is None:
+        held = client.read_round(policy.run_id, round_)
     close = policy.clock.close(round_)
     return all(
         p in held
@@ -444,6 +446,16 @@ class CatchUp:
             sha[:12],
         )
 
+    def _held_records(self, lines: list[bytes]) -> dict[int, dict]:
+        """The DHT's records of the entries' rounds that still live there (LOG_TTL) and have records."""
+        now = time.time()
+        rounds = []
+        for line in lines:
+            r, _, records = parse_line(line)
+            if records and now < self.policy.clock.close(r) + LOG_TTL:
+                rounds.append(r)
+        return self.client.read_rounds(self.policy.run_id, rounds) if rounds else {}
+
     def replay_log(self, src: Source, target: int) -> None:
         """Apply the source's seed-log entries up to ``target`` (what its log covers). An entry of a
         round whose records still live in the DHT (LOG_TTL after it closed) must hold only records
@@ -461,12 +473,12 @@ class CatchUp:
                 lines = self.transfer.fetch_log(src.p2p_id, st.applied + 1, min(last, st.applied + LOG_FETCH_ROUNDS))
                 if not lines:
                     raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {st.applied + 1}")
+                held = self._held_records(lines)  # the batch's recent rounds, read from the DHT at once
                 for line in lines:
                     rs = self.policy.replay(line)
                     if rs.round != st.applied + 1:
                         raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {st.applied} to {rs.round}")
-                    recent = time.time() < self.policy.clock.close(rs.round) + LOG_TTL
-                    if recent and not genuine_entry(self.client, self.policy, line):
+                    if rs.round in held and not genuine_entry(self.client, self.policy, line, held[rs.round]):
                         self.stats["log_entries_refused"] += 1
                         raise SeedLogError(
                             f"log from {src.peer_id[:8]}: its entry for round {rs.round} holds records the DHT does not"
