@@ -168,6 +168,41 @@ class UpdateSettings(BaseModel):
         "exact one-pass apply) (default: %(default)s)",
         run="'dense' (protocol v1, the default) or 'lowrank:<r>' (protocol v2)",
     )
+    # the stateful rules (protocol v3, docs/PROTOCOL.md §17): constants enter the rule as binary32
+    optimizer: str = setting(
+        "sgd",
+        "update rule: 'sgd' (the round's mean times lr), 'nesterov' or 'adam' (protocol v3)",
+        choices=["sgd", "nesterov", "adam"],
+        train="update rule: 'sgd' (the mean estimate times lr: protocol v1/v2), 'nesterov' or 'adam' (stateful, "
+        "protocol v3) (default: %(default)s)",
+        run="update rule: 'sgd' (v1/v2), 'nesterov' or 'adam' (stateful: protocol v3)",
+    )
+    beta1: float = setting(
+        0.9,
+        "momentum (nesterov) or first-moment decay (adam)",
+        ge=0,
+        lt=1,
+        arg_type="nonneg_float",
+        train="momentum (nesterov) or Adam's beta1 (default: %(default)s)",
+        run="momentum (nesterov) or Adam's beta1",
+    )
+    beta2: float = setting(
+        0.99,
+        "second-moment decay (adam)",
+        ge=0,
+        lt=1,
+        arg_type="nonneg_float",
+        train="Adam's beta2 (default: %(default)s)",
+        run="Adam's beta2",
+    )
+    optim_eps: float = setting(
+        1e-8,
+        "Adam's epsilon",
+        gt=0,
+        arg_type="positive_float",
+        train="Adam's epsilon, added to the root of the second moment (default: %(default)s)",
+        run="Adam's epsilon",
+    )
 
 
 class RoundSettings(BaseModel):

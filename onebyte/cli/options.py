@@ -141,7 +141,8 @@ MODEL_DATA = (
 )
 RUN_SETTINGS = (
     "model model_kind dtype dataset task text_column label_column label_words template max_length "
-    "trainable init_seed lr eps weight_decay codec table_log2 directions contribs_per_round round_seconds "
+    "trainable init_seed lr eps weight_decay codec table_log2 directions optimizer beta1 beta2 optim_eps "
+    "contribs_per_round round_seconds "
     "lean_replicas hash_every allowed_peers max_round_contributions clip_abs clip_median"
 )
 
@@ -164,7 +165,7 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--contribs", type=positive_int, default=1, help="contributions (seeds) per step/round (default: %(default)s)"
     )
-    add_settings(g, "codec table_log2 directions", "train", default=True)
+    add_settings(g, "codec table_log2 directions optimizer beta1 beta2 optim_eps", "train", default=True)
     g.add_argument("--seed", type=nonneg_int, default=0, help="run seed: data order and splits (default: %(default)s)")
     g.add_argument("--eval-size", type=positive_int, default=None, help="held-out examples to evaluate (default: all)")
     g.add_argument("--eval-batch-size", type=positive_int, default=16)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from onebyte import SUPPORTED_PROTOCOL_VERSIONS, settings
 from onebyte.settings import PeerKey, agreed
 from onebyte.zo.directions import Directions
+from onebyte.zo.optim import OPTIMIZERS, protocol_version
 
 # what this peer speaks; a manifest asking for anything else is refused in one line (PROTOCOL §16.6)
 SUPPORTED_VERSIONS = SUPPORTED_PROTOCOL_VERSIONS
@@ -28,7 +29,7 @@ AGREED_FIELDS = settings.AGREED_FIELDS
 class RunManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    protocol_version: int = 1  # 1: dense directions; 2: low-rank (must match `directions`)
+    protocol_version: int = 1  # 1: dense directions; 2: low-rank; 3: a stateful optimizer (must match both)
     run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     created_at: float
     start_time: float  # round 0 opens here
@@ -65,6 +66,11 @@ class RunManifest(BaseModel):
     table_key: int = 0
     # direction family: 'dense' (protocol v1) or 'lowrank:r' (v2); absent from v1 manifests
     directions: str = agreed("directions")
+    # the update rule: 'sgd' (v1/v2) or a stateful rule (v3, §17) with its constants; absent from v1/v2 manifests
+    optimizer: str = agreed("optimizer")
+    beta1: float = agreed("beta1")
+    beta2: float = agreed("beta2")
+    optim_eps: float = agreed("optim_eps")
     contribs_per_round: int = agreed("contribs_per_round", required=True)
     lean_replicas: int = agreed("lean_replicas")
     allowed_peers: list[PeerKey] | None = agreed("allowed_peers")
@@ -80,11 +86,12 @@ class RunManifest(BaseModel):
 
     @model_validator(mode="after")
     def _directions_match_version(self) -> RunManifest:
-        d = Directions.parse(self.directions)
-        if self.protocol_version != d.protocol_version:
+        Directions.parse(self.directions)
+        want = protocol_version(self.directions, self.optimizer)
+        if self.protocol_version != want:
             raise ValueError(
-                f"directions {self.directions!r} belong to protocol version {d.protocol_version}, not "
-                f"{self.protocol_version}"
+                f"directions {self.directions!r} with optimizer {self.optimizer!r} belong to protocol version "
+                f"{want}, not {self.protocol_version}"
             )
         return self
 
@@ -94,6 +101,9 @@ class RunManifest(BaseModel):
         out = self.model_dump()
         if self.directions == "dense":
             out.pop("directions")
+        if self.optimizer == "sgd":  # v1/v2's rule: no optimizer fields, so older peers read it as before
+            for k in ("optimizer", "beta1", "beta2", "optim_eps"):
+                out.pop(k)
         for k in (
             "max_round_contributions",
             "clip_abs",
@@ -132,7 +142,7 @@ def tied_names(named: Iterable[tuple[str, object]], trainable: Iterable[str]) ->
 
 
 class UnsupportedManifest:
-    """A manifest this peer does not speak (a newer protocol version or direction family)."""
+    """A manifest this peer does not speak (a newer protocol version, direction family or optimizer)."""
 
     def __init__(self, raw: dict, reason: str):
         self.run_id, self.reason = raw.get("run_id"), reason
@@ -148,6 +158,9 @@ def unsupported_reason(raw) -> str | None:
         return f"protocol version {version!r}"
     if str(directions).split(":")[0] not in SUPPORTED_DIRECTIONS:
         return f"directions {directions!r} (protocol version {version!r})"
+    optimizer = raw.get("optimizer", "sgd")
+    if optimizer not in OPTIMIZERS:
+        return f"optimizer {optimizer!r} (protocol version {version!r})"
     return None
 
 

@@ -24,7 +24,6 @@ from onebyte.settings import SwarmConfig, agreed_fields, default_manifest_fields
 from onebyte.tasks.loaded_model import LoadedModel
 from onebyte.tasks.pretrained import warm_imports
 from onebyte.tasks.task import Task
-from onebyte.zo.directions import Directions
 
 log = logging.getLogger("onebyte.peer")
 
@@ -152,7 +151,7 @@ class Joiner:
             publish_margin=min(max(0.15 * r, 1.0), 0.5 * r),
             settle_seconds=max(0.2 * r, 3.0),
             hash_every=int(settings.get("hash_every") or max(1, math.ceil(HASH_SECONDS / r))),
-            protocol_version=Directions.parse(settings["directions"]).protocol_version,
+            protocol_version=built[2].protocol_version,
             initial_sha256=built[2].sha256(),
             task_description=built[1].describe(),
             ties=ties(built[2]),

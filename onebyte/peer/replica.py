@@ -27,6 +27,7 @@ from onebyte.zo import (
 from onebyte.zo.directions import Directions
 from onebyte.zo.exact import apply_round_exact, exact_rule
 from onebyte.zo.lowrank import BatchLayoutError, InForward
+from onebyte.zo.optim import OptimizerSpec, StatefulRule, protocol_version
 
 log = logging.getLogger("onebyte")
 
@@ -49,6 +50,10 @@ class Replica:
         table_log2: int = 25,
         table_key: int = 0,
         directions: str = "dense",
+        optimizer: str = "sgd",
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        optim_eps: float = 1e-8,
     ):
         if not lr > 0 or not eps > 0:
             raise ValueError(f"lr and eps must be positive, got lr={lr}, eps={eps}")
@@ -59,12 +64,20 @@ class Replica:
         self.codec = make_codec(codec)
         self.noise = NoiseTable(table_log2, table_key, self.device)
         self.directions = Directions.parse(directions)
-        self.exact_rule = exact_rule(self.codec) if self.directions.lowrank else None
+        self.optimizer = OptimizerSpec.of(optimizer, self.lr, beta1, beta2, optim_eps)
+        # the exact sum of §16.4: v2's apply, and the mean estimate of every v3 rule
+        exact = self.directions.lowrank or self.optimizer.stateful
+        self.exact_rule = exact_rule(self.codec) if exact else None
         self.perturbation = Perturbation(
             model, self.params, self.noise, self.directions if self.directions.lowrank else None
         )
         self.inforward = InForward(model, self.params, self.noise, self.directions) if self.directions.lowrank else None
         self.decay = frozenset(n for n, t in self.params if decays(n, t))
+        self.rule = (
+            StatefulRule(self.optimizer, self.params, self.weight_decay, self.decay)
+            if self.optimizer.stateful
+            else None
+        )
         self._checked = False
 
     @property
@@ -162,10 +175,28 @@ class Replica:
         """The wire value for g (a byte, or a float for the float32 baseline); None = no contribution."""
         return self.codec.encode(g)
 
+    @property
+    def protocol_version(self) -> int:
+        return protocol_version(self.directions.name, self.optimizer.name)
+
+    def state_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """What a replica is: the trainable tensors, then the update rule's state (v3). Hashes,
+        checkpoints, catch-up and repair all carry exactly this."""
+        return self.params if self.rule is None else [*self.params, *self.rule.tensors()]
+
     def apply(self, contributions: Sequence[tuple[int, float]]) -> None:
         """Apply one round: (seed, decoded g) in canonical order. Live rounds, catch-up, restart
-        and repair all come through here (v1: sequential float32 rule; v2: one exact pass)."""
-        if self.directions.lowrank:
+        and repair all come through here (v1: sequential float32 rule; v2: one exact pass; v3: the
+        exact mean into a stateful rule, onebyte.zo.optim)."""
+        if self.rule is not None:
+            if not contributions:
+                return  # an empty round changes nothing, the state included
+            self.rule.begin(len(contributions))
+            apply_round_exact(
+                self.params, contributions, self.lr, self.noise, self.directions, self.exact_rule, step=self.rule.sink
+            )
+            self.rule.end()
+        elif self.directions.lowrank:
             apply_round_exact(
                 self.params,
                 contributions,
@@ -180,7 +211,7 @@ class Replica:
             apply_round(self.params, contributions, self.lr, self.noise, self.weight_decay, self.decay)
 
     def sha256(self) -> str:
-        return weights_sha256(self.params)
+        return weights_sha256(self.state_tensors())
 
 
 _PAD = {"labels": -100}  # what padding means per batch field (input ids and masks: 0)

@@ -122,6 +122,10 @@ def build(cfg: TrainConfig):
         codec=cfg.codec,
         table_log2=cfg.table_log2,
         directions=cfg.directions,
+        optimizer=cfg.optimizer,
+        beta1=cfg.beta1,
+        beta2=cfg.beta2,
+        optim_eps=cfg.optim_eps,
     )
     return loaded, task, replica
 
@@ -174,7 +178,7 @@ def train(cfg: TrainConfig, built=None) -> dict:
     log.info("[%s] step=%d eval %s hash=%s", cfg.peer_id, cfg.steps, _fmt(after), final_hash[:12])
     report = {
         "onebyte_version": __version__,
-        "protocol_version": replica.directions.protocol_version,
+        "protocol_version": replica.protocol_version,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "task": task.describe(),
         "trainable_parameters": replica.num_trainable,

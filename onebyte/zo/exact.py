@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,6 +259,9 @@ def _update_rank1(block: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d0: flo
         block.copy_(t)
 
 
+Sink = Callable[[torch.Tensor, torch.Tensor, int], None]  # (block of theta, its exact sums s (float64), first element)
+
+
 def apply_round_exact(
     params: Sequence[tuple[str, torch.Tensor]],
     contributions: Sequence[tuple[int, float]],
@@ -269,15 +272,18 @@ def apply_round_exact(
     weight_decay: float = 0.0,
     decay: frozenset[str] | set[str] = frozenset(),
     *,
+    step: Callable[[str], Sink] | None = None,
     chunk: int | None = None,
     block_elems: int = BLOCK_ELEMS,
     grouped: bool | None = None,
 ) -> None:
     """Apply one round (v2): ``contributions`` is the round's list of (seed, decoded v).
 
-    ``chunk`` (terms per exact product), ``block_elems`` and ``grouped`` (the float32 route for
-    matrices; default: ``default_grouped``) only change how the work is done, never a bit
-    of the result (tests/unit/test_lowrank_apply.py)."""
+    ``step`` replaces v2's stateless update (section 16.4): for a tensor's name it returns the
+    function that receives each block of that tensor with its exact sums (protocol v3's stateful
+    rules, onebyte.zo.optim). ``chunk`` (terms per exact product), ``block_elems`` and ``grouped``
+    (the float32 route for matrices; default: ``default_grouped``) only change how the work is
+    done, never a bit of the result (tests/unit/test_lowrank_apply.py)."""
     if not contributions:
         return
     n = len(contributions)
@@ -296,30 +302,60 @@ def apply_round_exact(
             v = on_device.get(p.device)
             if v is None:
                 v = on_device[p.device] = vals.to(p.device)
+            sink = step(name) if step is not None else _stateless(c, d)
             if directions.is_lowrank(p):
                 route = default_grouped(terms, p.device) if grouped is None else grouped
                 if route and plan is None and rule is not None and terms > 1:
                     plan = GroupPlan.of(vals.repeat_interleave(directions.rank), rule, chunk)
+                rank1 = (c, d) if step is None and terms == 1 and rule is not None else None
                 _apply_lowrank(
-                    p, name, seeds, v, directions.rank, c, d, noise, rule, chunk, block_elems, plan if route else None
+                    p,
+                    name,
+                    seeds,
+                    v,
+                    directions.rank,
+                    sink,
+                    rank1,
+                    noise,
+                    rule,
+                    chunk,
+                    block_elems,
+                    plan if route else None,
                 )
             else:
-                _apply_dense(p.view(-1), name, seeds, v, c, d, noise, rule, chunk, block_elems)
+                _apply_dense(p.view(-1), name, seeds, v, sink, noise, rule, chunk, block_elems)
 
 
-def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_elems, plan: GroupPlan | None) -> None:
+def _stateless(c: float, d: float | None) -> Sink:
+    """Version 2's update of a block (section 16.4)."""
+    buf: list[torch.Tensor] = []
+
+    def sink(block: torch.Tensor, s: torch.Tensor, _start: int) -> None:
+        if block.dim() == 1:
+            _update(block, s, c, d)
+            return
+        if not buf or buf[0].numel() < s.numel() or buf[0].device != block.device:
+            buf[:] = [torch.empty(s.numel(), dtype=torch.float32, device=block.device)]
+        _update(block, s, c, d, buf[0])
+
+    return sink
+
+
+def _apply_lowrank(
+    p, name, seeds, vals, rank, sink: Sink, rank1, noise, rule, chunk, block_elems, plan: GroupPlan | None
+) -> None:
     m, cols = p.shape
     a_off = factor_offsets(noise, seeds, name, "a", rank)
     b_off = factor_offsets(noise, seeds, name, "b", rank)
     rows = max(1, min(m, block_elems // cols))
-    if len(seeds) * rank == 1 and rule is not None:
+    if rank1 is not None:  # one stateless term: no sum to compute
+        c, d = rank1
         d0 = float(np.float32(c * float(vals[0])))
         a = windows(noise, a_off, 0, m)[0].to(device=p.device, dtype=torch.float32)
         b = windows(noise, b_off, 0, cols)[0].to(device=p.device, dtype=torch.float32)
         for i0 in range(0, m, rows):
             _update_rank1(p[i0 : i0 + rows], a[i0 : i0 + rows], b, d0, d)
         return
-    buf = torch.empty(rows * cols, dtype=torch.float32, device=p.device)
     if plan is not None:  # float32 products (section 16.4): terms in the plan's order, its units folded into B
         a_off, b_off = a_off[plan.order], b_off[plan.order]
         bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float32)
@@ -327,21 +363,21 @@ def _apply_lowrank(p, name, seeds, vals, rank, c, d, noise, rule, chunk, block_e
         for i0 in range(0, m, rows):
             i1 = min(m, i0 + rows)
             a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float32).t()  # (rows, K'), +-1
-            _update(p[i0:i1], plan.matmul(a, bt), c, d, buf)
+            sink(p[i0:i1], plan.matmul(a, bt), i0 * cols)
         return
     coef = vals.repeat_interleave(rank)  # term k*rank + l carries v_k
     bt = windows(noise, b_off, 0, cols).to(device=p.device, dtype=torch.float64)  # (K, p)
     for i0 in range(0, m, rows):
         i1 = min(m, i0 + rows)
         a = windows(noise, a_off, i0, i1 - i0).to(device=p.device, dtype=torch.float64).t()  # (rows, K), entries +-1
-        _update(p[i0:i1], exact_matmul(a, bt, rule, chunk, coef=coef, grouped=False), c, d, buf)
+        sink(p[i0:i1], exact_matmul(a, bt, rule, chunk, coef=coef, grouped=False), i0 * cols)
 
 
-def _apply_dense(flat, name, seeds, vals, c, d, noise, rule, chunk, block_elems) -> None:
+def _apply_dense(flat, name, seeds, vals, sink: Sink, noise, rule, chunk, block_elems) -> None:
     offsets = tensor_offsets(seeds, name, noise.table_log2)
     step = max(1, block_elems // max(1, len(seeds)))
     for a0 in range(0, flat.numel(), step):
         a1 = min(flat.numel(), a0 + step)
         z = windows(noise, offsets, a0, a1 - a0).to(device=flat.device, dtype=torch.float64)  # (n, len)
         s = exact_matmul(vals.view(1, -1), z, rule, chunk)  # (1, len)
-        _update(flat[a0:a1], s, c, d)
+        sink(flat[a0:a1], s, a0)
