@@ -1,4 +1,34 @@
-"""(h) Scaling: S(N) under the stateful update rules. See main() for the docstring."""
+"""(h) Scaling: S(N) under the stateful update rules, the exact swarm math without a network.
+
+N peers, K contributions each per round (default 64), each peer on its own shard of the training
+data (example i belongs to peer i mod N, as ``onebyte peer --shard``; in a run whose size changes,
+mod the largest size). Every contribution is what a real peer makes: seed =
+contribution_seed(run_id, peer_id, round, index), its batch = batch_indices(...) on the peer's
+shard (batch 16), its direction from the run's noise table (the dense window at
+tensor_offset(seed, name); for ``lowrank:r`` the factors A, B of onebyte.zo.directions on every
+2-D tensor), g = (L+ - L-) / 2 eps, encoded to one byte with the codec and decoded. A round's
+contributions, in canonical order (peer id, then index), go through ``Replica.apply``: today's
+rule (``sgd``: the round's mean times lr), or protocol v3's Nesterov / Adam with their state, bit
+for bit what every replica of such a swarm would hold.
+
+What is not a peer's code path: the losses. Only the head is trained (the final norm, or the final
+norm and the last block's feed-forward half), so the frozen trunk's output is computed once per
+example (FrozenTrunk, as a peer caches it) and the head is then evaluated for many perturbed
+copies in one batched operation (``Head``), with the same directions and the same eps; a
+perturbed matrix product is x W^T + s eps x Z^T. Checked against ``Replica.estimate_on`` on real
+batches: the same g to ~1e-4 (float rounding), far inside the codec's 9% steps.
+
+S(N) = 160 / (rounds N peers need to reach the held-out loss that 1 peer reaches after 160
+rounds of today's rule, lr 0.3), from the mean held-out loss over seeds after every round
+(linear between rounds; 0 = never reached). A run whose held-out loss turns non-finite stops and
+counts as diverged.
+
+    python bench/scaling.py --config mr-norm --rules 'sgd:lr=0.3;adam:lr=0.1' --schedules '1;4;16;64;1@0,16@40,2@100'
+    python bench/scaling.py --report bench/results/scaling-mr-norm.json ... --png bench/results/scaling.png
+
+``--impl reference`` (exploration only, from before Replica had the stateful rules) applies the
+same formulas in plain float32 torch ops on top of the v1/v2 rule; reported numbers use Replica.
+"""
 
 from __future__ import annotations
 
@@ -105,7 +135,7 @@ class Head:
             self.train_h, self.eval_h = tr, ev
         else:  # the frozen tail, once: what the final norm sees
             init = feats["init"]
-            self.train_h, self.eval_h = (_rms(h + self._tail(h, init, None, 0.0), self.neps) for h in (tr, ev))
+            self.train_h, self.eval_h = (_rms(h + self._tail(h, init), self.neps) for h in (tr, ev))
         self.train_x = _rms(self.train_h, self.teps) if self.mlp else None
         self._ftable = None
 
@@ -114,8 +144,9 @@ class Head:
     PA = "model.layers.29.post_attention_layernorm.weight"
     GATE, UP, DOWN = (f"model.layers.29.mlp.{p}_proj.weight" for p in ("gate", "up", "down"))
 
-    def _tail(self, h, w, x=None, s=0.0):
-        x = _rms(h, self.teps) * w[self.PA] if x is None else x
+    def _tail(self, h, w):
+        """The last block's feed-forward half at weights w (unperturbed): mlp(norm(h))."""
+        x = _rms(h, self.teps) * w[self.PA]
         a = torch.nn.functional.silu(x @ w[self.GATE].t()) * (x @ w[self.UP].t())
         return a @ w[self.DOWN].t()
 
@@ -210,8 +241,9 @@ class Head:
         hf = _rms(torch.cat([h, h], 1) + o, self.neps)
         wn = w[self.N_NORM] + sgn * eps * zn[:, None, :]
         lg = (hf * wn) @ self.head.t()  # (K, 2B, C)
-        ce = torch.nn.functional.cross_entropy(lg.reshape(-1, C), torch.cat([y.view(K, B)] * 2, 1).reshape(-1),
-                                               reduction="none").view(K, 2 * B)
+        ce = torch.nn.functional.cross_entropy(
+            lg.reshape(-1, C), torch.cat([y.view(K, B)] * 2, 1).reshape(-1), reduction="none"
+        ).view(K, 2 * B)
         return [mean(ce[:, :B]), mean(ce[:, B:])]
 
 
@@ -332,8 +364,19 @@ def peer_id(i: int) -> str:
     return hashlib.sha256(f"peer{i}".encode()).hexdigest()  # a swarm's ids are hex public keys
 
 
-def simulate(head: Head, applier, schedule, *, seed: int, rounds: int, contribs: int, batch: int, codec: str,
-             eval_every: int, tag: str) -> dict:
+def simulate(
+    head: Head,
+    applier,
+    schedule,
+    *,
+    seed: int,
+    rounds: int,
+    contribs: int,
+    batch: int,
+    codec: str,
+    eval_every: int,
+    tag: str,
+) -> dict:
     """``rounds`` rounds of the swarm math; the held-out loss after every round, the scores every
     ``eval_every``. Stops at the first non-finite held-out loss (diverged)."""
     import numpy as np
@@ -399,8 +442,10 @@ def simulate(head: Head, applier, schedule, *, seed: int, rounds: int, contribs:
             diverged = True
             break
         if (r + 1) % 20 == 0:
-            log(f"[{tag}] round {r + 1}/{rounds}: N={n} held-out loss {row['loss']:.4f} "
-                f"({t_est:.0f} s estimates, {t_apply:.0f} s apply)")
+            log(
+                f"[{tag}] round {r + 1}/{rounds}: N={n} held-out loss {row['loss']:.4f} "
+                f"({t_est:.0f} s estimates, {t_apply:.0f} s apply)"
+            )
     return {
         "losses": losses,
         "evals": evals,
@@ -422,6 +467,8 @@ CONFIGS = {
     "mr-mlp": {"dataset": "mr", "trainable": TAIL, "directions": "dense"},
     "mr-mlp-lowrank4": {"dataset": "mr", "trainable": TAIL, "directions": "lowrank:4"},
     "trec-norm": {"dataset": "trec", "trainable": NORM, "directions": "dense"},
+    # `make demo`'s data: 4 peers x 400 training examples, all 500 held-out examples
+    "mr-norm-demo": {"dataset": "mr", "trainable": NORM, "directions": "dense", "train": 1600, "held_out": 500},
 }
 BASELINE = Rule("sgd", 0.3)
 
@@ -437,7 +484,7 @@ def sweep(args) -> None:
     cfg = CONFIGS[args.config]
     path = results_path(f"scaling-{args.config}" + (f"-{args.tag}" if args.tag else ""), args.out)
     result = json.loads(path.read_text()) if path.exists() else {"benchmark": "scaling", "runs": []}
-    feats = features(cfg["dataset"], args.train, args.held_out, args.max_length)
+    feats = features(cfg["dataset"], cfg.get("train", args.train), cfg.get("held_out", args.held_out), args.max_length)
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     params = trainable_parameters(loaded.model, cfg["trainable"])
     init = {n: feats["init"][n] for n, _ in params}
@@ -463,17 +510,43 @@ def sweep(args) -> None:
                     for n, t in params:
                         t.copy_(init[n])
                 applier = make_rule(loaded.model, params, rule, args.eps, cfg["directions"], args.codec, rimpl)
-                head = Head(feats, params, applier.noise if hasattr(applier, "noise") else applier.rep.noise,
-                            cfg["directions"], args.eps)
+                head = Head(
+                    feats,
+                    params,
+                    applier.noise if hasattr(applier, "noise") else applier.rep.noise,
+                    cfg["directions"],
+                    args.eps,
+                )
                 tag = f"{args.config} {rule.label} N={schedule_text} seed={seed} {rimpl}"
                 log(f"[{tag}] start")
-                out = simulate(head, applier, schedule, seed=seed, rounds=args.rounds, contribs=args.contribs,
-                               batch=args.batch, codec=args.codec, eval_every=args.eval_every, tag=tag)
-                log(f"[{tag}] done in {out['seconds']:.0f} s: held-out loss {out['losses'][-1]:.4f}, balanced "
+                out = simulate(
+                    head,
+                    applier,
+                    schedule,
+                    seed=seed,
+                    rounds=args.rounds,
+                    contribs=args.contribs,
+                    batch=args.batch,
+                    codec=args.codec,
+                    eval_every=args.eval_every,
+                    tag=tag,
+                )
+                log(
+                    f"[{tag}] done in {out['seconds']:.0f} s: held-out loss {out['losses'][-1]:.4f}, balanced "
                     f"accuracy {out['evals'][-1].get('balanced_accuracy', float('nan')):.3f}"
-                    + (" DIVERGED" if out["diverged"] else ""))
-                result["runs"].append({"config": args.config, "rule": rule.label, "rule_settings": asdict(rule),
-                                       "schedule": schedule_text, "seed": seed, "impl": rimpl, **out})
+                    + (" DIVERGED" if out["diverged"] else "")
+                )
+                result["runs"].append(
+                    {
+                        "config": args.config,
+                        "rule": rule.label,
+                        "rule_settings": asdict(rule),
+                        "schedule": schedule_text,
+                        "seed": seed,
+                        "impl": rimpl,
+                        **out,
+                    }
+                )
                 result["machine"] = machine_info(args.threads)
                 write_results("scaling", result, str(path))
 
@@ -484,7 +557,7 @@ def speedup(losses: list[float], target: float) -> float:
         if losses[r] <= target:
             a, b = losses[r - 1], losses[r]
             frac = 1.0 if a == b else (a - target) / (a - b)
-            return (len(BASELINE_ROUNDS) and BASELINE_ROUNDS[0]) / (r - 1 + frac)
+            return BASELINE_ROUNDS[0] / (r - 1 + frac)
     return 0.0
 
 
@@ -542,8 +615,10 @@ def report(paths: list[str], png: str | None) -> None:
             continue
         result["summary"] = summary
         write_results("scaling", result, p)
-        print(f"\n{p}: target held-out loss {summary['target_loss']:.4f} (today's rule, N = 1, round "
-              f"{summary['baseline_rounds']})")
+        print(
+            f"\n{p}: target held-out loss {summary['target_loss']:.4f} (today's rule, N = 1, round "
+            f"{summary['baseline_rounds']})"
+        )
         scheds = sorted({r["schedule"] for r in summary["rows"]}, key=lambda s: ("@" in s, int(s.split("@")[0])))
         table_rows = {}
         for row in summary["rows"]:
@@ -584,8 +659,12 @@ def plot(paths: list[str], png: str) -> None:
             rows = sorted(rows, key=lambda r: int(r["schedule"]))
             if len(rows) < 2:
                 continue
-            ax.plot([int(r["schedule"]) for r in rows], [max(r["S"], 0.5) for r in rows], "-o",
-                    label=rule + (" (float ref.)" if impl == "reference" else ""))
+            ax.plot(
+                [int(r["schedule"]) for r in rows],
+                [max(r["S"], 0.5) for r in rows],
+                "-o",
+                label=rule + (" (float ref.)" if impl == "reference" else ""),
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.axhline(1, color="gray", ls=":")
@@ -616,8 +695,12 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--codec", default="log8:-8:8")
     p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--impl", default="auto", choices=("auto", "replica", "reference"),
-                   help="stateful rules through Replica (exact) or the float reference (exploration)")
+    p.add_argument(
+        "--impl",
+        default="auto",
+        choices=("auto", "replica", "reference"),
+        help="stateful rules through Replica (exact) or the float reference (exploration)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default=None, help="results go to bench/results/scaling-<config>-<tag>.json")
     p.add_argument("--out", default=None)
