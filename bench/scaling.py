@@ -564,6 +564,16 @@ def speedup(losses: list[float], target: float) -> float:
 BASELINE_ROUNDS = [160]
 
 
+def speedup_stay(losses: list[float], target: float) -> float:
+    """As speedup, but from the last crossing: the first round after which the curve stays at or
+    below ``target`` (a noisy curve that dips below it once and comes back up does not count)."""
+    r0 = max(r for r in range(len(losses)) if not losses[r] <= target)  # round 0 is above
+    if r0 == len(losses) - 1:
+        return 0.0
+    a, b = losses[r0], losses[r0 + 1]
+    return BASELINE_ROUNDS[0] / (r0 + (a - target) / (a - b))
+
+
 def mean_losses(runs: list[dict]) -> list[float]:
     n = min(len(r["losses"]) for r in runs)
     return [sum(r["losses"][i] for r in runs) / len(runs) for i in range(n)]
@@ -592,6 +602,7 @@ def summarize(result: dict) -> dict:
                 "schedule": sched,
                 "seeds": sorted(r["seed"] for r in rs),
                 "S": speedup(curve, target) if all(not r["diverged"] for r in rs) else 0.0,
+                "S_stay": speedup_stay(curve, target) if all(not r["diverged"] for r in rs) else 0.0,
                 "S_per_seed": [speedup(r["losses"], target) for r in rs],
                 "final_loss": curve[-1],
                 "rounds": len(curve) - 1,
@@ -633,6 +644,7 @@ def report(paths: list[str], png: str | None) -> None:
                     out.append("")
                     continue
                 txt = "div" if c["diverged"] else ("<1" if c["S"] == 0 else f"{c['S']:.1f}")
+                txt += "" if c["diverged"] or abs(c["S_stay"] - c["S"]) < 0.05 else f" ({c['S_stay']:.1f})"
                 out.append(f"{txt} / {c['balanced_accuracy']:.3f} ({len(c['seeds'])})")
             lines.append(out)
         print(md_table(lines, head))
