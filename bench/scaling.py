@@ -551,6 +551,8 @@ def sweep(args) -> None:
                         "schedule": schedule_text,
                         "seed": seed,
                         "impl": rimpl,
+                        "contribs_per_peer": args.contribs,
+                        "batch": args.batch,
                         **out,
                     }
                 )
