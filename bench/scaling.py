@@ -631,7 +631,10 @@ def summarize(result: dict) -> dict:
                 "seconds": sum(r["seconds"] for r in rs) / len(rs),
             }
         )
-    return {"target_loss": target, "baseline_rounds": rounds, "rows": rows}
+    if not base:  # no S without the baseline
+        for row in rows:
+            row.update(S=None, S_stay=None, S_per_seed=None)
+    return {"target_loss": target if base else None, "baseline_rounds": rounds, "rows": rows}
 
 
 def report(paths: list[str], png: str | None) -> None:
@@ -639,6 +642,9 @@ def report(paths: list[str], png: str | None) -> None:
     impl), print the S(N) tables and write bench/results/scaling-summary.json (and the figure)."""
     merged: dict = {}
     for p in paths:
+        if not Path(p).exists():
+            print(f"{p}: not there (yet)")
+            continue
         result = json.loads(Path(p).read_text())
         name = result["config"]["config"]
         m = merged.setdefault(name, {**result, "runs": [], "files": []})
@@ -655,8 +661,8 @@ def report(paths: list[str], png: str | None) -> None:
             **summary,
         }
         print(
-            f"\n{name}: target held-out loss {summary['target_loss']:.4f} ({baseline_label(result)}, N = 1, "
-            f"round {summary['baseline_rounds']}); S (from the last crossing, where different) / balanced "
+            f"\n{name}: target held-out loss {summary['target_loss'] or float('nan'):.4f} ({baseline_label(result)}, "
+            f"N = 1, round {summary['baseline_rounds']}); S (from the last crossing, where different) / balanced "
             "accuracy at the last round (seeds)"
         )
         scheds = sorted(
@@ -674,8 +680,11 @@ def report(paths: list[str], png: str | None) -> None:
                 if c is None:
                     line.append("")
                     continue
-                txt = "div" if c["diverged"] else ("<1" if c["S"] == 0 else f"{c['S']:.1f}")
-                txt += "" if c["diverged"] or abs(c["S_stay"] - c["S"]) < 0.05 else f" ({c['S_stay']:.1f})"
+                if c["S"] is None:
+                    txt = "div" if c["diverged"] else "-"
+                else:
+                    txt = "div" if c["diverged"] else ("<1" if c["S"] == 0 else f"{c['S']:.1f}")
+                    txt += "" if c["diverged"] or abs(c["S_stay"] - c["S"]) < 0.05 else f" ({c['S_stay']:.1f})"
                 rounds = "" if c["rounds"] == summary["baseline_rounds"] else f", {c['rounds']} rounds"
                 line.append(f"{txt} / {c['balanced_accuracy']:.3f} ({len(c['seeds'])}{rounds})")
             lines.append(line)
@@ -692,7 +701,12 @@ def plot(summary: dict, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = summary["configs"]
+    configs = {  # a panel where some rule has S at two swarm sizes or more
+        name: s
+        for name, s in summary["configs"].items()
+        if s["target_loss"] is not None
+        and max(sum(r["rule"] == x["rule"] and r["schedule"].isdigit() for r in s["rows"]) for x in s["rows"]) > 1
+    }
     fig, axes = plt.subplots(1, len(configs), figsize=(5.2 * len(configs), 4.4), squeeze=False)
     for ax, (name, s) in zip(axes[0], configs.items()):
         rules = {}
@@ -700,13 +714,15 @@ def plot(summary: dict, png: str) -> None:
             if row["schedule"].isdigit() and row["impl"] == "replica":
                 rules.setdefault(row["rule"], []).append(row)
         for rule, rows in rules.items():
+            if len(rows) < 2:
+                continue
             rows = sorted(rows, key=lambda r: int(r["schedule"]))
             ax.plot([int(r["schedule"]) for r in rows], [max(r["S"], 0.5) for r in rows], "-o", ms=4, label=rule)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.axhline(1, color="gray", ls=":")
         ax.set_xlabel("peers N (64 contributions each per round)")
-        ax.set_ylabel("S(N)")
+        ax.set_ylabel("S(N) (not reached: drawn at 0.5)")
         ax.set_title(
             f"{name} ({s['trainable_parameters']:,} trained)\nS = 160 / rounds to today's N=1 round-160 loss",
             fontsize=9,
