@@ -683,7 +683,8 @@ def report(paths: list[str], png: str | None) -> None:
                 if c["S"] is None:
                     txt = "div" if c["diverged"] else "-"
                 else:
-                    txt = "div" if c["diverged"] else ("<1" if c["S"] == 0 else f"{c['S']:.1f}")
+                    never = f"<{summary['baseline_rounds'] / c['rounds']:g}"  # not reached in the rounds run
+                    txt = "div" if c["diverged"] else (never if c["S"] == 0 else f"{c['S']:.1f}")
                     txt += "" if c["diverged"] or abs(c["S_stay"] - c["S"]) < 0.05 else f" ({c['S_stay']:.1f})"
                 rounds = "" if c["rounds"] == summary["baseline_rounds"] else f", {c['rounds']} rounds"
                 line.append(f"{txt} / {c['balanced_accuracy']:.3f} ({len(c['seeds'])}{rounds})")
