@@ -646,6 +646,8 @@ def report(paths: list[str], png: str | None) -> None:
             print(f"{p}: not there (yet)")
             continue
         result = json.loads(Path(p).read_text())
+        if result.get("benchmark") != "scaling" or "runs" not in result:
+            continue  # another benchmark's file, or the summary itself
         name = result["config"]["config"]
         m = merged.setdefault(name, {**result, "runs": [], "files": []})
         keys = {run_key(r) for r in m["runs"]}
