@@ -710,6 +710,8 @@ def plot(summary: dict, png: str) -> None:
         if s["target_loss"] is not None
         and max(sum(r["rule"] == x["rule"] and r["schedule"].isdigit() for r in s["rows"]) for x in s["rows"]) > 1
     }
+    names = sorted({r["rule"] for s in configs.values() for r in s["rows"]}, key=lambda x: (not x.startswith("sgd"), x))
+    color = {rule: f"C{i % 10}" for i, rule in enumerate(names)}  # one colour per rule in every panel
     fig, axes = plt.subplots(1, len(configs), figsize=(5.2 * len(configs), 4.4), squeeze=False)
     for ax, (name, s) in zip(axes[0], configs.items()):
         rules = {}
@@ -720,7 +722,14 @@ def plot(summary: dict, png: str) -> None:
             if len(rows) < 2:
                 continue
             rows = sorted(rows, key=lambda r: int(r["schedule"]))
-            ax.plot([int(r["schedule"]) for r in rows], [max(r["S"], 0.5) for r in rows], "-o", ms=4, label=rule)
+            ax.plot(
+                [int(r["schedule"]) for r in rows],
+                [max(r["S"], 0.5) for r in rows],
+                "-o",
+                ms=4,
+                label=rule,
+                color=color[rule],
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.axhline(1, color="gray", ls=":")
