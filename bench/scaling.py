@@ -675,7 +675,9 @@ def report(paths: list[str], png: str | None) -> None:
             table_rows.setdefault((row["rule"], row["impl"]), {})[row["schedule"]] = row
         head = ["rule", "impl"] + [f"N={s}" for s in scheds]
         lines = []
-        for (rule, impl), cells in table_rows.items():
+        order = sorted(table_rows, key=lambda k: (not k[0].startswith("sgd"), -len(table_rows[k]), k))
+        for rule, impl in order:  # today's rule, then the rules run at the most swarm sizes
+            cells = table_rows[(rule, impl)]
             line = [rule, impl]
             for s in scheds:
                 c = cells.get(s)
