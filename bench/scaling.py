@@ -706,9 +706,10 @@ def plot(summary: dict, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panel = ["mr-norm", "trec-norm", "mr-mlp-lowrank4", "mr-mlp"]
     configs = {  # a panel where some rule has S at two swarm sizes or more
         name: s
-        for name, s in summary["configs"].items()
+        for name, s in sorted(summary["configs"].items(), key=lambda kv: panel.index(kv[0]) if kv[0] in panel else 9)
         if s["target_loss"] is not None
         and max(sum(r["rule"] == x["rule"] and r["schedule"].isdigit() for r in s["rows"]) for x in s["rows"]) > 1
     }
