@@ -397,3 +397,26 @@ def test_cpu_and_cuda_apply_v3_rounds_to_the_same_bits(dtype, optimizer, directi
             rep.apply(random_round(rng, r, [3, 0, 1, 70][r % 4]))  # 70 terms: a GPU's grouped route
         hashes.append(rep.sha256())
     assert hashes[0] == hashes[1]
+
+
+def test_export_of_a_v3_checkpoint_installs_the_weights_and_leaves_the_state_out(tmp_path):
+    import json
+
+    from onebyte.peer.export import from_checkpoint
+    from onebyte.peer.train import TrainConfig, build
+
+    cfg = TrainConfig(model="tiny-llama", dataset="drugreview", max_length=16, table_log2=16, optimizer="adam", lr=1e-3)
+    _, _, rep = build(cfg)
+    initial = rep.sha256()
+    rep.apply(random_round(random.Random(7), 0, 3))
+    save_checkpoint(tmp_path / "ckpt-000000000.safetensors", rep.state_tensors(), 0, {"initial_sha256": initial})
+    fields = manifest(
+        protocol_version=3, optimizer="adam", model="tiny-llama", dataset="drugreview", initial_sha256=initial
+    )
+    fields |= {"lr": 1e-3, "table_log2": 16, "max_length": 16}
+    (tmp_path / "manifest.json").write_text(json.dumps({"manifest": fields}))
+    trained = from_checkpoint(tmp_path)
+    assert trained.info["sha256"] == rep.sha256() and trained.info["round"] == 0
+    got = dict(trained.loaded.model.named_parameters(remove_duplicate=False))
+    assert all(torch.equal(got[name], t) for name, t in rep.params)  # the weights are installed
+    assert not any(name.startswith("optim/") for name in trained.loaded.model.state_dict())
