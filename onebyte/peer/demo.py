@@ -11,9 +11,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     threads = max(1, (os.cpu_count() or 1) // cfg.peers)  # peers share this machine's cores
     boot, maddrs = start_bootstrap(workdir)
     log.info("bootstrap node at %s; logs in %s", maddrs[0], workdir)
+    if threading.current_thread() is threading.main_thread():  # a SIGTERM stops the peers too (the finally below)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for i in range(cfg.peers):
             args = [
