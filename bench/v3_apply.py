@@ -100,7 +100,7 @@ def main() -> None:
         "v3_apply",
         {
             "machine": machine_info(args.threads),
-            "parameters": sum(t.numel() for t in make_replica("sgd", "dense").params),
+            "parameters": sum(t.numel() for _, t in make_replica("sgd", "dense").params),
         }
         | {"results": results},
         args.out,
