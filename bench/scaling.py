@@ -44,6 +44,7 @@ import torch
 
 import harness  # noqa: F401  (puts the repository root on sys.path)
 from harness import log, machine_info, md_table, results_path, write_results
+from onebyte.zo.optim import OPTIMIZERS
 
 NORM = r"^model\.norm\.weight$"
 TAIL = r"^model\.norm\.weight$|layers\.29\.(post_attention_layernorm|mlp)\."
@@ -266,7 +267,7 @@ class Rule:
         """``adam:lr=0.1,beta1=0.9,beta2=0.99,optim_eps=1e-8`` (omitted fields: the defaults)."""
         opt, _, rest = text.strip().partition(":")
         kw = {k.strip(): float(v) for k, v in (p.split("=") for p in rest.split(",") if p.strip())}
-        if opt not in ("sgd", "nesterov", "adam"):
+        if opt not in OPTIMIZERS:
             raise SystemExit(f"unknown optimizer {opt!r}")
         return cls(opt, **kw)
 

@@ -116,6 +116,7 @@ class StatefulRule:
         self.step = torch.zeros((), dtype=torch.int64)  # non-empty rounds applied (Adam's t)
         self.shrink = f32(1.0 - spec.lr * weight_decay) if weight_decay else None
         self.decay = frozenset(decay)
+        self.c1, self.c2 = f32(1.0 - spec.beta1), f32(1.0 - spec.beta2)  # Adam's (1 - beta) as binary32
         self._round: dict[str, float] = {}
         self._powers = (0, 1.0, 1.0)  # (t, β₁ᵗ, β₂ᵗ) for the t last computed
 
@@ -165,7 +166,7 @@ class StatefulRule:
             if spec.name == "nesterov":
                 u = _nesterov(g, state[0], spec.beta1)
             else:
-                u = _adam(g, state[0], state[1], spec, r["r1"], r["r2"])
+                u = _adam(g, state[0], state[1], spec, self.c1, self.c2, r["r1"], r["r2"])
             u.mul_(spec.lr)
             t = block.view(-1) if block.dtype == torch.float32 else block.reshape(-1).to(torch.float32)
             if d is not None:
@@ -182,19 +183,15 @@ def _nesterov(g: torch.Tensor, b: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.mul(b, beta).add_(g)  # fl32(G + fl32(β·b))
 
 
-def _adam(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, spec: OptimizerSpec, r1: float, r2: float) -> torch.Tensor:
-    c1, c2 = f32(1.0 - spec.beta1), f32(1.0 - spec.beta2)
+def _adam(
+    g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, spec: OptimizerSpec, c1: float, c2: float, r1: float, r2: float
+) -> torch.Tensor:
     m.mul_(spec.beta1).add_(torch.mul(g, c1))
     v.mul_(spec.beta2).add_(torch.mul(g, g).mul_(c2))
     den = torch.mul(v, r2).to(torch.float64).sqrt_().to(torch.float32)  # correctly rounded √ (module docstring)
     den.add_(spec.eps)
     num = torch.mul(m, r1).to(torch.float64)
     return num.div_(den.to(torch.float64)).to(torch.float32)  # correctly rounded ÷
-
-
-def state_copies(name: str) -> int:
-    """Float32 copies of the trainable set the rule keeps (memory, PROTOCOL §17)."""
-    return len(OptimizerSpec(name).slots)
 
 
 def zero_state(optimizer: str, params: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
