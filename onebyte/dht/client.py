@@ -34,11 +34,12 @@ class DHTUnavailable(RuntimeError):
     pass
 
 
-def _die_with_parent() -> None:
-    """In the DHT child: when the peer process dies, even by SIGKILL, stop the p2p daemon and exit.
+def _die_with_parent(owner: int) -> None:
+    """In the DHT child: when the peer process (pid ``owner``) dies, even by SIGKILL, stop p2pd and exit.
 
     hivemind runs the DHT in a forked child that owns a p2pd daemon; without this, a killed peer
     leaves both running as orphans on the volunteer's machine. Linux only (prctl); a no-op elsewhere.
+    The parent is compared with the owner's pid, not with 1: in a container the peer itself is pid 1.
     """
     import ctypes
     import signal
@@ -58,13 +59,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != owner:  # the parent died before prctl took effect
         stop(None, None)
 
 
 class _PeerDHT(DHT):
+    def __init__(self, *args, **kwargs):
+        self._owner_pid = os.getpid()  # before super().__init__, which forks the child
+        super().__init__(*args, **kwargs)
+
     def run(self) -> None:
-        _die_with_parent()
+        _die_with_parent(self._owner_pid)
         super().run()
 
 
