@@ -136,6 +136,13 @@ class PeerMetrics:
         )
         self.hash_mismatches = Counter("onebyte_hash_mismatches", "Weight-hash comparisons this peer lost", registry=r)
         self.checkpoints = Counter("onebyte_checkpoints_saved", "Checkpoints written", registry=r)
+        self.served = Counter(
+            "onebyte_catchup_answers",
+            "Catch-up requests other peers made of this one, by handler (info/log/state) and outcome "
+            "(served, or refused over the serving budget)",
+            ["handler", "outcome"],
+            registry=r,
+        )
         self.suspect_peers = Gauge(
             "onebyte_suspect_peers",
             "Peers whose codes push far harder than the swarm's (influence monitor)",
@@ -149,6 +156,9 @@ class PeerMetrics:
             self.wire_bytes.labels(direction=d)
         for method in ("log", "checkpoint"):
             self.catchups.labels(method=method)
+        for handler in ("info", "log", "state"):
+            for outcome in ("served", "refused"):
+                self.served.labels(handler=handler, outcome=outcome)
         for stage, reasons in REJECTION_REASONS.items():  # every series from the start: a rate, not a gap
             for reason in reasons:
                 self.rejected.labels(reason=reason, stage=stage)
@@ -232,6 +242,10 @@ class PeerMetrics:
     def on_catchup(self, method: str, seconds: float) -> None:
         self.catchups.labels(method=method).inc()
         self.catchup_seconds.observe(seconds)
+
+    def on_served(self, handler: str, outcome: str) -> None:
+        """From the transfer thread (prometheus-client's counters are thread-safe)."""
+        self.served.labels(handler=handler, outcome=outcome).inc()
 
     def on_repair(self) -> None:
         self.repairs.inc()

@@ -59,6 +59,16 @@ MAX_LOG_BYTES = 64 * 1024 * 1024  # one .log answer
 MAX_SERVED_ROUNDS = 1000  # rounds one .log request is answered with
 IDLE_SECONDS = 10.0  # a stream that sends nothing this long is dropped
 STATE_SLACK_BYTES = 64 * 1024  # framing on top of the tensors' bytes
+# What serving others costs this peer (docs/PROTOCOL.md §14, "Serving budget"): at most SERVE_STREAMS .log and
+# .state answers in flight at once (each holds one tensor, or 256 KB of log, in memory), at most
+# SERVE_PER_REQUESTER of them per requester, and at most SERVE_PER_MINUTE started per requester per minute. The
+# excess is answered at once with a busy message, so a joiner asks another source or comes back later.
+SERVE_STREAMS = 4
+SERVE_PER_REQUESTER = 1
+SERVE_PER_MINUTE = 12
+SERVE_RETRY_SECONDS = 10
+SERVE_REMEMBERED = 4096  # requesters whose rate is tracked (the oldest are forgotten)
+INFO_CACHE_SECONDS = 1.0  # an .info answer is recomputed at most this often
 
 
 class _Strict(BaseModel):
@@ -126,6 +136,60 @@ class TransferError(RuntimeError):
     pass
 
 
+class BusyAnswer(_Strict):
+    """A server's refusal of a .log or .state request over its serving budget (§14): the only message it sends."""
+
+    busy: str = Field(max_length=200)
+    retry_after: float = Field(ge=0, le=3600)
+
+
+def busy_refusal(first_metadata: bytes, p2p_id: str) -> TransferError | None:
+    """The TransferError to raise when a stream's first message is a busy answer, else None."""
+    if not first_metadata.startswith(b'{"busy"'):
+        return None
+    try:
+        b = BusyAnswer.model_validate_json(first_metadata[:512])
+    except ValidationError:
+        return TransferError(f"peer {p2p_id[:12]} sent a malformed busy answer")
+    return TransferError(f"peer {p2p_id[:12]} is busy ({clip(b.busy, 80)}): retry in {b.retry_after:g}s or elsewhere")
+
+
+class ServeBudget:
+    """Admission of .log and .state answers (SERVE_* above). Used from the transfer thread's event loop only."""
+
+    def __init__(
+        self, streams: int = SERVE_STREAMS, per_requester: int = SERVE_PER_REQUESTER, per_minute: int = SERVE_PER_MINUTE
+    ):
+        self.streams, self.per_requester, self.per_minute = streams, per_requester, per_minute
+        self.active: dict[str, int] = {}  # requester -> its answers in flight
+        self.tokens: dict[str, tuple[float, float]] = {}  # requester -> (tokens, when counted): a token bucket
+
+    def admit(self, requester: str) -> str | None:
+        """None (admitted: call ``release`` when done) or why not."""
+        if sum(self.active.values()) >= self.streams:
+            return f"serving {self.streams} transfers"
+        if self.active.get(requester, 0) >= self.per_requester:
+            return f"already serving you {self.per_requester}"
+        now = time.monotonic()
+        tokens, then = self.tokens.pop(requester, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - then) * self.per_minute / 60.0)
+        if tokens < 1.0:
+            self.tokens[requester] = (tokens, now)
+            return f"more than {self.per_minute} requests a minute from you"
+        self.tokens[requester] = (tokens - 1.0, now)  # re-inserted last: the dict's order is last use
+        while len(self.tokens) > SERVE_REMEMBERED:
+            del self.tokens[next(iter(self.tokens))]
+        self.active[requester] = self.active.get(requester, 0) + 1
+        return None
+
+    def release(self, requester: str) -> None:
+        n = self.active.get(requester, 0) - 1
+        if n > 0:
+            self.active[requester] = n
+        else:
+            self.active.pop(requester, None)
+
+
 @dataclass
 class ServedState:
     """What a peer offers; callables so the server always reads the newest."""
@@ -160,6 +224,7 @@ class Transfer:
             None  # (tensor bytes, tensors) of this model: no checkpoint is larger
         )
         self.offers: dict[str, int] = {}  # p2p id -> checkpoint bytes it advertised in its last .info answer
+        self.budget = ServeBudget()
         self.health: dict[str, list[float]] = {}  # p2p id -> [successes, failures, time of the last failure]
 
     def _note(self, p2p_id: str, ok: bool) -> None:
@@ -181,16 +246,50 @@ class Transfer:
             raise TransferError(f"p2p call timed out after {timeout or self.timeout:.0f}s") from None
 
     # -- serving -----------------------------------------------------------------------------
-    def serve(self, state: ServedState) -> None:
+    def serve(self, state: ServedState, on_served: Callable[[str, str], None] | None = None) -> None:
+        """Answer .info, .log and .state within ``self.budget``; ``on_served(handler, outcome)`` counts each answer
+        (outcome: "served" or "refused")."""
+        cached: list = [0.0, b""]  # (when, answer): an .info answer costs a pass over the log
+
+        def count(handler: str, outcome: str) -> None:
+            if on_served is not None:
+                try:
+                    on_served(handler, outcome)
+                except Exception:  # noqa: BLE001 - counting never breaks serving
+                    pass
+
         async def info(_req: averaging_pb2.DownloadData, _ctx: P2PContext) -> averaging_pb2.DownloadData:
-            span = state.log_span()
-            ck = state.checkpoint()
-            meta = {
-                "log": list(span) if span else None,
-                "contributions": state.log_contributions(*span) if span else 0,
-                "checkpoint": {"round": ck[1], "sha256": ck[2], "bytes": ck[0].stat().st_size} if ck else None,
-            }
-            return averaging_pb2.DownloadData(metadata=json.dumps(meta).encode())
+            if time.monotonic() - cached[0] > INFO_CACHE_SECONDS:
+                span = state.log_span()
+                ck = state.checkpoint()
+                meta = {
+                    "log": list(span) if span else None,
+                    "contributions": state.log_contributions(*span) if span else 0,
+                    "checkpoint": {"round": ck[1], "sha256": ck[2], "bytes": ck[0].stat().st_size} if ck else None,
+                }
+                cached[:] = [time.monotonic(), json.dumps(meta).encode()]
+            count("info", "served")
+            return averaging_pb2.DownloadData(metadata=cached[1])
+
+        def budgeted(name: str, handler):
+            """``handler``'s stream, or one busy message when the budget says no."""
+
+            async def guarded(req: averaging_pb2.DownloadData, ctx: P2PContext):
+                requester = ctx.remote_id.to_base58()
+                why = self.budget.admit(requester)
+                if why is not None:
+                    count(name, "refused")
+                    busy = {"busy": why, "retry_after": SERVE_RETRY_SECONDS}
+                    yield averaging_pb2.DownloadData(metadata=json.dumps(busy).encode())
+                    return
+                try:
+                    async for msg in handler(req, ctx):
+                        yield msg
+                    count(name, "served")
+                finally:
+                    self.budget.release(requester)
+
+            return guarded
 
         async def log_handler(req: averaging_pb2.DownloadData, _ctx: P2PContext):
             try:
@@ -246,10 +345,10 @@ class Transfer:
         async def register():
             await self.p2p.add_protobuf_handler(f"{self.prefix}.info", info, averaging_pb2.DownloadData)
             await self.p2p.add_protobuf_handler(
-                f"{self.prefix}.log", log_handler, averaging_pb2.DownloadData, stream_output=True
+                f"{self.prefix}.log", budgeted("log", log_handler), averaging_pb2.DownloadData, stream_output=True
             )
             await self.p2p.add_protobuf_handler(
-                f"{self.prefix}.state", state_handler, averaging_pb2.DownloadData, stream_output=True
+                f"{self.prefix}.state", budgeted("state", state_handler), averaging_pb2.DownloadData, stream_output=True
             )
 
         self._call(register())
@@ -359,6 +458,8 @@ class Transfer:
             async for msg in self._stream(
                 p2p_id, f"{self.prefix}.log", req, max_bytes=MAX_LOG_BYTES, idle=IDLE_SECONDS
             ):
+                if not lines and (refused := busy_refusal(msg.metadata, p2p_id)):
+                    raise refused
                 for line in msg.metadata.split(b"\n"):
                     if not line:
                         continue
@@ -389,6 +490,8 @@ class Transfer:
             stream = self._stream(p2p_id, f"{self.prefix}.state", request, max_bytes=max_bytes, idle=IDLE_SECONDS)
             async for msg in stream:
                 if msg.metadata:
+                    if meta is None and (refused := busy_refusal(msg.metadata, p2p_id)):
+                        raise refused
                     if meta is not None or len(msg.metadata) > MAX_META_BYTES:
                         raise TransferError(f"peer {p2p_id[:12]} sent a second or oversized checkpoint header")
                     try:

@@ -167,8 +167,10 @@ def start_transfer(
     tag: str,
     stats: Counter,
     initial: InitialWeights | None = None,
+    on_served: Callable[[str, str], None] | None = None,
 ) -> Transfer | None:
-    """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others)."""
+    """Serve our log and checkpoint over p2p; a peer that cannot still trains (it just cannot help others).
+    ``on_served(handler, outcome)`` counts every answer (served, or refused over the serving budget)."""
     params = state.replica.state_tensors()  # the weights and the update rule's state (§17)
     for attempt in range(3):
         try:
@@ -177,7 +179,8 @@ def start_transfer(
             # (16-bit tensors may travel as binary32, PROTOCOL §14: 4 bytes per element at least)
             t.state_limit = (sum(p.numel() * max(4, p.element_size()) for _, p in params), len(params))
             log_ = state.seedlog
-            t.serve(ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest, initial))
+            served = ServedState(log_.span, log_.lines, log_.contributions, lambda: checkpoints.newest, initial)
+            t.serve(served, on_served)
             return t
         except (OSError, TransferError, RuntimeError) as e:
             log.warning(

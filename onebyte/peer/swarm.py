@@ -90,6 +90,7 @@ class SwarmPeer:
             tag=tag,
             stats=stats,
             initial=InitialWeights(m.initial_sha256, self._initial_weights),
+            on_served=metrics.on_served,
         )
         self.catchup = CatchUp(
             self.state,
