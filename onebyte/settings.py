@@ -27,6 +27,9 @@ from pydantic_core import PydanticUndefined
 from onebyte.tasks.builtin import DEFAULT_DATASET
 
 CODEC = "log8:-8:8"  # the default wire code (also Replica's)
+# the metrics port the docs, the image and the compose files use (not 9100: node-exporter's, which Debian's
+# prometheus package installs and starts on the same host); `--metrics-port` is off unless given
+METRICS_PORT = 9737
 PeerKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a peer's Ed25519 public key, hex
 
 
@@ -360,7 +363,8 @@ class SwarmConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (several peers on one machine should split the cores)
     progress: bool = True
-    metrics_port: int | None = None  # serve Prometheus metrics on this port
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (documented: METRICS_PORT)
+    metrics_host: str = "127.0.0.1"  # ... bound to this address (loopback: this machine only)
     dht_options: dict = field(default_factory=dict)  # NAT options for start_dht: client_mode, use_relay, use_auto_relay
     checkpoint_dir: str | None = None  # checkpoints and the seed log of this peer: resume from here, serve from here
     checkpoint_seconds: float = 120.0  # at most one checkpoint per this many seconds (taken at hash rounds)

@@ -15,7 +15,7 @@ first that has it wins:
        run-id: myrun
        initial-peers: [/ip4/203.0.113.7/tcp/31337/p2p/Qm...]
        peer:
-         metrics-port: 9100
+         metrics-port: 9737
 
 A key that no command knows, a file that does not parse or a value of the wrong type is a
 ``ConfigError``: one line, exit code 2.

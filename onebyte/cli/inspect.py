@@ -66,6 +66,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs visible")
         return 0
+    # ROUND: a live run's newest final round by its clock (else its last announcement's); PEERS: live peers
     print(f"{'RUN':<28} {'MODEL':<24} {'TASK':<16} {'ROUND':>6} {'PEERS':>5}")
     for r in rows:
         print(f"{r.run_id:<28} {r.model:<24} {r.task:<16} {r.round:>6} {r.peers:>5}")
@@ -73,8 +74,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from onebyte.coordinator_free.manifest import pick_manifest
     from onebyte.dht.client import DHTUnavailable
-    from onebyte.dht.inspect import run_status
+    from onebyte.dht.inspect import run_clock, run_status
     from onebyte.dht.wire import clip
 
     try:
@@ -95,6 +97,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{len(manifests)} manifests claim this run id: "
             "peers take the earliest unless started with --run-creator KEY"
         )
+    picked = pick_manifest(manifests, args.run_id)
+    now, final = run_clock(picked[1]) if picked else (None, None)
+    if now is not None:
+        print(
+            f"run clock: round {now} in progress, round {final} final (peers apply it within seconds)"
+            if now >= 0
+            else "run clock: round 0 has not opened yet"
+        )
     if not peers:
         print(f"no live peers in run {args.run_id!r}")
         return 1
@@ -105,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{clip(hb.version, 32):<10}"
         )
     rounds = {hb.round for hb in peers.values()}
-    print(f"{len(peers)} live peer(s), rounds {min(rounds)}..{max(rounds)}")
+    print(f"{len(peers)} live peer(s), rounds {min(rounds)}..{max(rounds)} at their last heartbeat (once a minute)")
     return 0
 
 

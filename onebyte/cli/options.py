@@ -211,6 +211,23 @@ def add_network_args(p: argparse.ArgumentParser, initial_required: bool = False)
     p.set_defaults(needs_initial_peers=initial_required)
 
 
+def add_metrics_args(p, per_peer: bool = False) -> None:
+    """Where this node serves Prometheus metrics: off unless a port is given, on loopback unless a host is."""
+    port_help = "peer i on this port + i" if per_peer else "on this port"
+    p.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        default=None,
+        help=f"serve Prometheus metrics {port_help} (default: off; the documented port is {settings.METRICS_PORT})",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default: 127.0.0.1, this machine only; 0.0.0.0 for a Prometheus "
+        "elsewhere, e.g. in another container, behind your firewall: it shows your peer id and progress)",
+    )
+
+
 def add_nat_args(p: argparse.ArgumentParser, client_mode: bool = True) -> None:
     """How this node deals with NAT (hivemind's options, see deploy/VOLUNTEER.md)."""
     g = p.add_argument_group("NAT and relays")

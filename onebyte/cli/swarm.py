@@ -8,6 +8,7 @@ import signal
 import threading
 
 from onebyte.cli.options import (
+    add_metrics_args,
     add_nat_args,
     add_network_args,
     add_swarm_setting_args,
@@ -41,9 +42,7 @@ def add_bootstrap_parser(sub) -> None:
         default=None,
         help="also write the multiaddrs here, one a line (peers read it with --initial-peers-file)",
     )
-    p.add_argument(
-        "--metrics-port", type=positive_int, default=None, help="serve Prometheus metrics on this port (default: off)"
-    )
+    add_metrics_args(p)
     add_nat_args(p, client_mode=False)
     p.set_defaults(func=cmd_bootstrap)
 
@@ -57,6 +56,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         announce_maddrs=args.announce_maddrs,
         identity_path=args.identity_path,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         dht_options=dht_options(args),
     )
     try:
@@ -174,9 +174,7 @@ def add_peer_parser(sub) -> None:
     g.add_argument("--seed", type=nonneg_int, default=0, help="data order seed")
     g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true")
-    g.add_argument(
-        "--metrics-port", type=positive_int, default=None, help="serve Prometheus metrics on this port (default: off)"
-    )
+    add_metrics_args(g)
     add_nat_args(p)
     p.set_defaults(func=cmd_peer)
 
@@ -249,12 +247,7 @@ def add_demo_parser(sub) -> None:
         help="held-out examples in that subset (default: the peer's, 128)",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--metrics-port",
-        type=positive_int,
-        default=None,
-        help="serve Prometheus metrics: peer i on this port + i (default: off)",
-    )
+    add_metrics_args(p, per_peer=True)
     p.add_argument(
         "--start-delay",
         type=nonneg_float,
@@ -291,6 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             eval_size=args.eval_size,
             progress=not args.no_progress,
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     )
     hashes = "all equal" if report["all_hashes_equal"] else "DIFFER"

@@ -25,6 +25,7 @@ class BootstrapNode:
         announce_maddrs: list[str] | None = None,
         identity_path: str | None = None,
         metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         dht_options: dict | None = None,
     ):
         self.metrics = None
@@ -32,7 +33,7 @@ class BootstrapNode:
             from onebyte.metrics.bootstrap import BootstrapMetrics
 
             self.metrics = BootstrapMetrics()
-            self.metrics.serve(metrics_port)
+            self.metrics.serve(metrics_port, metrics_host)
         self.dht = start_dht(
             Identity(),
             initial_peers,

@@ -44,17 +44,59 @@ def _client(initial_peers: list[str]) -> Iterator[RecordClient]:
         dht.shutdown()
 
 
+# runs whose live round is looked up (two DHT reads each); the rest show their announcement's round
+MAX_LIVE_LOOKUPS = 32
+
+
 def list_runs(initial_peers: list[str]) -> tuple[list[RunRow], Counter]:
-    """The runs peers announce, sorted by run id: newest round and live peers of each."""
+    """The runs peers announce, sorted by run id, each with its live round and live peers.
+
+    A run is announced every few minutes and heartbeats go out every minute, so both carry stale
+    rounds; a live run's round is read off its clock instead (its signed manifest's start and round
+    length give the newest final round, which its peers apply within seconds), for every run with a
+    live peer (a heartbeat that has not expired)."""
     with _client(initial_peers) as client:
         announced = client.read_runs()
-    rows: dict[str, RunRow] = {}
-    for ann in announced.values():
-        shown = clip(ann.run_id, 28)
-        row = rows.setdefault(shown, RunRow(shown, clip(ann.model, 24), clip(ann.task, 16)))
-        row.round = max(row.round, ann.round)
-        row.peers += 1
+        rows: dict[str, RunRow] = {}
+        ids: dict[str, str] = {}
+        for ann in announced.values():
+            shown = clip(ann.run_id, 28)
+            row = rows.setdefault(shown, RunRow(shown, clip(ann.model, 24), clip(ann.task, 16)))
+            row.round = max(row.round, ann.round)
+            row.peers += 1
+            ids.setdefault(shown, ann.run_id)
+        for shown in sorted(rows)[:MAX_LIVE_LOOKUPS]:
+            live = _live_round(client, ids[shown])
+            if live is not None:
+                rows[shown].round, rows[shown].peers = live
     return [rows[k] for k in sorted(rows)], client.rejected
+
+
+def _live_round(client: RecordClient, run_id: str) -> tuple[int, int] | None:
+    """(the run's newest final round, its live peers), or None without a readable manifest or a live peer."""
+    from onebyte.coordinator_free.manifest import RunManifest, pick_manifest
+
+    picked = pick_manifest(client.read_manifests(run_id, lambda v: RunManifest(**v)), run_id)
+    peers = client.read_peers(run_id)
+    final = run_clock(picked[1])[1] if picked else None
+    if final is None or not peers:
+        return None
+    return final, len(peers)
+
+
+def run_clock(manifest) -> tuple[int | None, int | None]:
+    """(the round in progress, the newest final round) by the run's clock now (-1: none yet); (None, None) for a
+    manifest whose timing makes no clock."""
+    from hivemind.utils import get_dht_time
+
+    from onebyte.coordinator_free.rounds import RoundClock
+
+    m, now = manifest, get_dht_time()
+    try:
+        clock = RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds)
+        return clock.round_at(now), clock.last_final(now)
+    except (ValueError, OverflowError):
+        return None, None
 
 
 def run_status(initial_peers: list[str], run_id: str) -> RunStatus:

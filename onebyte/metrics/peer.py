@@ -28,12 +28,22 @@ from prometheus_client import (
 
 log = logging.getLogger("onebyte.metrics")
 
+# every reason a record or contribution is refused, by the stage that refuses it (onebyte_records_rejected_total):
+# round: coordinator_free/agreement.py; parse: dht/records.py, dht/wire.py, dht/lean.py; validator:
+# dht/validator.py and dht/wire.py. tests/unit/test_metrics.py checks that the code uses no reason missing here.
+_WIRE = ("extension_type", "malformed", "not_msgpack", "oversized", "too_deep")
+REJECTION_REASONS = {
+    "round": ("late", "malformed", "not_allowed", "over_round_cap", "too_many_codes", "wrong_round"),
+    "parse": ("evicted", "foreign_subkey", "not_a_dictionary", *_WIRE),
+    "validator": ("bad_signature", "expiration_too_far", "foreign_subkey", "unsigned", *_WIRE),
+}
+
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
 VALIDATOR_POLL_SECONDS = 15.0  # the DHT validator's counts live in the DHT process: read them at most this often
 
 
-def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
+def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1"):
     """Start a /metrics HTTP endpoint for ``registry`` in a daemon thread.
 
     The ``*_created`` series of counters and histograms are turned off (process-wide): in the
@@ -45,22 +55,37 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
     return server, thread
 
 
+class _Measured:
+    """A gauge that exists only once it has a value: registered on its first ``set``."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
+        self._args = (name, documentation)
+        self._registry = registry
+        self._gauge: Gauge | None = None
+
+    def set(self, value: float) -> None:
+        if self._gauge is None:
+            self._gauge = Gauge(*self._args, registry=self._registry)
+        self._gauge.set(value)
+
+
 class PeerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True):
         self.registry = r = registry or CollectorRegistry()
         if process:  # process_cpu_seconds_total, process_resident_memory_bytes, ... (the standard ones)
             ProcessCollector(registry=r)
         self.info = Info("onebyte_peer", "Peer identity and versions", registry=r)
-        self.round = Gauge("onebyte_round", "Last round applied by this peer", registry=r)
-        self.train_loss = Gauge("onebyte_train_loss", "Mean of L+ and L- of the last contribution", registry=r)
-        self.eval_accuracy = Gauge(
-            "onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", registry=r
+        self.round = _Measured("onebyte_round", "Last round applied by this peer", r)
+        # measurements, not counts: absent until first measured (a 0 would draw a false line at 0 on the dashboard)
+        self.train_loss = _Measured("onebyte_train_loss", "Mean of L+ and L- of the last contribution", r)
+        self.eval_accuracy = _Measured(
+            "onebyte_eval_accuracy_ratio", "Held-out accuracy (0..1) at the last evaluation", r
         )
-        self.eval_loss = Gauge("onebyte_eval_loss", "Held-out loss at the last evaluation", registry=r)
-        self.eval_balanced_accuracy = Gauge(
+        self.eval_loss = _Measured("onebyte_eval_loss", "Held-out loss at the last evaluation", r)
+        self.eval_balanced_accuracy = _Measured(
             "onebyte_eval_balanced_accuracy_ratio",
             "Held-out balanced accuracy (mean recall over classes, 0..1) at the last evaluation",
-            registry=r,
+            r,
         )
         self.made = Counter("onebyte_contributions_made", "Contributions computed by this peer", registry=r)
         self.published = Counter(
@@ -124,10 +149,13 @@ class PeerMetrics:
             self.wire_bytes.labels(direction=d)
         for method in ("log", "checkpoint"):
             self.catchups.labels(method=method)
+        for stage, reasons in REJECTION_REASONS.items():  # every series from the start: a rate, not a gap
+            for reason in reasons:
+                self.rejected.labels(reason=reason, stage=stage)
         self._synced: dict[tuple[str, str], int] = {}  # cumulative counts already added, per (reason, stage)
         self._validator_polled = 0.0
 
-    def serve(self, port: int, addr: str = "0.0.0.0"):
+    def serve(self, port: int, addr: str = "127.0.0.1"):
         """Start the /metrics HTTP endpoint in a daemon thread."""
         return serve(self.registry, port, addr)
 

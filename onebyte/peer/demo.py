@@ -41,6 +41,7 @@ class DemoConfig:
     timeout: float = 3600.0
     progress: bool = True
     metrics_port: int | None = None  # peer i serves Prometheus metrics on metrics_port + i
+    metrics_host: str = "127.0.0.1"
 
 
 def _cli() -> list[str]:
@@ -112,7 +113,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             for a in maddrs:
                 args += ["--initial-peers", a]
             if cfg.metrics_port is not None:
-                args += ["--metrics-port", str(cfg.metrics_port + i)]
+                args += ["--metrics-port", str(cfg.metrics_port + i), "--metrics-host", cfg.metrics_host]
             if i == 0:
                 args += ["--new-run", "--evaluate", *cfg.peer_args, *cfg.first_peer_args]
                 if cfg.eval_size:

@@ -37,7 +37,7 @@ class Node:
         self.client = RecordClient(self.dht, self.identity)
         self.metrics = PeerMetrics()
         if cfg.metrics_port is not None:
-            self.metrics.serve(cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
 
     def close(self) -> None:
         try:

@@ -141,6 +141,40 @@ class _MetricsSwarm(Swarm):
         self.boot, self.maddrs = start_bootstrap(workdir, boot_args)
 
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "onebyte.json"
+EVAL_METRICS = ("onebyte_eval_accuracy_ratio", "onebyte_eval_loss")
+
+
+def _dashboard_queries() -> list[str]:
+    def walk(o):
+        if isinstance(o, dict):
+            if "expr" in o:
+                yield o["expr"]
+            for v in o.values():
+                yield from walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from walk(v)
+
+    return [e.replace("$instance", ".*") for e in walk(json.loads(DASHBOARD.read_text()))]
+
+
+def _every_dashboard_query_has_data(prom_port: int, evaluating: str, swarm) -> None:
+    """Each panel's query returns series; held-out metrics come only from the peer that evaluates (the other's are
+    absent, not 0). Rates need a few scrapes: poll for a while."""
+    queries = _dashboard_queries()
+    assert len(queries) >= 20
+    deadline = time.time() + 90
+    while True:
+        empty = [q for q in queries if not _query(prom_port, q)]
+        if not empty or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert not empty, f"dashboard queries with no data: {empty}\n" + swarm.log("a")[-2000:]
+    for name in EVAL_METRICS:
+        assert {r["metric"]["instance"] for r in _query(prom_port, name)} == {evaluating}, name
+
+
 def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, prometheus_bin):
     ports = {"a": free_port(), "b": free_port(), "boot": free_port()}
     prom_port = free_port()
@@ -187,6 +221,10 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
                 "2",
                 "--metrics-port",
                 str(ports["a"]),
+                "--eval-every",
+                "2",
+                "--eval-every-size",
+                "8",
             )
             first: dict[str, float] = {}
             advanced: set[str] = set()
@@ -227,6 +265,7 @@ def test_prometheus_scrapes_a_live_swarm_and_sees_the_round_advance(tmp_path, pr
             )  # peer a (a server) is in the bootstrap node's routing table
             up = _query(prom_port, "up")
             assert len(up) == 3 and all(r["value"][1] == "1" for r in up), up
+            _every_dashboard_query_has_data(prom_port, evaluating=f"127.0.0.1:{ports['a']}", swarm=swarm)
     finally:
         prom.terminate()
         try:

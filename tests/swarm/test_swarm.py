@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -84,7 +85,11 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
             assert "Traceback" not in swarm.log(name)
         swarm.peer("nothing", "--run-id", "no-such-run", "--join-timeout", "3")
         assert swarm.wait("nothing", 120) == 2 and "no run 'no-such-run' is visible" in swarm.log("nothing")
-        # a researcher looking for public runs finds this one, with its model and its live peer
+        # a researcher looking for public runs finds this one, with its model, its live peer and its live round
+        # (the run was announced at round -1 and is re-announced only every few minutes: the round comes from the
+        # run's clock)
+        swarm.wait_for_round("owner", 3, timeout=120)
+        applied_before = _last_applied(tmp_path / "owner.rounds.jsonl")
         listing = subprocess.run(
             [sys.executable, "-m", "onebyte.cli", "runs", *sum((["--initial-peers", a] for a in swarm.maddrs), [])],
             capture_output=True,
@@ -94,6 +99,7 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
         assert listing.returncode == 0, listing.stderr
         row = next(line for line in listing.stdout.splitlines() if line.startswith("cfg "))
         assert "tiny-llama" in row and "drugreview" in row and row.split()[-1] == "1"
+        assert applied_before - 1 <= int(row.split()[-2]) <= _last_applied(tmp_path / "owner.rounds.jsonl") + 5, row
         # an operator sees the live peer of the run, its round and its hash
         status = subprocess.run(
             [
@@ -111,6 +117,12 @@ def test_conflicting_settings_are_refused_with_a_clear_message(tmp_path):
         )
         assert status.returncode == 0, status.stderr
         assert "1 live peer(s)" in status.stdout and "0.1.0" in status.stdout
+        assert "run clock: round " in status.stdout, status.stdout
+
+
+def _last_applied(round_log) -> int:
+    events = [json.loads(line) for line in round_log.read_text().splitlines() if line.strip()]
+    return max((e["round"] for e in events if e.get("event") == "applied"), default=-1)
 
 
 def test_forged_malformed_and_late_records_are_rejected_and_change_nothing(tmp_path):

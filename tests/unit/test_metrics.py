@@ -120,3 +120,74 @@ def test_convention_checker_catches_bad_names():
     ):
         assert name in found, found
     assert "onebyte_peers_seen" not in found  # a counter named without _total gets it from the client library
+
+
+# -- series an operator can trust -------------------------------------------------------------------------------
+def _series(m: PeerMetrics) -> dict[tuple, float]:
+    text = __import__("prometheus_client").generate_latest(m.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_measurements_are_absent_until_measured_not_a_false_zero():
+    m = PeerMetrics(process=False)
+    names = {name for name, _ in _series(m)}
+    for absent in (
+        "onebyte_round",
+        "onebyte_train_loss",
+        "onebyte_eval_accuracy_ratio",
+        "onebyte_eval_loss",
+        "onebyte_eval_balanced_accuracy_ratio",
+    ):
+        assert absent not in names, absent
+    m.on_applied(0, 1, 0, 0.01, 1.0)
+    m.on_contribution(0.1, 0.7)
+    m.on_eval(0.75, 0.5, 0.74)
+    s = _series(m)
+    assert s[("onebyte_round", ())] == 0 and s[("onebyte_train_loss", ())] == 0.7
+    assert s[("onebyte_eval_accuracy_ratio", ())] == 0.75 and s[("onebyte_eval_balanced_accuracy_ratio", ())] == 0.74
+    assert s[("onebyte_eval_loss", ())] == 0.5
+
+
+def test_every_rejection_reason_is_a_series_from_the_start():
+    from onebyte.metrics.peer import REJECTION_REASONS
+
+    s = _series(PeerMetrics(process=False))
+    for stage, reasons in REJECTION_REASONS.items():
+        for reason in reasons:
+            key = ("onebyte_records_rejected_total", (("reason", reason), ("stage", stage)))
+            assert s.get(key) == 0.0, key
+
+
+def test_the_code_counts_no_rejection_reason_the_metrics_do_not_list():
+    """Every reason string the record readers, the validator and the round rule count appears in REJECTION_REASONS
+    (a reason missing there would still be counted, but would have no series until its first rejection)."""
+    from pathlib import Path
+
+    from onebyte.metrics.peer import REJECTION_REASONS
+
+    src = Path(__file__).resolve().parents[2] / "onebyte"
+    listed = {r for reasons in REJECTION_REASONS.values() for r in reasons}
+    used: set[str] = set()
+    for path in [*src.glob("dht/*.py"), src / "coordinator_free" / "agreement.py"]:
+        text = path.read_text()
+        used |= set(re.findall(r'(?:rejected|reasons|dropped)\["([a-z_]+)"\]', text))
+        used |= set(re.findall(r'WireError\("([a-z_]+)"', text))
+        used |= set(re.findall(r'rejected\[\s*"([a-z_]+)" if', text))
+    assert used, "found no reason strings: the patterns above no longer match the code"
+    assert used <= listed, sorted(used - listed)
+
+
+def test_metrics_bind_loopback_unless_told_otherwise():
+    from tests.support.tools import free_port
+
+    port = free_port()
+    server, _ = PeerMetrics(process=False).serve(port)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        assert "onebyte_contributions_made_total" in scrape(port)
+    finally:
+        server.shutdown()
