@@ -286,7 +286,7 @@ def test_systemd_peer_unit_runs_the_cli_with_the_example_config_and_env():
     assert (
         args.run_id == "myrun"
         and args.device == "cuda:0"
-        and args.metrics_port == 9100  # deploy/peer.example.yaml's (not yet moved to METRICS_PORT)
+        and args.metrics_port == METRICS_PORT
         and len(args.initial_peers) == 1
     )
     boot = _unit("onebyte-bootstrap.service")
