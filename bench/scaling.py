@@ -377,9 +377,12 @@ def simulate(
     codec: str,
     eval_every: int,
     tag: str,
+    stale: int = 0,
 ) -> dict:
     """``rounds`` rounds of the swarm math; the held-out loss after every round, the scores every
-    ``eval_every``. Stops at the first non-finite held-out loss (diverged)."""
+    ``eval_every``. Stops at the first non-finite held-out loss (diverged). With ``stale`` = s, round r's
+    contributions are made on weights that lack rounds r-s..r-1 (a live swarm's peers estimate round r while
+    earlier rounds settle, and work ahead): each round is applied s rounds after it is estimated."""
     import numpy as np
 
     from onebyte.peer.train import batch_indices
@@ -410,7 +413,13 @@ def simulate(
     evals.append(first)
     t0, t_est, t_apply = time.perf_counter(), 0.0, 0.0
     skipped, diverged, peers_seen = 0, False, []
-    for r in range(rounds):
+    pending: list[list] = []  # estimated rounds not yet applied (stale > 0)
+    for r in range(rounds + stale):
+        if r >= rounds:  # the last rounds' estimates, applied after the loop's own rounds
+            tb = time.perf_counter()
+            applier.apply(pending.pop(0))
+            t_apply += time.perf_counter() - tb
+            continue
         n = peers_at(schedule, r)
         peers_seen.append(n)
         ta = time.perf_counter()
@@ -431,7 +440,9 @@ def simulate(
             else:
                 contributions.append((s, v))
         tb = time.perf_counter()
-        applier.apply(contributions)
+        pending.append(contributions)
+        if len(pending) > stale:
+            applier.apply(pending.pop(0))
         tc = time.perf_counter()
         t_est += tb - ta
         t_apply += tc - tb
@@ -482,13 +493,21 @@ def baseline_label(result: dict) -> str:
 
 
 def run_key(r: dict) -> tuple:
-    return (r["config"], r["rule"], r["schedule"], r["seed"], r["impl"], r.get("contribs_per_peer", 64))
+    return (
+        r["config"],
+        r["rule"],
+        r["schedule"],
+        r["seed"],
+        r["impl"],
+        r.get("contribs_per_peer", 64),
+        r.get("stale", 0),
+    )
 
 
 def column(r: dict) -> str:
-    """A run's swarm: its schedule, and K where it is not 64."""
-    k = r.get("contribs_per_peer", 64)
-    return r["schedule"] + ("" if k == 64 else f" K={k}")
+    """A run's swarm: its schedule, K where it is not 64, and the staleness where there is one."""
+    k, s = r.get("contribs_per_peer", 64), r.get("stale", 0)
+    return r["schedule"] + ("" if k == 64 else f" K={k}") + (f" stale {s}" if s else "")
 
 
 def sweep(args) -> None:
@@ -517,7 +536,7 @@ def sweep(args) -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for rule in rules:
                 rimpl = "replica" if rule.optimizer == "sgd" else impl
-                key = (args.config, rule.label, schedule_text, seed, rimpl)
+                key = (args.config, rule.label, schedule_text, seed, rimpl, args.contribs, args.stale)
                 if key in done:
                     continue
                 with torch.no_grad():
@@ -544,6 +563,7 @@ def sweep(args) -> None:
                     codec=args.codec,
                     eval_every=args.eval_every,
                     tag=tag,
+                    stale=args.stale,
                 )
                 log(
                     f"[{tag}] done in {out['seconds']:.0f} s: held-out loss {out['losses'][-1]:.4f}, balanced "
@@ -559,6 +579,7 @@ def sweep(args) -> None:
                         "seed": seed,
                         "impl": rimpl,
                         "contribs_per_peer": args.contribs,
+                        "stale": args.stale,
                         "batch": args.batch,
                         **out,
                     }
@@ -760,6 +781,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rounds", type=int, default=160)
     p.add_argument("--contribs", type=int, default=64, help="contributions per peer per round (K)")
+    p.add_argument(
+        "--stale",
+        type=int,
+        default=0,
+        help="round r's contributions are made on weights lacking the previous N rounds (a live swarm's work-ahead)",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--train", type=int, default=1000)
     p.add_argument("--held-out", type=int, default=300)
