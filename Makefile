@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PEERS ?= 4
-ROUNDS ?= 150
+ROUNDS ?= 180
 # the embedded default (SmolLM2-135M on `mr`, movie-review sentiment), trained in its final norm: the frozen trunk runs
 # once per example, so a contribution costs milliseconds. Protocol v3's Adam turns a round's many contributions into a
 # bigger step (BENCHMARKS.md (j)); 4 s rounds with room for 2,048 contributions per peer keep the peers computing

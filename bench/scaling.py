@@ -378,11 +378,14 @@ def simulate(
     eval_every: int,
     tag: str,
     stale: int = 0,
+    warmup: tuple[int, int] = (0, 0),
 ) -> dict:
     """``rounds`` rounds of the swarm math; the held-out loss after every round, the scores every
     ``eval_every``. Stops at the first non-finite held-out loss (diverged). With ``stale`` = s, round r's
     contributions are made on weights that lack rounds r-s..r-1 (a live swarm's peers estimate round r while
-    earlier rounds settle, and work ahead): each round is applied s rounds after it is estimated."""
+    earlier rounds settle, and work ahead): each round is applied s rounds after it is estimated. With ``warmup`` =
+    (R, k), the first R rounds carry only k contributions per peer (a live peer's first rounds, while it runs its
+    examples through the frozen trunk once)."""
     import numpy as np
 
     from onebyte.peer.train import batch_indices
@@ -426,7 +429,7 @@ def simulate(
         seeds, rows = [], []
         for p in sorted(ids[:n]):  # canonical order: peer, then index
             pool = pools[p]
-            for index in range(contribs):
+            for index in range(warmup[1] if r < warmup[0] else contribs):
                 seeds.append(contribution_seed(run_id, p, r, index))
                 pick = pool[batch_indices(seed, p, r, index, len(pool), batch)]
                 rows.append(np.pad(pick, (0, batch - len(pick)), constant_values=-1))
@@ -506,8 +509,13 @@ def run_key(r: dict) -> tuple:
 
 def column(r: dict) -> str:
     """A run's swarm: its schedule, K where it is not 64, and the staleness where there is one."""
-    k, s = r.get("contribs_per_peer", 64), r.get("stale", 0)
-    return r["schedule"] + ("" if k == 64 else f" K={k}") + (f" stale {s}" if s else "")
+    k, s, w = r.get("contribs_per_peer", 64), r.get("stale", 0), r.get("warmup", [0, 0])
+    return (
+        r["schedule"]
+        + ("" if k == 64 else f" K={k}")
+        + (f" stale {s}" if s else "")
+        + (f" warm-up {w[0]} rounds of {w[1]}" if w[0] else "")
+    )
 
 
 def sweep(args) -> None:
@@ -530,13 +538,14 @@ def sweep(args) -> None:
         task=feats["task"],
     )
     done = {run_key(r) for r in result["runs"]}
+    warmup = tuple(int(x) for x in args.warmup.split(":"))
     rules = [Rule.parse(x) for x in args.rules.split(";") if x.strip()]
     for schedule_text in args.schedules.split(";"):
         schedule = parse_schedule(schedule_text)
         for seed in [int(s) for s in args.seeds.split(",")]:
             for rule in rules:
                 rimpl = "replica" if rule.optimizer == "sgd" else impl
-                key = (args.config, rule.label, schedule_text, seed, rimpl, args.contribs, args.stale)
+                key = (args.config, rule.label, schedule_text, seed, rimpl, args.contribs, args.stale, warmup)
                 if key in done:
                     continue
                 with torch.no_grad():
@@ -564,6 +573,7 @@ def sweep(args) -> None:
                     eval_every=args.eval_every,
                     tag=tag,
                     stale=args.stale,
+                    warmup=warmup,
                 )
                 log(
                     f"[{tag}] done in {out['seconds']:.0f} s: held-out loss {out['losses'][-1]:.4f}, balanced "
@@ -580,6 +590,7 @@ def sweep(args) -> None:
                         "impl": rimpl,
                         "contribs_per_peer": args.contribs,
                         "stale": args.stale,
+                        "warmup": list(warmup),
                         "batch": args.batch,
                         **out,
                     }
@@ -786,6 +797,12 @@ def main() -> None:
         type=int,
         default=0,
         help="round r's contributions are made on weights lacking the previous N rounds (a live swarm's work-ahead)",
+    )
+    p.add_argument(
+        "--warmup",
+        default="0:0",
+        metavar="R:K",
+        help="the first R rounds carry only K contributions per peer (a live peer's trunk-cache warm-up)",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--train", type=int, default=1000)

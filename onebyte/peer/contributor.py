@@ -11,6 +11,8 @@ import logging
 import time
 from collections import Counter
 
+from tqdm import tqdm
+
 from onebyte.coordinator_free.policy import RoundPolicy
 from onebyte.dht.client import DHTUnavailable, RecordClient
 from onebyte.dht.records import ContributionRecord
@@ -50,8 +52,19 @@ class Contributor:
         self.reprobed = -1  # last round in which a too-slow estimate was relaxed
         self.last_loss: float | None = None
 
-    def warm_up(self) -> None:
-        """One unpublished estimate: pays one-time costs and measures how long a contribution takes."""
+    def warm_up(self, progress: bool = False) -> None:
+        """Pays one-time costs before the first contribution: with a frozen trunk, runs every example of the pool
+        through it once (so this peer never contributes at the trickle of an uncached trunk: a stateful rule would
+        take a few rounds of a few noisy contributions for the signal's scale, and learn slowly for a hundred rounds,
+        BENCHMARKS.md "Swarm demo"); then one unpublished estimate measures how long a contribution takes."""
+        trunk = getattr(self.task, "trunk", None)
+        if trunk is not None:
+            t0 = time.perf_counter()
+            starts = range(0, len(self.pool), self.batch_size)
+            for i in tqdm(starts, desc=f"[{self.tag}] trunk cache", unit="batch", disable=not progress):
+                trunk.warm(self.replica.to_device(self.task.train_batch(self.pool[i : i + self.batch_size])))
+            took = time.perf_counter() - t0
+            log.info("[%s] round=-1 trunk cached for %d examples in %.1fs", self.tag, len(self.pool), took)
         batch = self.replica.to_device(self.task.train_batch(self.pool[: self.batch_size]))
         t0 = time.perf_counter()
         self.replica.estimate_on(0, batch, self.task.loss)

@@ -163,7 +163,7 @@ class SwarmPeer:
         if cfg.follow_only:
             last_round = self.clock.last_final(time.time())
         else:
-            self.contributor.warm_up()
+            self.contributor.warm_up(progress=cfg.progress)
             last_round = (cfg.rounds - 1) if cfg.rounds else math.inf
         next_beat = 0.0
         started = time.time()

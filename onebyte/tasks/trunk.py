@@ -116,6 +116,10 @@ class FrozenTrunk:
             self.bytes += sum(h.numel() * h.element_size() for h in fresh.values())
         return fresh
 
+    def warm(self, batch) -> None:
+        """Cache the trunk's output for every example of ``batch`` not cached yet."""
+        self._fill(batch, batch.keys.tolist())
+
     def class_logits(self, batch, label_token_ids: list[int]) -> torch.Tensor:
         """(B, classes) label-word logits from the cached trunk and the (perturbable) head."""
         keys = batch.keys.tolist()

@@ -41,6 +41,10 @@ def demo_run(tmp_path_factory) -> Path:
             "tiny-llama",
             "--lr",
             "1e-3",
+            "--trainable",  # the final norm: a frozen trunk, cached for the whole pool before a peer contributes
+            r"^model\.norm\.weight$",
+            "--max-examples",
+            "64",
             "--table-log2",
             "20",
             "--max-length",
@@ -70,7 +74,9 @@ def demo_run(tmp_path_factory) -> Path:
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for i in range(2):  # --metrics-port P gives peer i the port P + i
-        assert f":{port + i}/metrics" in (workdir / f"peer{i}.log").read_text()
+        log = (workdir / f"peer{i}.log").read_text()
+        assert f":{port + i}/metrics" in log
+        assert "trunk cached for 64 examples" in log, log[-2000:]
     return workdir
 
 
