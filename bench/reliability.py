@@ -42,6 +42,7 @@ TEST_FILES = [
     "tests/adversaries/test_hostile_bounds.py",
     "tests/adversaries/test_verify.py",
     "tests/unit/test_robust_rule.py",
+    "tests/adversaries/test_greedy_downloaders.py",
 ]
 BAD_INPUT_FILES = ("test_bad_input", "test_nonfinite_losses")  # the "Bad local input" section
 
@@ -577,6 +578,19 @@ def render(data: dict) -> str:
                 + ", ".join(f"{n} {v}" for n, v in f["unknown_ext_lines_suppressed"].items())
                 + "; peak RSS MB "
                 + ", ".join(f"{n} {v:.0f}" for n, v in f["peak_rss_mb"].items()),
+            ]
+        )
+    for f in fig(data, "greedy downloaders"):
+        c = f["attacker"]["counts"]
+        rows.append(
+            [
+                f"a crowd of greedy downloaders: 5 requester ids, waves of 50 concurrent `.state` and 50 `.log` "
+                f"requests against one peer for {f['attacker']['seconds']:.0f} s, a joiner meanwhile "
+                "(tests/adversaries/test_greedy_downloaders.py)",
+                f"served {c['state']['served']} checkpoints and {c['log']['served']} logs, refused "
+                f"{c['state']['busy'] + c['log']['busy']} at once (busy); rounds {f['rounds_during_attack'][0]}.."
+                f"{f['rounds_during_attack'][1]} all applied; the joiner caught up",
+                f"peer RSS +{f['peer_memory_growth_mb']:.0f} MB (budget 300 MB; 1,820 MB without the serving budget)",
             ]
         )
     L += [
