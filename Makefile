@@ -9,7 +9,7 @@ ROUNDS ?= 180
 # bigger step (BENCHMARKS.md (j)); 4 s rounds with room for 2,048 contributions per peer keep the peers computing
 # (91% of their time) instead of waiting for rounds to close; lr 0.03 because so clean a mean makes lr 0.1 oscillate
 # (BENCHMARKS.md "Swarm demo")
-DEMO_ARGS ?= --trainable '^model\.norm\.weight$$' --optimizer adam --lr 0.03 --beta1 0.9 --beta2 0.99 --optim-eps 1e-8 --eps 1e-3 --round-seconds 4 --contribs-per-round 2048 --batch-size 16 --max-examples 400 --eval-every 10
+DEMO_ARGS ?= --trainable '^model\.norm\.weight$$' --optimizer adam --lr 0.03 --beta1 0.9 --beta2 0.99 --optim-eps 1e-8 --eps 1e-3 --round-seconds 4 --contribs-per-round 4096 --batch-size 16 --max-examples 400 --eval-every 10
 
 .PHONY: setup demo test test-fast lint format clean image-check
 
