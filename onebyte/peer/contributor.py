@@ -85,11 +85,12 @@ class Contributor:
 
         Once the current round is closed to this peer (published, full, or too close to its
         deadline), it works ahead on the next one, whose codes go out when that round is open: the
-        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md, "Swarm demo"),
-        once its weights lack at most AHEAD_STALENESS rounds before that round. It contributes on weights at most ``lag_allowed`` rounds older than the round it works for, or
-        while ``fresh`` (it holds the newest final round but ``max_lag``): where reading and applying a
-        round takes longer than the settle window (short rounds, a slow network), the rule that counts
-        from the current round alone would stop every peer for good (BENCHMARKS.md (i))."""
+        publish margin and the wait for a round to settle are not idle time (BENCHMARKS.md, "Swarm
+        demo"), once its weights lack at most AHEAD_STALENESS rounds before that round. It contributes
+        on weights at most ``lag_allowed`` rounds older than the round it works for, or while ``fresh``
+        (it holds the newest final round but ``max_lag``): where reading and applying a round takes
+        longer than the settle window (short rounds, a slow network), the rule that counts from the
+        current round alone would stop every peer for good (BENCHMARKS.md (i))."""
         clock, cap = self.policy.clock, self.policy.contribs_per_round
         r = clock.round_at(now)
         for q in sorted(self.codes):
