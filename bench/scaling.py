@@ -379,13 +379,15 @@ def simulate(
     tag: str,
     stale: int = 0,
     warmup: tuple[int, int] = (0, 0),
+    robust=None,
 ) -> dict:
     """``rounds`` rounds of the swarm math; the held-out loss after every round, the scores every
     ``eval_every``. Stops at the first non-finite held-out loss (diverged). With ``stale`` = s, round r's
     contributions are made on weights that lack rounds r-s..r-1 (a live swarm's peers estimate round r while
     earlier rounds settle, and work ahead): each round is applied s rounds after it is estimated. With ``warmup`` =
     (R, k), the first R rounds carry only k contributions per peer (a live peer's first rounds, while it runs its
-    examples through the frozen trunk once)."""
+    examples through the frozen trunk once). ``robust`` (a RobustRule): §15's clip applied to each round's decoded
+    values before the update, as a peer's round set does (its cap is not modelled: honest rounds stay under it)."""
     import numpy as np
 
     from onebyte.peer.train import batch_indices
@@ -417,6 +419,7 @@ def simulate(
     t0, t_est, t_apply = time.perf_counter(), 0.0, 0.0
     skipped, diverged, peers_seen = 0, False, []
     pending: list[list] = []  # estimated rounds not yet applied (stale > 0)
+    clipped, total = 0, 0
     for r in range(rounds + stale):
         if r >= rounds:  # the last rounds' estimates, applied after the loop's own rounds
             tb = time.perf_counter()
@@ -436,12 +439,20 @@ def simulate(
         lp, lm = head.losses(seeds, torch.from_numpy(np.stack(rows)))
         g = ((lp.double() - lm.double()) / (2.0 * head.eps)).tolist()
         contributions = []
+        total += len(seeds)
         for s, gk in zip(seeds, g):
             v = codec_.roundtrip(gk)  # what the peer sends, decoded as every peer decodes it
             if v is None:
                 skipped += 1
             else:
                 contributions.append((s, v))
+        if robust is not None and contributions:
+            from onebyte.coordinator_free.agreement import clip_limit
+
+            lim = clip_limit([v for _, v in contributions], robust)
+            if lim is not None:
+                clipped += sum(1 for _, v in contributions if abs(v) > lim)
+                contributions = [(sd, math.copysign(lim, v) if abs(v) > lim else v) for sd, v in contributions]
         tb = time.perf_counter()
         pending.append(contributions)
         if len(pending) > stale:
@@ -467,6 +478,7 @@ def simulate(
         "diverged": diverged or not all(math.isfinite(x) for x in losses),
         "max_loss": max(x if math.isfinite(x) else float("inf") for x in losses),
         "skipped_nonfinite": skipped,
+        "clipped_share": clipped / max(1, total),
         "seconds": time.perf_counter() - t0,
         "estimate_seconds": t_est,
         "apply_seconds": t_apply,
@@ -508,13 +520,14 @@ def run_key(r: dict) -> tuple:
 
 
 def column(r: dict) -> str:
-    """A run's swarm: its schedule, K where it is not 64, and the staleness where there is one."""
+    """A run's swarm: its schedule, and K, staleness, warm-up and §15's clip where there are any."""
     k, s, w = r.get("contribs_per_peer", 64), r.get("stale", 0), r.get("warmup", [0, 0])
     return (
         r["schedule"]
         + ("" if k == 64 else f" K={k}")
         + (f" stale {s}" if s else "")
         + (f" warm-up {w[0]} rounds of {w[1]}" if w[0] else "")
+        + "".join(f" {name.replace('_', ' ')} {v:g}" for name, v in sorted((r.get("clip") or {}).items()))
     )
 
 
@@ -539,13 +552,20 @@ def sweep(args) -> None:
     )
     done = {run_key(r) for r in result["runs"]}
     warmup = tuple(int(x) for x in args.warmup.split(":"))
+    clip = {k: v for k, v in (("clip_abs", args.clip_abs), ("clip_median", args.clip_median)) if v is not None}
+    robust = None
+    if clip:
+        from onebyte.coordinator_free.agreement import RobustRule
+
+        robust = RobustRule(**clip)
+    clip_key = tuple(sorted(clip.items()))
     rules = [Rule.parse(x) for x in args.rules.split(";") if x.strip()]
     for schedule_text in args.schedules.split(";"):
         schedule = parse_schedule(schedule_text)
         for seed in [int(s) for s in args.seeds.split(",")]:
             for rule in rules:
                 rimpl = "replica" if rule.optimizer == "sgd" else impl
-                key = (args.config, rule.label, schedule_text, seed, rimpl, args.contribs, args.stale, warmup)
+                key = (args.config, rule.label, schedule_text, seed, rimpl, args.contribs, args.stale, warmup, clip_key)
                 if key in done:
                     continue
                 with torch.no_grad():
@@ -574,6 +594,7 @@ def sweep(args) -> None:
                     tag=tag,
                     stale=args.stale,
                     warmup=warmup,
+                    robust=robust,
                 )
                 log(
                     f"[{tag}] done in {out['seconds']:.0f} s: held-out loss {out['losses'][-1]:.4f}, balanced "
@@ -590,6 +611,7 @@ def sweep(args) -> None:
                         "impl": rimpl,
                         "contribs_per_peer": args.contribs,
                         "stale": args.stale,
+                        "clip": clip,
                         "warmup": list(warmup),
                         "batch": args.batch,
                         **out,
@@ -804,6 +826,8 @@ def main() -> None:
         metavar="R:K",
         help="the first R rounds carry only K contributions per peer (a live peer's trunk-cache warm-up)",
     )
+    p.add_argument("--clip-median", type=float, default=None, help="§15's median clip on every round (m)")
+    p.add_argument("--clip-abs", type=float, default=None, help="§15's absolute clip on every round (A)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--train", type=int, default=1000)
     p.add_argument("--held-out", type=int, default=300)
