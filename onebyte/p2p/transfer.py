@@ -246,9 +246,14 @@ class Transfer:
             raise TransferError(f"p2p call timed out after {timeout or self.timeout:.0f}s") from None
 
     # -- serving -----------------------------------------------------------------------------
-    def serve(self, state: ServedState, on_served: Callable[[str, str], None] | None = None) -> None:
+    def serve(
+        self,
+        state: ServedState,
+        on_served: Callable[[str, str], None] | None = None,
+        info_cache_seconds: float = INFO_CACHE_SECONDS,
+    ) -> None:
         """Answer .info, .log and .state within ``self.budget``; ``on_served(handler, outcome)`` counts each answer
-        (outcome: "served" or "refused")."""
+        (outcome: "served" or "refused"). The .info answer is reused for ``info_cache_seconds``."""
         cached: list = [0.0, b""]  # (when, answer): an .info answer costs a pass over the log
 
         def count(handler: str, outcome: str) -> None:
@@ -259,7 +264,7 @@ class Transfer:
                     pass
 
         async def info(_req: averaging_pb2.DownloadData, _ctx: P2PContext) -> averaging_pb2.DownloadData:
-            if time.monotonic() - cached[0] > INFO_CACHE_SECONDS:
+            if time.monotonic() - cached[0] >= info_cache_seconds:
                 span = state.log_span()
                 ck = state.checkpoint()
                 meta = {

@@ -33,7 +33,7 @@ from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import HashRecord, Heartbeat, hash_key, peers_key, round_key
-from onebyte.p2p.transfer import ServedState, Transfer
+from onebyte.p2p.transfer import ServeBudget, ServedState, Transfer
 from onebyte.peer.checkpoint import save_checkpoint
 from tests.adversaries.hostile_client import SER, store_raw, subkey_of
 
@@ -106,7 +106,10 @@ def main(argv: list[str]) -> int:
             served.append(q)
             return path, q, sha
 
-        transfer.serve(ServedState(lambda: None, lambda a, b: [], lambda a, b: 0, checkpoint))
+        # an attacker runs whatever server it likes: none of an honest peer's serving budget or .info cache (its
+        # offer changes at every call)
+        transfer.budget = ServeBudget(streams=10**6, per_requester=10**6, per_minute=10**6)
+        transfer.serve(ServedState(lambda: None, lambda a, b: [], lambda a, b: 0, checkpoint), info_cache_seconds=0)
     write_info(workdir, out)
     log.info("SYBIL ATTACKER %s with %d keys on run %s", mode, n_keys, run_id)
     done_rounds: set[int] = set()
