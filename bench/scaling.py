@@ -390,6 +390,7 @@ def simulate(
     values before the update, as a peer's round set does (its cap is not modelled: honest rounds stay under it)."""
     import numpy as np
 
+    from onebyte.coordinator_free.agreement import clip_limit
     from onebyte.peer.train import batch_indices
     from onebyte.tasks.metrics import classification_scores
     from onebyte.zo import contribution_seed, make_codec
@@ -447,8 +448,6 @@ def simulate(
             else:
                 contributions.append((s, v))
         if robust is not None and contributions:
-            from onebyte.coordinator_free.agreement import clip_limit
-
             lim = clip_limit([v for _, v in contributions], robust)
             if lim is not None:
                 clipped += sum(1 for _, v in contributions if abs(v) > lim)

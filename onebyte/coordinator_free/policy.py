@@ -34,7 +34,7 @@ class RoundPolicy:
             contribs_per_round=m.contribs_per_round,
             codec=make_codec(m.codec),
             rule=m.rule,
-            clock=RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds),
+            clock=RoundClock.of(m),
             allowed=frozenset(m.allowed_peers) if m.allowed_peers is not None else None,
         )
 

@@ -19,6 +19,12 @@ class RoundClock:
     margin: float
     settle: float
 
+    @classmethod
+    def of(cls, manifest) -> RoundClock:
+        """The clock a run's manifest defines (ValueError for timing that makes none)."""
+        m = manifest
+        return cls(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds)
+
     def __post_init__(self) -> None:
         if not (self.round_seconds > 0 and 0 <= self.margin < self.round_seconds and self.settle >= 0):
             raise ValueError(f"bad round timing: {self}")

@@ -91,9 +91,9 @@ def run_clock(manifest) -> tuple[int | None, int | None]:
 
     from onebyte.coordinator_free.rounds import RoundClock
 
-    m, now = manifest, get_dht_time()
+    now = get_dht_time()
     try:
-        clock = RoundClock(m.start_time, m.round_seconds, m.publish_margin, m.settle_seconds)
+        clock = RoundClock.of(manifest)
         return clock.round_at(now), clock.last_final(now)
     except (ValueError, OverflowError):
         return None, None

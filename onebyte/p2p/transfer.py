@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import safe_open
 
 from onebyte.dht.wire import clip
+from onebyte.p2p.serving import SERVE_RETRY_SECONDS, ServeBudget, busy_refusal
 
 log = logging.getLogger("onebyte.transfer")
 
@@ -59,15 +60,6 @@ MAX_LOG_BYTES = 64 * 1024 * 1024  # one .log answer
 MAX_SERVED_ROUNDS = 1000  # rounds one .log request is answered with
 IDLE_SECONDS = 10.0  # a stream that sends nothing this long is dropped
 STATE_SLACK_BYTES = 64 * 1024  # framing on top of the tensors' bytes
-# What serving others costs this peer (docs/PROTOCOL.md §14, "Serving budget"): at most SERVE_STREAMS .log and
-# .state answers in flight at once (each holds one tensor, or 256 KB of log, in memory), at most
-# SERVE_PER_REQUESTER of them per requester, and at most SERVE_PER_MINUTE started per requester per minute. The
-# excess is answered at once with a busy message, so a joiner asks another source or comes back later.
-SERVE_STREAMS = 4
-SERVE_PER_REQUESTER = 1
-SERVE_PER_MINUTE = 12
-SERVE_RETRY_SECONDS = 10
-SERVE_REMEMBERED = 4096  # requesters whose rate is tracked (the oldest are forgotten)
 INFO_CACHE_SECONDS = 1.0  # an .info answer is recomputed at most this often
 
 
@@ -134,60 +126,6 @@ def parse_info(raw: bytes) -> dict:
 
 class TransferError(RuntimeError):
     pass
-
-
-class BusyAnswer(_Strict):
-    """A server's refusal of a .log or .state request over its serving budget (§14): the only message it sends."""
-
-    busy: str = Field(max_length=200)
-    retry_after: float = Field(ge=0, le=3600)
-
-
-def busy_refusal(first_metadata: bytes, p2p_id: str) -> TransferError | None:
-    """The TransferError to raise when a stream's first message is a busy answer, else None."""
-    if not first_metadata.startswith(b'{"busy"'):
-        return None
-    try:
-        b = BusyAnswer.model_validate_json(first_metadata[:512])
-    except ValidationError:
-        return TransferError(f"peer {p2p_id[:12]} sent a malformed busy answer")
-    return TransferError(f"peer {p2p_id[:12]} is busy ({clip(b.busy, 80)}): retry in {b.retry_after:g}s or elsewhere")
-
-
-class ServeBudget:
-    """Admission of .log and .state answers (SERVE_* above). Used from the transfer thread's event loop only."""
-
-    def __init__(
-        self, streams: int = SERVE_STREAMS, per_requester: int = SERVE_PER_REQUESTER, per_minute: int = SERVE_PER_MINUTE
-    ):
-        self.streams, self.per_requester, self.per_minute = streams, per_requester, per_minute
-        self.active: dict[str, int] = {}  # requester -> its answers in flight
-        self.tokens: dict[str, tuple[float, float]] = {}  # requester -> (tokens, when counted): a token bucket
-
-    def admit(self, requester: str) -> str | None:
-        """None (admitted: call ``release`` when done) or why not."""
-        if sum(self.active.values()) >= self.streams:
-            return f"serving {self.streams} transfers"
-        if self.active.get(requester, 0) >= self.per_requester:
-            return f"already serving you {self.per_requester}"
-        now = time.monotonic()
-        tokens, then = self.tokens.pop(requester, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - then) * self.per_minute / 60.0)
-        if tokens < 1.0:
-            self.tokens[requester] = (tokens, now)
-            return f"more than {self.per_minute} requests a minute from you"
-        self.tokens[requester] = (tokens - 1.0, now)  # re-inserted last: the dict's order is last use
-        while len(self.tokens) > SERVE_REMEMBERED:
-            del self.tokens[next(iter(self.tokens))]
-        self.active[requester] = self.active.get(requester, 0) + 1
-        return None
-
-    def release(self, requester: str) -> None:
-        n = self.active.get(requester, 0) - 1
-        if n > 0:
-            self.active[requester] = n
-        else:
-            self.active.pop(requester, None)
 
 
 @dataclass
@@ -464,7 +402,7 @@ class Transfer:
                 p2p_id, f"{self.prefix}.log", req, max_bytes=MAX_LOG_BYTES, idle=IDLE_SECONDS
             ):
                 if not lines and (refused := busy_refusal(msg.metadata, p2p_id)):
-                    raise refused
+                    raise TransferError(refused)
                 for line in msg.metadata.split(b"\n"):
                     if not line:
                         continue
@@ -496,7 +434,7 @@ class Transfer:
             async for msg in stream:
                 if msg.metadata:
                     if meta is None and (refused := busy_refusal(msg.metadata, p2p_id)):
-                        raise refused
+                        raise TransferError(refused)
                     if meta is not None or len(msg.metadata) > MAX_META_BYTES:
                         raise TransferError(f"peer {p2p_id[:12]} sent a second or oversized checkpoint header")
                     try:

@@ -33,7 +33,8 @@ from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.dht.client import RecordClient, start_dht
 from onebyte.dht.identity import Identity
 from onebyte.dht.records import HashRecord, Heartbeat, hash_key, peers_key, round_key
-from onebyte.p2p.transfer import ServeBudget, ServedState, Transfer
+from onebyte.p2p.serving import ServeBudget
+from onebyte.p2p.transfer import ServedState, Transfer
 from onebyte.peer.checkpoint import save_checkpoint
 from tests.adversaries.hostile_client import SER, store_raw, subkey_of
 

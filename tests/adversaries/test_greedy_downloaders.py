@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from onebyte.p2p.transfer import SERVE_PER_MINUTE, SERVE_PER_REQUESTER, SERVE_STREAMS, ServeBudget
+from onebyte.p2p.serving import SERVE_PER_MINUTE, SERVE_PER_REQUESTER, SERVE_STREAMS, ServeBudget
 from tests.support import figures
 from tests.support.swarm import ROOT, START, TINY, WAIT, Swarm
 
