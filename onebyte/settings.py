@@ -273,6 +273,25 @@ class RoundSettings(BaseModel):
         arg_type="positive_float",
         run="robust rule: clip every decoded |g| to this multiple of the round's median |g| (default: none)",
     )
+    # admission by seniority (PROTOCOL §15): with the cap, established keys keep their place in a flood of new ones
+    seniority_window: int | None = setting(
+        None,
+        "rounds of history that give a key seniority",
+        ge=1,
+        le=4096,
+        arg_type="positive_int",
+        run="robust rule: a capped round keeps keys by seniority, the rounds of the last N in which they counted "
+        "(needs --max-round-contributions and --max-new-contributions; default: off)",
+    )
+    max_new_contributions: int | None = setting(
+        None,
+        "most contributions per round from keys without seniority",
+        ge=1,
+        le=1_000_000,
+        arg_type="positive_int",
+        run="robust rule: at most this many contributions per round from keys without seniority "
+        "(at least --contribs-per-round; default: off)",
+    )
 
 
 GROUPS = (ModelSettings, TaskSettings, UpdateSettings, RoundSettings)

@@ -143,7 +143,8 @@ RUN_SETTINGS = (
     "model model_kind dtype dataset task text_column label_column label_words template max_length "
     "trainable init_seed lr eps weight_decay codec table_log2 directions optimizer beta1 beta2 optim_eps "
     "contribs_per_round round_seconds "
-    "lean_replicas hash_every allowed_peers max_round_contributions clip_abs clip_median"
+    "lean_replicas hash_every allowed_peers max_round_contributions clip_abs clip_median seniority_window "
+    "max_new_contributions"
 )
 
 

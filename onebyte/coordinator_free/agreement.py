@@ -43,15 +43,24 @@ class RobustRule:
     clip_abs           every decoded |g| is clipped to this value (sign kept)
     clip_median        every decoded |g| is clipped to this multiple of the round's median |g|
                        (the ceil(n/2)-th smallest of the kept |g|)
+    seniority_window   with max_new_contributions: the cap keeps keys by seniority (rounds of the last
+                       W in which the key's record was kept and mostly unclipped, onebyte.coordinator_free.
+                       seniority), and keys without any take at most max_new_contributions per round
     """
 
     max_contributions: int | None = None
     clip_abs: float | None = None
     clip_median: float | None = None
+    seniority_window: int | None = None
+    max_new_contributions: int | None = None
 
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.max_contributions, self.clip_abs, self.clip_median))
+
+    @property
+    def by_seniority(self) -> bool:
+        return self.seniority_window is not None
 
 
 V1_RULE = RobustRule()
@@ -59,6 +68,40 @@ V1_RULE = RobustRule()
 
 def cap_rank(round_: int, peer_id: str) -> bytes:
     return hashlib.sha256(b"onebyte/cap/v1" + struct.pack("<Q", round_) + bytes.fromhex(peer_id)).digest()
+
+
+def held_back(value: float, limit: float | None, g_max: float) -> bool:
+    """A code the rule does not take at face value: clipped (|v| > limit), or saturated where nothing clips."""
+    return abs(value) > limit if limit is not None else abs(value) >= g_max
+
+
+def admit_by_seniority(
+    round_: int, eligible: Mapping[str, list[float]], rule: RobustRule, seniority: Mapping[str, int], g_max: float
+) -> set[str]:
+    """Which eligible keys a round of a run with seniority keeps (docs/PROTOCOL.md §15, step 1b).
+    Keys without seniority come first, at most ``max_new_contributions`` codes of them: those whose
+    codes are mostly not held back by ``clip_abs`` (or saturated) before the others, then by cap rank;
+    then keys with seniority, the most senior first, while the round holds ``max_contributions``."""
+    new_limit, cap = rule.max_new_contributions, rule.max_contributions
+    limit = float(rule.clip_abs) if rule.clip_abs is not None else None
+
+    def saturated(p: str) -> bool:
+        return 2 * sum(held_back(v, limit, g_max) for v in eligible[p]) >= len(eligible[p])
+
+    new = sorted((p for p in eligible if not seniority.get(p)), key=lambda p: (saturated(p), cap_rank(round_, p)))
+    old = sorted((p for p in eligible if seniority.get(p)), key=lambda p: (-seniority[p], cap_rank(round_, p)))
+    kept, total, fresh = set(), 0, 0
+    for p in new:
+        n = len(eligible[p])
+        if fresh + n <= new_limit and total + n <= cap:
+            kept.add(p)
+            fresh, total = fresh + n, total + n
+    for p in old:
+        n = len(eligible[p])
+        if total + n <= cap:
+            kept.add(p)
+            total += n
+    return kept
 
 
 def clip_limit(values: list[float], rule: RobustRule) -> float | None:
@@ -83,7 +126,10 @@ def decide_round(
     codec: ByteCodec | Float32Codec,
     allowed: Collection[str] | None = None,
     rule: RobustRule = V1_RULE,
+    seniority: Mapping[str, int] | None = None,
 ) -> RoundSet:
+    """``seniority``: each key's seniority at this round, for a run that admits by it (§15); None when
+    replaying a logged set, which the rule already admitted (its records are all kept)."""
     rejected: Counter = Counter()
     width = 4 if isinstance(codec, Float32Codec) else 1
     contributions: list[tuple[int, float]] = []
@@ -111,7 +157,13 @@ def decide_round(
             rejected["malformed"] += 1
             continue
         eligible[peer_id] = (rec.codes, values)
-    if rule.max_contributions is not None and sum(len(v) for _, v in eligible.values()) > rule.max_contributions:
+    if rule.by_seniority and seniority is not None:
+        g_max = codec.max_value if isinstance(codec, ByteCodec) else math.inf
+        kept = admit_by_seniority(round_, {p: v for p, (_, v) in eligible.items()}, rule, seniority, g_max)
+        for p in eligible.keys() - kept:
+            rejected["new_key_limit" if not seniority.get(p) else "over_round_cap"] += 1
+        eligible = {p: v for p, v in eligible.items() if p in kept}
+    elif rule.max_contributions is not None and sum(len(v) for _, v in eligible.values()) > rule.max_contributions:
         kept, total = set(), 0
         for peer_id in sorted(eligible, key=lambda p: cap_rank(round_, p)):
             n = len(eligible[peer_id][1])

@@ -77,12 +77,33 @@ class RunManifest(BaseModel):
     max_round_contributions: int | None = agreed("max_round_contributions")  # the robust rule (PROTOCOL §15)
     clip_abs: float | None = agreed("clip_abs")
     clip_median: float | None = agreed("clip_median")
+    seniority_window: int | None = agreed("seniority_window")  # admission by seniority (PROTOCOL §15)
+    max_new_contributions: int | None = agreed("max_new_contributions")
 
     @property
     def rule(self):
         from onebyte.coordinator_free.agreement import RobustRule
 
-        return RobustRule(self.max_round_contributions, self.clip_abs, self.clip_median)
+        return RobustRule(
+            self.max_round_contributions,
+            self.clip_abs,
+            self.clip_median,
+            self.seniority_window,
+            self.max_new_contributions,
+        )
+
+    @model_validator(mode="after")
+    def _seniority_needs_a_cap(self) -> RunManifest:
+        if (self.seniority_window is None) != (self.max_new_contributions is None):
+            raise ValueError("seniority_window and max_new_contributions go together")
+        if self.seniority_window is not None and not (
+            self.max_round_contributions is not None
+            and self.contribs_per_round <= self.max_new_contributions <= self.max_round_contributions
+        ):
+            raise ValueError(
+                "admission by seniority needs contribs_per_round <= max_new_contributions <= max_round_contributions"
+            )
+        return self
 
     @model_validator(mode="after")
     def _directions_match_version(self) -> RunManifest:
@@ -108,6 +129,8 @@ class RunManifest(BaseModel):
             "max_round_contributions",
             "clip_abs",
             "clip_median",
+            "seniority_window",
+            "max_new_contributions",
         ):  # the robust rule (§15): absent when unset, as in v1
             if out[k] is None:
                 out.pop(k)
@@ -153,6 +176,9 @@ def unsupported_reason(raw) -> str | None:
     """Why this peer cannot take part in the run of manifest ``raw`` (its stored dict), or None."""
     if not isinstance(raw, dict):
         return None
+    unknown = sorted(set(raw) - set(RunManifest.model_fields))
+    if unknown and all(isinstance(k, str) and k.isidentifier() and len(k) <= 64 for k in unknown):
+        return f"manifest field(s) {', '.join(map(repr, unknown[:4]))} that this peer does not know"
     version, directions = raw.get("protocol_version", 1), raw.get("directions", "dense")
     if version not in SUPPORTED_VERSIONS:
         return f"protocol version {version!r}"

@@ -7,15 +7,19 @@ contributions per round, codec, allow-list and robust rule (docs/PROTOCOL.md §1
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onebyte.coordinator_free.agreement import RobustRule, RoundSet, decide_round
 from onebyte.coordinator_free.manifest import RunManifest
 from onebyte.coordinator_free.rounds import RoundClock
 from onebyte.coordinator_free.seedlog import replay_set
+from onebyte.coordinator_free.seniority import History, SeniorityWindow
 from onebyte.dht.records import ContributionRecord
 from onebyte.zo.codec import ByteCodec, Float32Codec, make_codec
+
+log = logging.getLogger("onebyte.policy")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,11 @@ class RoundPolicy:
     rule: RobustRule
     clock: RoundClock
     allowed: frozenset[str] | None = None  # a private run's members; None: anyone may contribute
+    seniority: SeniorityWindow | None = field(default=None, compare=False)  # a run that admits by seniority
+
+    def __post_init__(self):
+        if self.rule.by_seniority and self.seniority is None:
+            object.__setattr__(self, "seniority", SeniorityWindow(self.rule, self.codec))
 
     @classmethod
     def from_manifest(cls, m: RunManifest) -> RoundPolicy:
@@ -38,9 +47,15 @@ class RoundPolicy:
             allowed=frozenset(m.allowed_peers) if m.allowed_peers is not None else None,
         )
 
-    def decide(self, round_: int, records: Mapping[str, ContributionRecord]) -> RoundSet:
-        """Round ``round_``'s set from the signed records read for it (§12)."""
-        return decide_round(
+    def decide(
+        self, round_: int, records: Mapping[str, ContributionRecord], history: History | None = None
+    ) -> RoundSet:
+        """Round ``round_``'s set from the signed records read for it (§12); in a run that admits by
+        seniority (§15), ``history`` (this peer's seed log) gives each key's."""
+        seniority = None
+        if self.seniority is not None:
+            seniority, missing = self.seniority.at(round_, history or (lambda q: None))
+        rs = decide_round(
             self.run_id,
             round_,
             records,
@@ -49,7 +64,17 @@ class RoundPolicy:
             codec=self.codec,
             allowed=self.allowed,
             rule=self.rule,
+            seniority=seniority,
         )
+        if seniority is not None and missing and (rs.rejected["new_key_limit"] or rs.rejected["over_round_cap"]):
+            log.warning(
+                "round=%d decided by seniority with %d of the %d rounds before it missing from the seed log: "
+                "other peers may keep other records (a hash disagreement repairs it, §14)",
+                round_,
+                missing,
+                self.rule.seniority_window,
+            )
+        return rs
 
     def replay(self, line: bytes) -> RoundSet:
         """A round's set from a seed-log entry (§14); raises SeedLogError if the entry is malformed."""

@@ -33,7 +33,7 @@ log = logging.getLogger("onebyte.metrics")
 # dht/validator.py and dht/wire.py. tests/unit/test_metrics.py checks that the code uses no reason missing here.
 _WIRE = ("extension_type", "malformed", "not_msgpack", "oversized", "too_deep")
 REJECTION_REASONS = {
-    "round": ("late", "malformed", "not_allowed", "over_round_cap", "too_many_codes", "wrong_round"),
+    "round": ("late", "malformed", "new_key_limit", "not_allowed", "over_round_cap", "too_many_codes", "wrong_round"),
     "parse": ("evicted", "foreign_subkey", "not_a_dictionary", *_WIRE),
     "validator": ("bad_signature", "expiration_too_far", "foreign_subkey", "unsigned", *_WIRE),
 }

@@ -370,6 +370,7 @@ class CatchUp:
             try:
                 if plan.method == "checkpoint":
                     self.install(plan.source, target)
+                    self.fetch_seniority_window(plan.source)
                 self.replay_log(plan.source, target)
             except (TransferError, CheckpointError, SeedLogError, DHTUnavailable) as e:
                 log.warning(
@@ -448,6 +449,28 @@ class CatchUp:
             time.time() - t0,
             sha[:12],
         )
+
+    def fetch_seniority_window(self, src: Source) -> None:
+        """After a checkpoint of round c, in a run that admits by seniority (§15): the entries of the W
+        rounds up to c, which the coming rounds' seniority is read from. Checked like replayed ones
+        (digest, DHT records), but not applied; without them a capped round may be decided otherwise
+        than by the others, which a hash disagreement repairs (§14), so a failure here is a warning."""
+        if self.policy.seniority is None:
+            return
+        c = self.state.applied
+        first = max(0, c - self.policy.seniority.window + 1)
+        try:
+            lines = self.transfer.fetch_log(src.p2p_id, first, c)
+            held = self._held_records(lines)
+            for line in lines:
+                rs = self.policy.replay(line)
+                if not first <= rs.round <= c or (
+                    rs.round in held and not genuine_entry(self.client, self.policy, line, held[rs.round])
+                ):
+                    raise SeedLogError(f"its entry for round {rs.round} is not one of rounds {first}..{c} it holds")
+                self.state.seedlog.put_line(line)
+        except (TransferError, SeedLogError, DHTUnavailable) as e:
+            log.warning("[%s] round=%d seniority window from %s not taken: %s", self.tag, c, src.peer_id[:8], e)
 
     def _held_records(self, lines: list[bytes]) -> dict[int, dict]:
         """The DHT's records of the entries' rounds that still live there (LOG_TTL) and have records."""

@@ -223,7 +223,15 @@ class SwarmPeer:
                 self.clock.round_seconds,
             )
             return
-        rs = self.policy.decide(q, records)
+        rs = self.policy.decide(q, records, self.state.seedlog.get)
+        if self.node.peer_id in records and self.node.peer_id not in rs.counts:
+            self.node.stats["own_record_not_counted"] += 1
+            log.warning(
+                "[%s] round=%d this peer's own record is not in the round set (%s)",
+                self.node.tag,
+                q,
+                ", ".join(f"{k} {n}" for k, n in rs.rejected.items()),
+            )
         for reason, n in rs.rejected.items():
             self.node.stats[f"rejected_{reason}"] += n
             self.node.metrics.on_rejected(reason, n)

@@ -202,7 +202,8 @@ class HashVoting:
         round q's set decided now from the signed records the DHT holds for q (they live LOG_TTL)."""
         if q in self.voters:
             return self.voters[q]
-        return frozenset(self.policy.decide(q, self.client.read_round(self.policy.run_id, q)).counts)
+        records = self.client.read_round(self.policy.run_id, q)
+        return frozenset(self.policy.decide(q, records, self.state.seedlog.get).counts)
 
     def checkpoint_hash(self, q: int) -> str | None:
         """The hash a checkpoint of round q must have (§14): voted by more than half of round q's

@@ -3,7 +3,8 @@
 tests/unit/test_protocol_vectors.py checks that the JSON block in docs/PROTOCOL.md equals this output,
 so the specification and the code cannot drift apart silently. ``--v2`` prints protocol v2's
 vectors (section 16.6), which tests/unit/test_lowrank_apply.py checks against their own block;
-``--v3`` protocol v3's (section 17.5), checked by tests/unit/test_protocol_vectors.py.
+``--v3`` protocol v3's (section 17.5), checked by tests/unit/test_protocol_vectors.py; ``--admission``
+section 15's admission by seniority.
 """
 
 from __future__ import annotations
@@ -185,6 +186,70 @@ def compute_v3_vectors() -> dict:
     return out
 
 
+def compute_admission_vectors() -> dict:
+    """Section 15's round set in a run that admits by seniority: two logged rounds, then a flooded
+    round decided from them. Keys are SHA-256("key-<i>") in hex; codes as hex."""
+    from onebyte.coordinator_free.agreement import RobustRule, cap_rank, clip_limit, decide_round
+    from onebyte.coordinator_free.seedlog import entry_line
+    from onebyte.coordinator_free.seniority import SeniorityWindow, standing
+    from onebyte.dht.records import ContributionRecord
+    from onebyte.zo.codec import decode_codes
+
+    codec = ByteCodec()
+    rule = RobustRule(max_contributions=20, clip_abs=4.0, seniority_window=2, max_new_contributions=8)
+    key = [hashlib.sha256(f"key-{i}".encode()).hexdigest() for i in range(8)]
+    plain, top, big = bytes.fromhex("4149c145"), bytes.fromhex("7f7f7f7f"), bytes.fromhex("5a5a5a5a")
+    # round 0: keys 0, 1 plain, key 2 saturated; round 1: keys 0, 1, 3 plain, key 2 saturated
+    logged = {0: {key[0]: plain, key[1]: plain, key[2]: top}, 1: {key[0]: plain, key[1]: plain, key[2]: top}}
+    logged[1][key[3]] = plain
+    # round 2: the established keys, key 2 again, key 3 (one round of standing), and four new keys:
+    # two saturated, one plain, one with |g| = 8 (held back by clip_abs 4)
+    flood = {key[0]: plain, key[1]: plain, key[2]: top, key[3]: plain, key[4]: top, key[5]: top, key[6]: plain}
+    flood[key[7]] = big
+    lines, out = {}, {"rule": {"max_round_contributions": 20, "clip_abs": 4.0, "seniority_window": 2}}
+    out["rule"]["max_new_contributions"] = 8
+    out["keys"] = key
+    for q, recs in logged.items():
+        rs = decide_round(
+            "vectors",
+            q,
+            {p: ContributionRecord(round=q, published_at=0.0, codes=c) for p, c in recs.items()},
+            close_time=1.0,
+            contribs_per_round=4,
+            codec=codec,
+            rule=rule,
+            seniority=SeniorityWindow(rule, codec).at(q, lines.get)[0],
+        )
+        lines[q] = entry_line(q, rs.digest, rs.records)
+        out[f"round{q}"] = {
+            "records": {p: c.hex() for p, c in recs.items()},
+            "kept": [p for p, _ in rs.records],
+            "set_digest": rs.digest,
+            "in_good_standing": sorted(standing(lines[q], codec, rule)),
+        }
+    seniority, _ = SeniorityWindow(rule, codec).at(2, lines.get)
+    rs = decide_round(
+        "vectors",
+        2,
+        {p: ContributionRecord(round=2, published_at=0.0, codes=c) for p, c in flood.items()},
+        close_time=1.0,
+        contribs_per_round=4,
+        codec=codec,
+        rule=rule,
+        seniority=seniority,
+    )
+    out["round2"] = {
+        "records": {p: c.hex() for p, c in flood.items()},
+        "seniority": dict(sorted(seniority.items())),
+        "cap_rank": {p: cap_rank(2, p).hex() for p in flood},
+        "kept": [p for p, _ in rs.records],
+        "rejected": dict(sorted(rs.rejected.items())),
+        "clip_limit": clip_limit([v for _, c in rs.records for v in decode_codes(c, codec)], rule),
+        "set_digest": rs.digest,
+    }
+    return out
+
+
 if __name__ == "__main__":
-    which = {"--v2": compute_v2_vectors, "--v3": compute_v3_vectors}
+    which = {"--v2": compute_v2_vectors, "--v3": compute_v3_vectors, "--admission": compute_admission_vectors}
     print(json.dumps(next((f for a, f in which.items() if a in sys.argv[1:]), compute_vectors)(), indent=2))

@@ -39,3 +39,18 @@ def test_code_matches_the_v3_vectors():
     for case in ("adam_dense_float32", "nesterov_dense_float32"):
         hashes = doc[case]["sha256_after_each_round"]
         assert hashes[1] == hashes[2] != hashes[3] and doc[case]["step"] == 2  # the empty round changes nothing
+
+
+def test_code_matches_the_admission_vectors():
+    """§15's admission by seniority: the documented rounds are what the code decides, and they show
+    what the rule is for (the established keys kept, the saturated keys without standing, new keys
+    limited, the honest newcomer before the saturated ones)."""
+    from onebyte.spec.vectors import compute_admission_vectors
+
+    doc = documented_vectors("vectors-admission")
+    assert doc == compute_admission_vectors()
+    key = doc["keys"]
+    assert doc["round2"]["seniority"] == {key[0]: 2, key[1]: 2, key[3]: 1}
+    assert key[2] not in doc["round1"]["in_good_standing"] and key[2] in doc["round1"]["kept"]
+    assert {key[0], key[1], key[3], key[6]} <= set(doc["round2"]["kept"]) and len(doc["round2"]["kept"]) == 5
+    assert doc["round2"]["rejected"] == {"new_key_limit": 3}
