@@ -43,6 +43,7 @@ TEST_FILES = [
     "tests/adversaries/test_verify.py",
     "tests/unit/test_robust_rule.py",
     "tests/adversaries/test_greedy_downloaders.py",
+    "tests/adversaries/test_sybil_flood.py",
 ]
 BAD_INPUT_FILES = ("test_bad_input", "test_nonfinite_losses")  # the "Bad local input" section
 
@@ -204,7 +205,7 @@ def render(data: dict) -> str:
         "`tests/cli/test_bad_input.py` against real `onebyte peer` processes and real "
         f"hivemind DHT nodes on loopback (and in network namespaces), and took {run['seconds'] / 60:.1f} minutes. "
         "What an attacker can and cannot do, and why: [docs/THREATS.md](docs/THREATS.md). All figures: "
-        "`bench/results/reliability.json`.",
+        "`bench/results/reliability.json`." + "".join(f" {u}" for u in data.get("updated", [])),
         "",
         "## Summary",
         "",
@@ -490,14 +491,18 @@ def render(data: dict) -> str:
                 "1" if f["final_hashes_equal"] else ">1",
             ]
         )
-    for f in fig(data, "sybil_flood"):
+    for f in fig(data, "sybil_flood_1000"):
         rows.append(
             [
-                f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} (robust rule: "
-                f"cap {f['cap']}, clip {f['clip_abs']})",
-                f"moved {f['move_vs_normal']}x a normal round (v1's rule on the same records: "
-                f"{f['v1_move_vs_normal']}x); applied "
-                f"{f['applied_in_flood_rounds']} contributions; flagged {f['flagged']}",
+                f"{f['keys']} fresh keys send the largest byte in rounds {f['flood_rounds']} against 3 honest peers "
+                f"(admission by seniority, §15: cap {f['cap']}, {f['max_new']} new, window {f['seniority_window']}, "
+                f"clip {f['clip_abs']})",
+                f"flood codes admitted per round {sorted(set(f['sybil_codes_admitted'].values()))}; honest peers "
+                f"counted in {f['honest_rounds_in_flood']} of {len(f['flood_rounds'])} flood rounds; moved "
+                f"{f['move_vs_honest']}x the honest rate (unclipped: {f['unclipped_move_vs_honest']}x); applied at "
+                f"most {max(f['max_seconds_after_close_in_flood'].values()):.1f} s after each round closed; a joiner "
+                f"installed a checkpoint of round {f['joiner_caught_up_to'][0]} during the flood, decided every later "
+                f"round as the others did, and counted from round {f['joiner_first_counted_round']}",
                 "bounded",
                 "1",
             ]

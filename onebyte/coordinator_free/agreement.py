@@ -44,7 +44,7 @@ class RobustRule:
     clip_median        every decoded |g| is clipped to this multiple of the round's median |g|
                        (the ceil(n/2)-th smallest of the kept |g|)
     seniority_window   with max_new_contributions: the cap keeps keys by seniority (rounds of the last
-                       W in which the key's record was kept and mostly unclipped, onebyte.coordinator_free.
+                       W in which the key's record was kept, at most half clipped, onebyte.coordinator_free.
                        seniority), and keys without any take at most max_new_contributions per round
     """
 
@@ -79,14 +79,14 @@ def admit_by_seniority(
     round_: int, eligible: Mapping[str, list[float]], rule: RobustRule, seniority: Mapping[str, int], g_max: float
 ) -> set[str]:
     """Which eligible keys a round of a run with seniority keeps (docs/PROTOCOL.md §15, step 1b).
-    Keys without seniority come first, at most ``max_new_contributions`` codes of them: those whose
-    codes are mostly not held back by ``clip_abs`` (or saturated) before the others, then by cap rank;
+    Keys without seniority come first, at most ``max_new_contributions`` codes of them: those with at
+    most half their codes held back by ``clip_abs`` (or saturated) before the others, then by cap rank;
     then keys with seniority, the most senior first, while the round holds ``max_contributions``."""
     new_limit, cap = rule.max_new_contributions, rule.max_contributions
     limit = float(rule.clip_abs) if rule.clip_abs is not None else None
 
     def saturated(p: str) -> bool:
-        return 2 * sum(held_back(v, limit, g_max) for v in eligible[p]) >= len(eligible[p])
+        return 2 * sum(held_back(v, limit, g_max) for v in eligible[p]) > len(eligible[p])
 
     new = sorted((p for p in eligible if not seniority.get(p)), key=lambda p: (saturated(p), cap_rank(round_, p)))
     old = sorted((p for p in eligible if seniority.get(p)), key=lambda p: (-seniority[p], cap_rank(round_, p)))

@@ -48,10 +48,16 @@ class RoundPolicy:
         )
 
     def decide(
-        self, round_: int, records: Mapping[str, ContributionRecord], history: History | None = None
+        self,
+        round_: int,
+        records: Mapping[str, ContributionRecord],
+        history: History | None = None,
+        *,
+        quiet: bool = False,
     ) -> RoundSet:
         """Round ``round_``'s set from the signed records read for it (§12); in a run that admits by
-        seniority (§15), ``history`` (this peer's seed log) gives each key's."""
+        seniority (§15), ``history`` (this peer's seed log) gives each key's. Unless ``quiet``, a
+        capped round decided without the whole window is logged."""
         seniority = None
         if self.seniority is not None:
             seniority, missing = self.seniority.at(round_, history or (lambda q: None))
@@ -66,7 +72,8 @@ class RoundPolicy:
             rule=self.rule,
             seniority=seniority,
         )
-        if seniority is not None and missing and (rs.rejected["new_key_limit"] or rs.rejected["over_round_cap"]):
+        capped = rs.rejected["new_key_limit"] or rs.rejected["over_round_cap"]
+        if seniority is not None and missing and capped and not quiet:
             log.warning(
                 "round=%d decided by seniority with %d of the %d rounds before it missing from the seed log: "
                 "other peers may keep other records (a hash disagreement repairs it, §14)",

@@ -2,7 +2,7 @@
 keys cannot push the run's established peers out of a capped round (docs/PROTOCOL.md §15).
 
 Keys are free, so no rule may trust a key for existing. What a key cannot fake is history: a key is
-in good standing in round q if round q's logged set holds its record and fewer than half of its codes
+in good standing in round q if round q's logged set holds its record and at most half of its codes
 were held back there (clipped by the round's limit, or saturated where nothing clips). Its
 seniority at round r is the number of the W rounds before r in which it was in good standing.
 Every replica computes it from the same logged entries, so it decides rounds identically; a Sybil
@@ -30,7 +30,7 @@ def standing(line: bytes, codec: ByteCodec | Float32Codec, rule: RobustRule) -> 
     decoded = [(p, decode_codes(codes, codec)) for p, codes in records]
     limit = clip_limit([v for _, vs in decoded for v in vs], rule)
     g_max = codec.max_value if isinstance(codec, ByteCodec) else math.inf
-    return frozenset(p for p, vs in decoded if 2 * sum(held_back(v, limit, g_max) for v in vs) < len(vs))
+    return frozenset(p for p, vs in decoded if 2 * sum(held_back(v, limit, g_max) for v in vs) <= len(vs))
 
 
 class SeniorityWindow:

@@ -143,6 +143,11 @@ class PeerMetrics:
             ["handler", "outcome"],
             registry=r,
         )
+        self.own_dropped = Counter(
+            "onebyte_own_records_not_counted",
+            "Rounds whose set left out this peer's own on-time record (the round rule's cap or new-key limit)",
+            registry=r,
+        )
         self.suspect_peers = Gauge(
             "onebyte_suspect_peers",
             "Peers whose codes push far harder than the swarm's (influence monitor)",

@@ -59,6 +59,7 @@ class PeerReport(BaseModel):
     contributions_applied_local: int
     contributions_applied_remote: int
     missed_deadline: int
+    own_records_not_counted: int = 0  # rounds in which the round rule left this peer's own on-time record out
     skipped_nonfinite: int
     hash_agreements: int
     hash_mismatches: int
@@ -121,6 +122,7 @@ class PeerReport(BaseModel):
             contributions_applied_local=s["applied_local"],
             contributions_applied_remote=s["applied_remote"],
             missed_deadline=s["missed_deadline"],
+            own_records_not_counted=s["own_record_not_counted"],
             skipped_nonfinite=s["skipped_nonfinite"],
             hash_agreements=s["hash_agreements"],
             hash_mismatches=s["hash_mismatches"],

@@ -224,8 +224,10 @@ class SwarmPeer:
             )
             return
         rs = self.policy.decide(q, records, self.state.seedlog.get)
-        if self.node.peer_id in records and self.node.peer_id not in rs.counts:
+        own = records.get(self.node.peer_id)
+        if own is not None and own.published_at <= self.clock.close(q) and self.node.peer_id not in rs.counts:
             self.node.stats["own_record_not_counted"] += 1
+            self.node.metrics.own_dropped.inc()
             log.warning(
                 "[%s] round=%d this peer's own record is not in the round set (%s)",
                 self.node.tag,

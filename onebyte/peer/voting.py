@@ -203,7 +203,9 @@ class HashVoting:
         if q in self.voters:
             return self.voters[q]
         records = self.client.read_round(self.policy.run_id, q)
-        return frozenset(self.policy.decide(q, records, self.state.seedlog.get).counts)
+        # a fresh joiner has no seed log yet: in a capped round of a run that admits by seniority these are the
+        # contributors as far as it can tell (docs/THREATS.md)
+        return frozenset(self.policy.decide(q, records, self.state.seedlog.get, quiet=True).counts)
 
     def checkpoint_hash(self, q: int) -> str | None:
         """The hash a checkpoint of round q must have (§14): voted by more than half of round q's

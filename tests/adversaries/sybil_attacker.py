@@ -12,8 +12,8 @@ signed by its key and stored with hivemind's own store RPC on every node it know
                peers see it as a source (it serves no seed log).
   contribute   the same, and every key also contributes one plain code (1.0) to every round, on
                time, so its votes come from keys that are in the round sets.
-  flood R      at round R (and R+1), every key contributes contribs_per_round codes of the largest
-               byte (0x7f); nothing else.
+  flood R[:N]  in rounds R..R+N-1 (N = 2 by default), every key contributes contribs_per_round codes of
+               the largest byte (0x7f); nothing else.
 
 It writes WORKDIR/attacker.json: its keys and the forged hash, and what it served.
 """
@@ -69,7 +69,7 @@ def forged_state(manifest: RunManifest, workdir: Path):
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     mode = argv.pop(0)
-    flood_round = int(argv.pop(0)) if mode == "flood" else None
+    flood_round, flood_rounds = map(int, (argv.pop(0) + ":2").split(":")[:2]) if mode == "flood" else (None, 0)
     n_keys, run_id, workdir, maddrs = int(argv[0]), argv[1], Path(argv[2]), argv[3:]
     keys = [Identity.load_or_create(None) for _ in range(n_keys)]
     me = keys[0]  # the attacker's DHT node signs as its first key
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
                 continue
             if mode == "contribute":
                 value = SER.dumps([1, r, clock.open_at(r), b"\x41"])
-            elif mode == "flood" and r in (flood_round, flood_round + 1):
+            elif mode == "flood" and flood_round <= r < flood_round + flood_rounds:
                 value = ("codes", r, clock.open_at(r), m.contribs_per_round)  # 0x7f each: +g_max
             else:
                 done_rounds.add(r)
