@@ -43,6 +43,25 @@ def add_identity_parser(sub) -> None:
     p.set_defaults(func=cmd_identity)
 
 
+def admission(m) -> str:
+    """Who counts in the run's rounds (docs/PROTOCOL.md §15), as a volunteer deciding to join reads it."""
+    if m.allowed_peers is not None:
+        return f"private, {len(m.allowed_peers)} member key(s)"
+    r = m.rule
+    clips = [f"clip |g| at {r.clip_abs:g}"] if r.clip_abs else []
+    clips += [f"clip at {r.clip_median:g}x the round's median"] if r.clip_median else []
+    clips = ", ".join(clips)
+    if r.by_seniority:
+        return (
+            f"public, by seniority: at most {r.max_contributions} contributions a round, {r.max_new_contributions} "
+            f"from new keys, seniority over {r.seniority_window} rounds" + (f", {clips}" if clips else "")
+        )
+    if r.active:
+        cap = f"at most {r.max_contributions} contributions a round" if r.max_contributions else "no cap"
+        return f"public, {cap}" + (f", {clips}" if clips else "") + ", no bound on new keys"
+    return "public, every key counts (no cap, no clip, no bound on new keys)"
+
+
 def _report_rejected(command: str, rejected) -> None:
     """One line on stderr for records that were dropped (malformed, too deep, extension types ...)."""
     if rejected:
@@ -92,6 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except (OverflowError, ValueError, OSError):  # a manifest's own claim, anything
             created = f"at {m.created_at!r}"
         print(f"manifest by {creator} created {created}: {clip(m.model, 64)}, lr {m.lr:g}, {m.round_seconds:g}s rounds")
+        print(f"  admission: {admission(m)}")
     if len(manifests) > 1:
         print(
             f"{len(manifests)} manifests claim this run id: "

@@ -160,6 +160,14 @@ class Joiner:
         if not node.client.publish_manifest(cfg.run_id, manifest.record(), now + 30 * 24 * 3600):
             raise DHTUnavailable("could not store the run manifest in the DHT")
         log.info("[%s] round=-1 created run %s starting in %.0fs", node.tag, manifest.run_id, cfg.start_delay)
+        if manifest.allowed_peers is None and not manifest.rule.by_seniority:
+            log.warning(
+                "[%s] round=-1 run %s is public with no admission by seniority: any number of fresh keys count in "
+                "every round (set --max-round-contributions, --seniority-window, --max-new-contributions and a "
+                "clip; README 'Public runs')",
+                node.tag,
+                manifest.run_id,
+            )
         return manifest, built, before
 
     def join(self) -> JoinedRun:

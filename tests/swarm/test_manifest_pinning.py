@@ -85,6 +85,7 @@ def test_a_backdated_manifest_does_not_capture_pinned_or_creator_bound_peers(tmp
         assert "2 manifests claim this run id" in status.stdout and f"manifest by {creator}" in status.stdout, (
             status.stdout
         )
+        assert "admission: public, every key counts" in status.stdout, status.stdout  # what a volunteer is joining
 
         # b crashes and restarts with its checkpoint dir (no --run-creator): it keeps the run it pinned
         swarm.procs["b"].send_signal(signal.SIGKILL)
