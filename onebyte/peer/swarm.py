@@ -29,13 +29,14 @@ from onebyte.coordinator_free.seedlog import SeedLog
 from onebyte.dht.client import DHTUnavailable
 from onebyte.dht.records import Heartbeat, RunAnnouncement
 from onebyte.peer.applier import RoundApplier
-from onebyte.peer.catchup import CatchUp, InitialWeights, start_transfer
+from onebyte.peer.catchup import CatchUp
 from onebyte.peer.checkpoints import CheckpointDir
 from onebyte.peer.contributor import Contributor
 from onebyte.peer.join import JoinedRun, Joiner, ManifestConflict, evaluate, train_config
 from onebyte.peer.node import Node
 from onebyte.peer.repair import Repair
 from onebyte.peer.report import PeerReport, RoundLog, write_report
+from onebyte.peer.serving import InitialWeights, start_transfer
 from onebyte.peer.state import ReplicaState
 from onebyte.peer.train import build
 from onebyte.peer.voting import HashVoting

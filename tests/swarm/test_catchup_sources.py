@@ -122,8 +122,8 @@ def test_the_initial_weights_are_served_as_round_minus_one_and_checked_against_t
     hash to the manifest's initial hash (though its header names it) is refused and changes nothing."""
     import torch
 
-    from onebyte.peer.catchup import InitialWeights, fetch_initial
     from onebyte.peer.checkpoint import CheckpointError
+    from onebyte.peer.serving import InitialWeights, fetch_initial
 
     fresh = build(TrainConfig(model="tiny-llama", max_length=32, table_log2=16, progress=False))[2]
     initial_sha = fresh.sha256()
