@@ -36,7 +36,7 @@ from onebyte.peer.join import JoinedRun, Joiner, ManifestConflict, evaluate, tra
 from onebyte.peer.node import Node
 from onebyte.peer.repair import Repair
 from onebyte.peer.report import PeerReport, RoundLog, write_report
-from onebyte.peer.serving import InitialWeights, start_transfer
+from onebyte.peer.served import InitialWeights, start_transfer
 from onebyte.peer.state import ReplicaState
 from onebyte.peer.train import build
 from onebyte.peer.voting import HashVoting

@@ -123,7 +123,7 @@ def test_the_initial_weights_are_served_as_round_minus_one_and_checked_against_t
     import torch
 
     from onebyte.peer.checkpoint import CheckpointError
-    from onebyte.peer.serving import InitialWeights, fetch_initial
+    from onebyte.peer.served import InitialWeights, fetch_initial
 
     fresh = build(TrainConfig(model="tiny-llama", max_length=32, table_log2=16, progress=False))[2]
     initial_sha = fresh.sha256()
