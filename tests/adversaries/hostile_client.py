@@ -70,6 +70,31 @@ async def _store_everywhere(
     return out
 
 
+def store_many_raw(dht: DHT, key: str, items: list[tuple[bytes, bytes]], expiration: float, *, chunk: int = 50) -> int:
+    """Store many (subkey, stored bytes) pairs under one key on every node this DHT node knows, ``chunk`` of
+    them per store call (as a flooding client would; hivemind's pipe to its DHT process takes ~16 KB per
+    call). Returns how many stores the nodes accepted."""
+    accepted = 0
+    for i in range(0, len(items), chunk):
+        part = items[i : i + chunk]
+        accepted += dht.run_coroutine(partial(_store_many, key, part, expiration), return_future=True).result(30)
+    return accepted
+
+
+async def _store_many(key: str, items: list[tuple[bytes, bytes]], expiration: float, _dht, node) -> int:
+    key_id = DHTID.generate(source=key)
+    peers = [peer for _, peer in node.protocol.routing_table.get_nearest_neighbors(key_id, 64, exclude=node.node_id)]
+    accepted = 0
+    for peer in peers:
+        values = [v for _, v in items]
+        subkeys = [s for s, _ in items]
+        res = await node.protocol.call_store(
+            peer, [key_id] * len(items), values, [expiration] * len(items), subkeys=subkeys
+        )
+        accepted += sum(bool(x) for x in res or [])
+    return accepted
+
+
 def private_bytes(identity: Identity) -> bytes:
     return identity.private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()

@@ -13,7 +13,7 @@ signed by its key and stored with hivemind's own store RPC on every node it know
   contribute   the same, and every key also contributes one plain code (1.0) to every round, on
                time, so its votes come from keys that are in the round sets.
   flood R[:N]  in rounds R..R+N-1 (N = 2 by default), every key contributes contribs_per_round codes of
-               the largest byte (0x7f); nothing else.
+               the largest byte (0x7f); nothing else. All of them are stored at the start, in batches.
 
 It writes WORKDIR/attacker.json: its keys and the forged hash, and what it served.
 """
@@ -36,7 +36,7 @@ from onebyte.dht.records import HashRecord, Heartbeat, hash_key, peers_key, roun
 from onebyte.p2p.serving import ServeBudget
 from onebyte.p2p.transfer import ServedState, Transfer
 from onebyte.peer.checkpoint import save_checkpoint
-from tests.adversaries.hostile_client import SER, store_raw, subkey_of
+from tests.adversaries.hostile_client import SER, signed, store_many_raw, store_raw, subkey_of
 
 log = logging.getLogger("sybil")
 
@@ -64,6 +64,17 @@ def forged_state(manifest: RunManifest, workdir: Path):
             first.view(-1)[0] += 1e-3
             tries += 1
     return replica, tries
+
+
+def flood_records(dht, keys: list[Identity], run_id: str, r: int, clock: RoundClock, k: int) -> None:
+    """Every key's record for round r: k codes of the largest byte (0x7f: +g_max), published at the round's
+    opening (on time), signed here and stored in batches."""
+    value = SER.dumps([1, r, clock.open_at(r), b"\x7f" * k])
+    key, expiration = round_key(run_id, r), clock.close(r) + 3600
+    items = [(subkey_of(i), signed(i, key, subkey_of(i), value, expiration)) for i in keys]
+    t0 = time.time()
+    accepted = store_many_raw(dht, key, items, expiration)
+    log.info("flooded round %d: %d records, %d stores accepted in %.1fs", r, len(items), accepted, time.time() - t0)
 
 
 def main(argv: list[str]) -> int:
@@ -133,14 +144,17 @@ def main(argv: list[str]) -> int:
                 store_raw(dht, peers_key(run_id), subkey_of(k), SER.dumps(hb.model_dump()), now + 150.0, sign_with=k)
             next_beat = now + 10.0
             write_info(workdir, out)
+        if mode == "flood":  # every flooded round's records at once, well ahead, in batches (they are many)
+            for r in range(flood_round, flood_round + flood_rounds):
+                if r not in done_rounds:
+                    flood_records(dht, keys, run_id, r, clock, m.contribs_per_round)
+                    done_rounds.add(r)
         # records for the coming rounds are stored ahead (published_at = the round's opening: on time)
         for r in range(max(0, r_now), max(0, r_now) + 4):
             if r in done_rounds:
                 continue
             if mode == "contribute":
                 value = SER.dumps([1, r, clock.open_at(r), b"\x41"])
-            elif mode == "flood" and flood_round <= r < flood_round + flood_rounds:
-                value = ("codes", r, clock.open_at(r), m.contribs_per_round)  # 0x7f each: +g_max
             else:
                 done_rounds.add(r)
                 continue
