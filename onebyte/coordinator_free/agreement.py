@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from onebyte.dht.records import ContributionRecord
 from onebyte.zo import contribution_seed
-from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes
+from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes, g_max
 
 
 @dataclass
@@ -70,13 +70,14 @@ def cap_rank(round_: int, peer_id: str) -> bytes:
     return hashlib.sha256(b"onebyte/cap/v1" + struct.pack("<Q", round_) + bytes.fromhex(peer_id)).digest()
 
 
-def held_back(value: float, limit: float | None, g_max: float) -> bool:
-    """A code the rule does not take at face value: clipped (|v| > limit), or saturated where nothing clips."""
-    return abs(value) > limit if limit is not None else abs(value) >= g_max
+def held_back(value: float, limit: float | None, largest: float) -> bool:
+    """A code the rule does not take at face value: clipped (|v| > limit), or saturated (|v| = the codec's
+    largest) where nothing clips."""
+    return abs(value) > limit if limit is not None else abs(value) >= largest
 
 
 def admit_by_seniority(
-    round_: int, eligible: Mapping[str, list[float]], rule: RobustRule, seniority: Mapping[str, int], g_max: float
+    round_: int, eligible: Mapping[str, list[float]], rule: RobustRule, seniority: Mapping[str, int], largest: float
 ) -> set[str]:
     """Which eligible keys a round of a run with seniority keeps (docs/PROTOCOL.md §15, step 1b).
     Keys without seniority come first, at most ``max_new_contributions`` codes of them: those with at
@@ -86,7 +87,7 @@ def admit_by_seniority(
     limit = float(rule.clip_abs) if rule.clip_abs is not None else None
 
     def saturated(p: str) -> bool:
-        return 2 * sum(held_back(v, limit, g_max) for v in eligible[p]) > len(eligible[p])
+        return 2 * sum(held_back(v, limit, largest) for v in eligible[p]) > len(eligible[p])
 
     new = sorted((p for p in eligible if not seniority.get(p)), key=lambda p: (saturated(p), cap_rank(round_, p)))
     old = sorted((p for p in eligible if seniority.get(p)), key=lambda p: (-seniority[p], cap_rank(round_, p)))
@@ -158,8 +159,8 @@ def decide_round(
             continue
         eligible[peer_id] = (rec.codes, values)
     if rule.by_seniority and seniority is not None:
-        g_max = codec.max_value if isinstance(codec, ByteCodec) else math.inf
-        kept = admit_by_seniority(round_, {p: v for p, (_, v) in eligible.items()}, rule, seniority, g_max)
+        eligible_values = {p: v for p, (_, v) in eligible.items()}
+        kept = admit_by_seniority(round_, eligible_values, rule, seniority, g_max(codec))
         for p in eligible.keys() - kept:
             rejected["new_key_limit" if not seniority.get(p) else "over_round_cap"] += 1
         eligible = {p: v for p, v in eligible.items() if p in kept}

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from onebyte.coordinator_free.agreement import RoundSet
-from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes
+from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes, g_max
 
 WINDOW = 256  # recent codes kept per peer
 MIN_CODES = 32  # judge a peer only after this many codes
@@ -40,7 +40,7 @@ class Suspect:
 class InfluenceMonitor:
     def __init__(self, codec: ByteCodec | Float32Codec):
         self.codec = codec
-        self.g_max = codec.max_value if isinstance(codec, ByteCodec) else float("inf")
+        self.g_max = g_max(codec)
         self.recent: dict[str, deque[float]] = {}
         self.flood: dict[str, Suspect] = {}  # keys flagged in a flood round (kept while remembered)
 

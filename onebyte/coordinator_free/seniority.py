@@ -12,14 +12,13 @@ leaves to keys without it.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from onebyte.coordinator_free.agreement import RobustRule, clip_limit, held_back
 from onebyte.coordinator_free.seedlog import parse_line
-from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes
+from onebyte.zo.codec import ByteCodec, Float32Codec, decode_codes, g_max
 
 History = Callable[[int], bytes | None]  # a round's seed-log entry, or None where this peer has none
 
@@ -29,8 +28,8 @@ def standing(line: bytes, codec: ByteCodec | Float32Codec, rule: RobustRule) -> 
     _, _, records = parse_line(line)
     decoded = [(p, decode_codes(codes, codec)) for p, codes in records]
     limit = clip_limit([v for _, vs in decoded for v in vs], rule)
-    g_max = codec.max_value if isinstance(codec, ByteCodec) else math.inf
-    return frozenset(p for p, vs in decoded if 2 * sum(held_back(v, limit, g_max) for v in vs) <= len(vs))
+    largest = g_max(codec)
+    return frozenset(p for p, vs in decoded if 2 * sum(held_back(v, limit, largest) for v in vs) <= len(vs))
 
 
 class SeniorityWindow:
@@ -58,6 +57,6 @@ class SeniorityWindow:
                 if cached is None or cached[0] != line:
                     cached = self._cache[q] = (line, standing(line, self.codec, self.rule))
                 counts.update(cached[1])
-            for q in [q for q in self._cache if q < first - self.window or q > round_ + self.window]:
+            for q in [q for q in self._cache if q < first - self.window]:  # older than any window asked lately
                 del self._cache[q]
         return dict(counts), missing

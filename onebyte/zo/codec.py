@@ -109,6 +109,11 @@ class Float32Codec:
         return self.encode(g)
 
 
+def g_max(codec: ByteCodec | Float32Codec) -> float:
+    """The largest |g| a code can carry (PROTOCOL §15's bound): unbounded for float32."""
+    return codec.max_value if isinstance(codec, ByteCodec) else math.inf
+
+
 def make_codec(name: str) -> ByteCodec | Float32Codec:
     return Float32Codec() if name == "float32" else ByteCodec.parse(name)
 
