@@ -15,10 +15,12 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from onebyte.coordinator_free.agreement import RoundSet
 from onebyte.coordinator_free.policy import RoundPolicy
 from onebyte.coordinator_free.seedlog import SeedLogError, parse_line
 from onebyte.dht.client import DHTUnavailable, RecordClient
@@ -381,25 +383,38 @@ class CatchUp:
 
     def fetch_seniority_window(self, src: Source) -> None:
         """After a checkpoint of round c, in a run that admits by seniority (§15): the entries of the W
-        rounds up to c, which the coming rounds' seniority is read from. Checked like replayed ones
-        (digest, DHT records), but not applied; without them a capped round may be decided otherwise
-        than by the others, which a hash disagreement repairs (§14), so a failure here is a warning."""
+        rounds up to c, which the coming rounds' seniority is read from. Checked like replayed ones,
+        but not applied; without them a capped round may be decided otherwise than by the others,
+        which a hash disagreement repairs (§14), so a failure here is a warning."""
         if self.policy.seniority is None:
             return
         c = self.state.applied
         first = max(0, c - self.policy.seniority.window + 1)
         try:
-            lines = self.transfer.fetch_log(src.p2p_id, first, c)
-            held = self._held_records(lines)
-            for line in lines:
-                rs = self.policy.replay(line)
-                if not first <= rs.round <= c or (
-                    rs.round in held and not genuine_entry(self.client, self.policy, line, held[rs.round])
-                ):
-                    raise SeedLogError(f"its entry for round {rs.round} is not one of rounds {first}..{c} it holds")
+            for line, rs in self._checked_entries(src, first, c):
+                if not first <= rs.round <= c:
+                    raise SeedLogError(f"log from {src.peer_id[:8]} sent round {rs.round}, not one of {first}..{c}")
                 self.state.seedlog.put_line(line)
         except (TransferError, SeedLogError, DHTUnavailable) as e:
             log.warning("[%s] round=%d seniority window from %s not taken: %s", self.tag, c, src.peer_id[:8], e)
+
+    def _checked_entries(self, src: Source, first: int, last: int) -> Iterator[tuple[bytes, RoundSet]]:
+        """The source's seed-log entries for rounds first..last, each yielded once checked: replayed
+        (its digest reproduced) and, for a round whose records still live in the DHT (LOG_TTL after
+        it closed), holding only records the DHT holds (``genuine_entry``, §14). Raises at the first
+        that is not, after the entries before it were yielded (and used)."""
+        lines = self.transfer.fetch_log(src.p2p_id, first, last)
+        if not lines:
+            raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {first}")
+        held = self._held_records(lines)  # the batch's recent rounds, read from the DHT at once
+        for line in lines:
+            rs = self.policy.replay(line)
+            if rs.round in held and not genuine_entry(self.client, self.policy, line, held[rs.round]):
+                self.stats["log_entries_refused"] += 1
+                raise SeedLogError(
+                    f"log from {src.peer_id[:8]}: its entry for round {rs.round} holds records the DHT does not"
+                )
+            yield line, rs
 
     def _held_records(self, lines: list[bytes]) -> dict[int, dict]:
         """The DHT's records of the entries' rounds that still live there (LOG_TTL) and have records."""
@@ -412,9 +427,8 @@ class CatchUp:
         return self.client.read_rounds(self.policy.run_id, rounds) if rounds else {}
 
     def replay_log(self, src: Source, target: int) -> None:
-        """Apply the source's seed-log entries up to ``target`` (what its log covers). An entry of a
-        round whose records still live in the DHT (LOG_TTL after it closed) must hold only records
-        the DHT holds (``genuine_entry``, §14); one that does not ends this source's plan."""
+        """Apply the source's seed-log entries up to ``target`` (what its log covers); an entry that
+        fails its checks (``_checked_entries``) ends this source's plan."""
         st = self.state
         last = min(target, src.log[1]) if src.log else st.applied
         with tqdm(
@@ -425,18 +439,8 @@ class CatchUp:
             leave=False,
         ) as bar:
             while st.applied < last and not self.stop.is_set():
-                lines = self.transfer.fetch_log(src.p2p_id, st.applied + 1, min(last, st.applied + LOG_FETCH_ROUNDS))
-                if not lines:
-                    raise TransferError(f"peer {src.peer_id[:8]} sent no log for round {st.applied + 1}")
-                held = self._held_records(lines)  # the batch's recent rounds, read from the DHT at once
-                for line in lines:
-                    rs = self.policy.replay(line)
+                for _, rs in self._checked_entries(src, st.applied + 1, min(last, st.applied + LOG_FETCH_ROUNDS)):
                     if rs.round != st.applied + 1:
                         raise SeedLogError(f"log from {src.peer_id[:8]} jumps from round {st.applied} to {rs.round}")
-                    if rs.round in held and not genuine_entry(self.client, self.policy, line, held[rs.round]):
-                        self.stats["log_entries_refused"] += 1
-                        raise SeedLogError(
-                            f"log from {src.peer_id[:8]}: its entry for round {rs.round} holds records the DHT does not"
-                        )
                     self.applier.apply(rs, live=False)
                     bar.update(1)
