@@ -49,6 +49,11 @@ def signed(identity: Identity, key: str, subkey: bytes, value: bytes, expiration
     return value + identity.sign(signature_message(key, subkey, value, expiration))
 
 
+def _known_peers(node, key_id: DHTID) -> list:
+    """Every node this DHT node knows (up to 64), nearest to the key first: an attacker stores everywhere."""
+    return [peer for _, peer in node.protocol.routing_table.get_nearest_neighbors(key_id, 64, exclude=node.node_id)]
+
+
 async def _store_everywhere(
     key: str, subkey: bytes, value, expiration: float, signer: bytes | None, _dht, node
 ) -> list[bool]:
@@ -62,9 +67,8 @@ async def _store_everywhere(
     if signer is not None:
         value = signed(Identity(Ed25519PrivateKey.from_private_bytes(signer)), key, subkey, value, expiration)
     key_id = DHTID.generate(source=key)
-    peers = [peer for _, peer in node.protocol.routing_table.get_nearest_neighbors(key_id, 64, exclude=node.node_id)]
     out = []
-    for peer in peers:
+    for peer in _known_peers(node, key_id):
         res = await node.protocol.call_store(peer, [key_id], [value], [expiration], subkeys=[subkey])
         out.append(bool(res and res[0]))
     return out
@@ -83,9 +87,8 @@ def store_many_raw(dht: DHT, key: str, items: list[tuple[bytes, bytes]], expirat
 
 async def _store_many(key: str, items: list[tuple[bytes, bytes]], expiration: float, _dht, node) -> int:
     key_id = DHTID.generate(source=key)
-    peers = [peer for _, peer in node.protocol.routing_table.get_nearest_neighbors(key_id, 64, exclude=node.node_id)]
     accepted = 0
-    for peer in peers:
+    for peer in _known_peers(node, key_id):
         values = [v for _, v in items]
         subkeys = [s for s, _ in items]
         res = await node.protocol.call_store(

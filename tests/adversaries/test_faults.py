@@ -7,7 +7,6 @@ node killed, a late joiner, a corrupted checkpoint, altered weights repaired.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -23,13 +22,8 @@ from tests.support.swarm import START, TINY, WAIT, Swarm
 COMMON = ["--batch-size", "4", "--threads", "1", "--checkpoint-interval", "0"]
 
 
-def applied_rounds(swarm: Swarm, name: str) -> list[dict]:
-    f = swarm.workdir / f"{name}.rounds.jsonl"
-    return [e for e in map(json.loads, f.read_text().splitlines()) if e.get("event") == "applied"] if f.exists() else []
-
-
 def last_round(swarm: Swarm, name: str) -> int:
-    rows = applied_rounds(swarm, name)
+    rows = swarm.events(name, "applied")
     return rows[-1]["round"] if rows else -1
 
 

@@ -38,11 +38,6 @@ def test_the_serving_budget_admits_streams_per_requester_and_per_minute():
     assert (SERVE_STREAMS, SERVE_PER_REQUESTER, SERVE_PER_MINUTE) == (4, 1, 12)  # what §14 says
 
 
-def _events(swarm: Swarm, name: str, kind: str) -> list[dict]:
-    f = swarm.workdir / f"{name}.rounds.jsonl"
-    return [e for e in map(json.loads, f.read_text().splitlines()) if e.get("event") == kind] if f.exists() else []
-
-
 class _RSS:
     """The peak resident memory of one process (not its children: p2pd is hivemind's), sampled 4 times a second."""
 
@@ -79,7 +74,7 @@ def test_a_crowd_of_greedy_downloaders_gets_a_bounded_share_and_a_joiner_still_c
         time.sleep(3)
         before = baseline.stop()
         rss = _RSS(swarm.procs["a"].pid)
-        started = _events(swarm, "a", "applied")[-1]["round"]
+        started = swarm.events("a", "applied")[-1]["round"]
         attacker = subprocess.Popen(
             [sys.executable, "-m", "tests.adversaries.greedy_downloader", "--run-id", "greedy", "--target", target]
             + ["--initial-peers", *swarm.maddrs, "--seconds", "30", "--out", str(tmp_path / "attacker.json")],
@@ -92,12 +87,12 @@ def test_a_crowd_of_greedy_downloaders_gets_a_bounded_share_and_a_joiner_still_c
         swarm.peer("late", *common, "--shard", "1/2")  # joins while the crowd downloads
         assert attacker.wait(timeout=300) == 0, (tmp_path / "attacker.log").read_text()[-3000:]
         peak = rss.stop()
-        ended = _events(swarm, "a", "applied")[-1]["round"]
+        ended = swarm.events("a", "applied")[-1]["round"]
         for name in ("a", "b", "late"):
             assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in ("a", "b", "late")}
-        applied = {e["round"]: e for e in _events(swarm, "a", "applied")}
-        caught = _events(swarm, "late", "catchup")
+        applied = {e["round"]: e for e in swarm.events("a", "applied")}
+        caught = swarm.events("late", "catchup")
     got = json.loads((tmp_path / "attacker.json").read_text())
     figures.record(
         "greedy downloaders",

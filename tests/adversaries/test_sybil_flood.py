@@ -5,7 +5,6 @@ Real `onebyte peer` threads, a real attacker process with its own DHT node and k
 
 from __future__ import annotations
 
-import json
 import statistics
 
 import pytest
@@ -18,11 +17,6 @@ from tests.support.swarm import START, TINY, WAIT, Swarm
 KEYS, FLOOD_AT, FLOOD_ROUNDS, ROUNDS = 1000, 8, 6, 20
 ONE = ("--threads", "1")
 CAP, NEW, WINDOW, CLIP, K, ROUND_SECONDS = 32, 6, 8, 4.0, 2, 5.0  # NEW: the 3 peers all count from round 0
-
-
-def applied_events(swarm: Swarm, name: str) -> dict[int, dict]:
-    lines = (swarm.workdir / f"{name}.rounds.jsonl").read_text().splitlines()
-    return {e["round"]: e for e in map(json.loads, lines) if e.get("event") == "applied"}
 
 
 @pytest.mark.long
@@ -55,13 +49,9 @@ def test_a_thousand_fresh_keys_flooding_extreme_bytes_leave_the_honest_peers_the
         for name in (*honest, "j"):
             assert swarm.wait(name, timeout=400) == 0, swarm.log(name)[-3000:]
         reports = {n: swarm.report(n) for n in (*honest, "j")}
-        events = {n: applied_events(swarm, n) for n in honest}
+        events = {n: {e["round"]: e for e in swarm.events(n, "applied")} for n in honest}
         joiner_log = swarm.log("j")
-        caught_up = [
-            e["round"]
-            for e in map(json.loads, (swarm.workdir / "j.rounds.jsonl").read_text().splitlines())
-            if e.get("event") == "catchup"
-        ]
+        caught_up = [e["round"] for e in swarm.events("j", "catchup")]
         info = attacker_info(swarm)
     from onebyte.coordinator_free.agreement import RobustRule
 

@@ -87,6 +87,11 @@ class Swarm:
                     raise AssertionError(f"{name} did not start in {timeout}s:\n" + self.log(name)[-3000:])
                 time.sleep(0.5)
 
+    def events(self, name: str, kind: str) -> list[dict]:
+        """The events of one kind ("applied", "catchup", "eval") in a peer's round log, in order."""
+        f = self.workdir / f"{name}.rounds.jsonl"
+        return [e for e in map(json.loads, f.read_text().splitlines()) if e.get("event") == kind] if f.exists() else []
+
     def wait_for_round(self, name: str, round_: int, timeout: float) -> None:
         f = self.workdir / f"{name}.rounds.jsonl"
         deadline = time.time() + timeout
